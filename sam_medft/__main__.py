@@ -1,0 +1,4 @@
+from sam_medft.cli import main
+
+if __name__ == "__main__":
+    main()

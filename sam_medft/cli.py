@@ -1,0 +1,150 @@
+"""The `sam-medft` command. It parses arguments and calls the library; it builds nothing.
+
+User mistakes (`SamMedftError`) print as one red line and exit with status 2; anything else
+is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from sam_medft.errors import SamMedftError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune Segment Anything models on your own medical segmentation data.")
+data_app = typer.Typer(no_args_is_help=True, help="Make and check data sets.")
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+out = Console()
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+Overrides = Annotated[list[str] | None, typer.Argument(help="dotted overrides, e.g. train.max_steps=50")]
+
+
+@app.command()
+def train(
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe (see `sam-medft recipes`)")],
+    overrides: Overrides = None,
+    resume: Annotated[bool, typer.Option(help="continue from the run's last checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option(help="delete an existing run folder first")] = False,
+    dry_run: Annotated[bool, typer.Option(help="print the memory/compute plan and exit")] = False,
+):
+    """Fine-tune a SAM model as the recipe says; writes runs/<name>/."""
+    from sam_medft.config import load_recipe
+
+    r = load_recipe(_recipe_path(recipe), overrides or [])
+    if dry_run:
+        from sam_medft.train.plan import plan_table
+
+        out.print(plan_table(r))
+        return
+    from sam_medft.train.trainer import train as run_training
+
+    result = run_training(r, resume=resume, overwrite=overwrite)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        out.print(f"[bold green]done[/]: {result.steps} steps in {result.seconds:.1f} s; "
+                  f"best validation foreground Dice {result.best_dice:.4f} at step {result.best_step}")
+        out.print(f"adapter: {result.run_dir / 'adapter'}")
+        if r.hub.push:
+            from sam_medft.hub import push_run
+
+            url = push_run(result.run_dir, r.hub.repo_id, private=r.hub.private)
+            out.print(f"pushed to {url}")
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="run folder, adapter folder or Hub id")],
+    inputs: Annotated[list[Path], typer.Argument(help="image files, folders or .txt/.csv lists")],
+    out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("predictions"),
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    probs: Annotated[bool, typer.Option(help="also save per-class probabilities (.npy)")] = False,
+    overlays: Annotated[bool, typer.Option(help="also save colour overlays")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace existing predictions")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
+    revision: Annotated[str | None, typer.Option(help="Hub revision")] = None,
+    prompts: Annotated[Path | None, typer.Option(help="prompts.json: boxes/points per image")] = None,
+    box: Annotated[str | None, typer.Option(help="x0,y0,x1,y1 for a single image")] = None,
+    point: Annotated[list[str] | None, typer.Option(help="x,y (repeatable) for a single image")] = None,
+):
+    """Label maps (PNG, palette + legend.json) at each image's original size."""
+    from sam_medft.infer.predict import FineTunedSam, predict_paths
+
+    predictor = FineTunedSam.load(model, device=device, revision=revision)
+    if prompts or box or point:
+        from sam_medft.infer.prompted import predict_paths_with_prompts
+
+        written = predict_paths_with_prompts(predictor, inputs, out_dir, prompts_file=prompts,
+                                             box=box, points=point or [], overwrite=overwrite)
+    else:
+        written = predict_paths(predictor, inputs, out_dir, batch_size=batch_size, save_probs=probs,
+                                overlays=overlays, overwrite=overwrite)
+    out.print(f"wrote {len(written)} label map(s) to {out_dir} (legend: {out_dir / 'legend.json'})")
+
+
+@app.command()
+def recipes(
+    params: Annotated[bool, typer.Option("--params", help="parameter counts and adapter sizes")] = False,
+):
+    """List the shipped recipes."""
+    from sam_medft.recipes_index import list_recipes, params_table, recipes_table
+
+    found = list_recipes(RECIPES_DIR)
+    out.print(params_table(found) if params else recipes_table(found))
+
+
+@data_app.command("synth")
+def data_synth(
+    out_dir: Annotated[Path, typer.Argument(help="folder to write images/, masks/ and lists")],
+    n_train: int = 48, n_val: int = 12, n_test: int = 12, size: int = 128, seed: int = 0,
+):
+    """Write the built-in synthetic MRI/CT-like demo data set."""
+    from sam_medft.data.synthetic import write_synthetic
+
+    info = write_synthetic(out_dir, n_train=n_train, n_val=n_val, n_test=n_test, size=size, seed=seed)
+    out.print(f"wrote synthetic data set to {out_dir}: {info}")
+
+
+@data_app.command("check")
+def data_check(recipe: Path, overrides: Overrides = None):
+    """Validate a recipe's data set before training (files, sizes, labels, empties)."""
+    from sam_medft.config import load_recipe
+    from sam_medft.data.check import check_dataset
+
+    r = load_recipe(_recipe_path(recipe), overrides or [])
+    report = check_dataset(r.data)
+    out.print(report.table())
+    for w in report.warnings:
+        out.print(f"[yellow]warning[/]: {w}")
+    report.raise_for_errors()
+    out.print("[green]data set OK[/]")
+
+
+def _recipe_path(recipe: Path) -> Path:
+    """Accept a path, or a shipped recipe's short name (`demo`, `sam-vit-base/lora_encdec`)."""
+    if recipe.exists():
+        return recipe
+    shipped = RECIPES_DIR / recipe
+    for cand in (shipped, shipped.with_suffix(".yaml")):
+        if cand.is_file():
+            return cand
+    return recipe
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("sam_medft").setLevel(logging.INFO)
+    try:
+        app()
+    except SamMedftError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,305 @@
+"""The recipe: a typed schema for the YAML files in `recipes/`, plus dotted CLI overrides.
+
+A recipe is data, not code. Unknown keys and bad values fail here, before any model or
+data is touched, with a message that names the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sam_medft.errors import SamMedftError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class IntensityConfig(_Section):
+    """How images that are not 8-bit RGB become 0..255 (never silently clipped)."""
+
+    mode: Literal["auto", "percentile", "window", "none"] = "auto"
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    window: tuple[float, float] | None = None  # (center, width), e.g. CT soft tissue (40, 400)
+
+
+class HFDataConfig(_Section):
+    path: str  # Hub id, `load_from_disk` folder, or an imagefolder data_dir
+    name: str | None = None
+    revision: str | None = None
+    image_column: str = "image"
+    mask_column: str = "mask"
+    train_split: str = "train"
+    val_split: str | None = "validation"
+    test_split: str | None = "test"
+
+
+class SyntheticConfig(_Section):
+    n_train: int = 48
+    n_val: int = 12
+    n_test: int = 12
+    size: int = 128
+    seed: int = 0
+
+
+class DataConfig(_Section):
+    source: Literal["lists", "folder", "hf", "synthetic"] = "lists"
+    # study layout: CSV/TSV lists of image_path,mask_path relative to the two roots
+    img_folder: Path | None = None
+    mask_folder: Path | None = None
+    train_list: Path | None = None
+    val_list: Path | None = None
+    test_list: Path | None = None
+    # folder layout: <folder>/images/*, <folder>/masks/* with matching names
+    folder: Path | None = None
+    val_fraction: float = Field(0.2, ge=0, lt=1)
+    test_fraction: float = Field(0.0, ge=0, lt=1)
+    split_seed: int = 0
+    hf: HFDataConfig | None = None
+    synthetic: SyntheticConfig = SyntheticConfig()
+    # classes: raw mask value -> class name (0 must be background), or binary
+    labels: dict[int, str] | None = None
+    binary: bool = False
+    intensity: IntensityConfig = IntensityConfig()
+    keep_empty: bool = True  # empty slices stay in val/test (the study dropped them: biased)
+
+    @model_validator(mode="after")
+    def _check_source(self) -> DataConfig:
+        need = {
+            "lists": ["train_list"],
+            "folder": ["folder"],
+            "hf": ["hf"],
+            "synthetic": [],
+        }[self.source]
+        for key in need:
+            if getattr(self, key) is None:
+                raise ValueError(f"data.source={self.source} needs data.{key}")
+        if self.labels is not None and self.binary:
+            raise ValueError("set either data.labels or data.binary: true, not both")
+        if self.labels is not None and 0 not in self.labels:
+            raise ValueError("data.labels must map the background value 0 (e.g. {0: background})")
+        return self
+
+
+class ModelConfig(_Section):
+    name: str = "sam-vit-base"  # registry name, Hub id or local folder
+    revision: str | None = None
+    adapter: str | None = None  # continue from a fine-tuned run folder or Hub id
+    normalization: Literal["sam", "medsam"] | None = None  # None: the registry's choice
+    attn_implementation: Literal["sdpa", "eager"] | None = None
+    device_map: dict[str, float] | None = None  # e.g. {"cuda:0": 0.5, "cuda:1": 0.5}
+
+
+class PeftSettings(_Section):
+    method: str = "lora"  # vanilla | lora | adapter | any PEFT type (loha, lokr, ia3, ...)
+    scope: Literal["decoder", "encdec"] = "encdec"
+    layers: Literal["all"] | list[int] = "all"  # encoder blocks that get LoRA/adapters
+    r: int = Field(8, ge=1)
+    alpha: float = 16.0
+    dropout: float = Field(0.0, ge=0, lt=1)
+    use_dora: bool = False
+    use_rslora: bool = False
+    target_modules: list[str] | str | None = None  # override the default targets
+    # bottleneck adapter
+    bottleneck_ratio: float = Field(0.25, gt=0, le=4)
+    activation: Literal["gelu", "relu", "silu"] = "gelu"
+    mlp_scale: float = 0.5
+    # any other PEFT config keys pass through, e.g. {init_lora_weights: pissa}
+    extra: dict[str, Any] = {}
+
+    @field_validator("method")
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        return v.lower()
+
+
+class LossConfig(_Section):
+    ce_weight: float = 1.0
+    dice_weight: float = 1.0
+    include_background: bool = False
+    class_weights: list[float] | None = None
+    iou_weight: float = 1.0  # IoU-head MSE against the real IoU (keeps every head in the loss)
+
+
+class AugmentConfig(_Section):
+    enabled: bool = True
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rotate_degrees: float = 15.0
+    scale: tuple[float, float] = (0.85, 1.15)
+    brightness: float = 0.1
+    contrast: float = 0.1
+    gamma: float = 0.0
+    p: float = 0.8  # probability that the spatial transform is applied at all
+
+
+class TrainConfig(_Section):
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_steps: int = Field(1000, ge=1)  # optimizer updates
+    lr: float = Field(1e-4, gt=0)
+    head_lr: float | None = None  # lr for freshly initialised class heads (default: lr)
+    weight_decay: float = 0.01
+    warmup_steps: int = Field(50, ge=0)
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    grad_clip: float | None = 1.0
+    eval_every: int = Field(100, ge=1)
+    save_every: int = Field(100, ge=1)
+    keep_last: int = Field(2, ge=1)
+    patience: int | None = None  # evaluations without improvement before stopping
+    num_workers: int = Field(0, ge=0)
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
+    activation_checkpointing: bool = False
+    compile: bool = False
+    cache_embeddings: bool | Literal["auto"] = "auto"  # frozen-encoder scopes
+    log_with: Literal["tensorboard", "trackio", "none"] = "tensorboard"
+    preset: Literal["auto", "none"] = "none"
+    seed: int = 0
+
+
+class PromptConfig(_Section):
+    mode: Literal["none", "point", "box", "hybrid"] = "none"
+    n_points: int = Field(1, ge=1)
+    n_negative: int = Field(0, ge=0)
+    interior_fraction: float = Field(0.1, gt=0, le=1)
+    box_jitter: float = Field(0.1, ge=0, lt=1)
+    max_objects_per_image: int = Field(8, ge=1)
+    multimask: bool = True
+    refine_clicks: int = Field(0, ge=0)
+
+
+class EvalConfig(_Section):
+    split: Literal["val", "test"] = "test"
+    empty_policy: Literal["exclude", "count"] = "exclude"
+    nsd_tolerance: float = 1.0  # in the units of the pixel spacing (mm when known)
+    overlays: int = 2
+
+
+class HubConfig(_Section):
+    push: bool = False
+    repo_id: str | None = None
+    private: bool = False
+
+    @model_validator(mode="after")
+    def _repo(self) -> HubConfig:
+        if self.push and not self.repo_id:
+            raise ValueError("hub.push: true needs hub.repo_id (e.g. your-name/sam-prostate-lora)")
+        return self
+
+
+class Recipe(_Section):
+    name: str = "run"
+    output_dir: Path = Path("runs")
+    data: DataConfig = DataConfig(source="synthetic")
+    model: ModelConfig = ModelConfig()
+    peft: PeftSettings = PeftSettings()
+    loss: LossConfig = LossConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+    prompt: PromptConfig = PromptConfig()
+    eval: EvalConfig = EvalConfig()
+    hub: HubConfig = HubConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---- loading ---------------------------------------------------------------------------
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
+    """Read a YAML recipe, apply `a.b.c=value` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise SamMedftError(f"recipe file {path} not found; `sam-medft recipes` lists the shipped ones")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise SamMedftError(f"recipe {path} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise SamMedftError(f"recipe {path} must be a YAML mapping of sections (data:, model:, ...)")
+        _resolve_relative_paths(raw, path.parent)
+    for item in overrides:
+        apply_override(raw, item)
+    return validate_recipe(raw, source=str(path) if path else "overrides")
+
+
+def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise SamMedftError(_explain(e, source)) from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """`train.max_steps=50` -> raw["train"]["max_steps"] = 50 (value parsed as YAML)."""
+    if "=" not in item:
+        raise SamMedftError(f"override {item!r} must look like section.key=value (e.g. train.max_steps=50)")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise SamMedftError(f"override {item!r}: {p} is not a section")
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+
+
+_PATH_KEYS = ("img_folder", "mask_folder", "train_list", "val_list", "test_list", "folder")
+
+
+def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
+    """Data paths in a recipe file are relative to the current directory when they exist
+    there, else to the recipe's folder (so a recipe can ship next to its data)."""
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return
+    for k in _PATH_KEYS:
+        v = data.get(k)
+        if isinstance(v, str) and not Path(v).is_absolute() and not Path(v).exists():
+            candidate = base / v
+            if candidate.exists():
+                data[k] = str(candidate)
+
+
+def _explain(err: ValidationError, source: str) -> str:
+    lines = [f"invalid recipe ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"] if not str(x).startswith("function-after"))
+        if e["type"] == "extra_forbidden":
+            section = _section_for(e["loc"][:-1])
+            allowed = ", ".join(section.model_fields) if section else ""
+            lines.append(f"  unknown key '{loc}'. Allowed here: {allowed}")
+        elif e["type"] == "literal_error":
+            lines.append(f"  {loc}: {e['input']!r} is not allowed; {e['msg'].replace('Input should be', 'use')}")
+        else:
+            lines.append(f"  {loc or 'recipe'}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _section_for(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        cands = [a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not cands:
+            return None
+        model = cands[0]
+    return model

@@ -1,0 +1,187 @@
+"""Prediction with a fine-tuned model: label maps at each image's original size.
+
+`FineTunedSam` is the Python API (`sam_medft.load(run_or_hub_id).predict(image)`);
+`predict_paths` is what `sam-medft predict` runs: batched, bf16 on GPU, a progress bar,
+and output names that mirror the inputs so nothing is overwritten silently.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sam_medft.config import IntensityConfig
+from sam_medft.data.transforms import SamGeometry, to_model_input
+from sam_medft.errors import SamMedftError
+from sam_medft.models.artifact import AdapterMeta, find_adapter_folder, load_adapter_model
+from sam_medft.models.forward import automatic_forward
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy"}
+
+# a colour per class index (0 = background = black), repeated past 10 classes
+PALETTE = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
+           (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)]
+
+
+class FineTunedSam:
+    """A fine-tuned SAM ready for inference (automatic mode, or prompts when given)."""
+
+    def __init__(self, model: torch.nn.Module, meta: AdapterMeta, device: str | None = None):
+        self.meta = meta
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.geometry = SamGeometry(meta.input_size, meta.mask_size)
+        self.intensity = IntensityConfig(**meta.intensity) if meta.intensity else IntensityConfig()
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+                         else nullcontext())
+
+    @classmethod
+    def load(cls, run_or_hub_id: str | Path, *, device: str | None = None,
+             revision: str | None = None) -> FineTunedSam:
+        from sam_medft.hub import resolve_run
+
+        folder = find_adapter_folder(resolve_run(str(run_or_hub_id), revision=revision))
+        model, meta = load_adapter_model(folder)
+        return cls(model, meta, device=device)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta.class_names)
+
+    def _to_image(self, image) -> np.ndarray:
+        from sam_medft.data.io import read_image, scale_intensity
+
+        if isinstance(image, str | Path):
+            return read_image(Path(image), self.intensity)
+        return scale_intensity(np.asarray(image), self.intensity, source="array")
+
+    @torch.no_grad()
+    def predict_proba(self, images: Sequence) -> list[np.ndarray]:
+        """Per-class probabilities (C,H,W) at each image's original size."""
+        pixels, originals = [], []
+        for im in images:
+            arr = self._to_image(im)
+            px, original, _ = to_model_input(arr, self.geometry, self.meta.normalization)
+            pixels.append(px)
+            originals.append(original)
+        batch = torch.stack(pixels).to(self.device)
+        with self.autocast:
+            logits, _ = automatic_forward(self.model, batch)
+        out = []
+        for lg, original in zip(logits.float(), originals, strict=True):
+            out.append(self.geometry.logits_to_original(lg, original).softmax(0).cpu().numpy())
+        return out
+
+    def predict(self, image, prompts: list[dict] | None = None) -> np.ndarray:
+        """One image (path or array) -> HxW uint8 class-index map at its original size."""
+        if prompts:
+            from sam_medft.infer.prompted import predict_with_prompts
+
+            return predict_with_prompts(self, image, prompts)
+        return self.predict_proba([image])[0].argmax(0).astype(np.uint8)
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
+    """Files, folders (recursive) or .txt/.csv lists -> (path, name relative to its root)."""
+    found: list[tuple[Path, Path]] = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                    found.append((f, f.relative_to(p)))
+        elif p.is_file() and p.suffix.lower() in (".txt", ".csv", ".tsv"):
+            for line in p.read_text().splitlines():
+                first = line.replace("\t", ",").split(",")[0].strip()
+                if first and not first.startswith("#"):
+                    f = (p.parent / first) if not Path(first).is_absolute() else Path(first)
+                    if f.is_file():
+                        found.append((f, Path(first.lstrip("/"))))
+                    elif first.lower() not in ("image", "image_path", "img"):
+                        raise SamMedftError(f"{p}: listed image {first} not found")
+        elif p.is_file():
+            found.append((p, Path(p.name)))
+        else:
+            raise SamMedftError(f"input {p} not found (give image files, folders or a .txt/.csv list)")
+    if not found:
+        raise SamMedftError(f"no images found in {', '.join(map(str, inputs))} "
+                            f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return found
+
+
+def output_paths(names: Iterable[Path], out_dir: Path, suffix: str) -> list[Path]:
+    paths, seen = [], {}
+    for name in names:
+        target = out_dir / name.with_suffix(suffix)
+        if target in seen:
+            raise SamMedftError(f"inputs {seen[target]} and {name} would both be written to {target}; "
+                                f"rename one or predict them into different --out folders")
+        seen[target] = name
+        paths.append(target)
+    return paths
+
+
+def save_label_png(labels: np.ndarray, path: Path) -> None:
+    img = Image.fromarray(labels.astype(np.uint8), mode="P")
+    flat = [c for i in range(256) for c in PALETTE[i % len(PALETTE)]] if labels.max() < 256 else None
+    img.putpalette(flat)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def write_legend(meta: AdapterMeta, out_dir: Path) -> Path:
+    raw_of = {}
+    if meta.labels:
+        raw_of = {name: int(v) for v, name in meta.labels.items()}
+    legend = {str(i): {"name": n, "color": list(PALETTE[i % len(PALETTE)]),
+                       "raw_value": raw_of.get(n, i if not meta.binary else (0 if i == 0 else None))}
+              for i, n in enumerate(meta.class_names)}
+    path = out_dir / "legend.json"
+    path.write_text(json.dumps(legend, indent=2))
+    return path
+
+
+def predict_paths(predictor: FineTunedSam, inputs: Sequence[str | Path], out_dir: Path, *,
+                  batch_size: int = 8, save_probs: bool = False, overlays: bool = False,
+                  overwrite: bool = False, show_progress: bool = True) -> list[Path]:
+    """Predict every input image; returns the written label PNGs."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    pairs = collect_inputs(inputs)
+    targets = output_paths([n for _, n in pairs], out_dir, ".png")
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise SamMedftError(f"{len(existing)} prediction(s) already exist in {out_dir} (e.g. "
+                            f"{existing[0]}); pass --overwrite or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_legend(predictor.meta, out_dir)
+    bar = tqdm(total=len(pairs), desc="predict", unit="img", disable=not show_progress)
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        probs = predictor.predict_proba([p for p, _ in chunk])
+        for (src, _), prob, target in zip(chunk, probs, targets[start:start + batch_size], strict=True):
+            labels = prob.argmax(0).astype(np.uint8)
+            save_label_png(labels, target)
+            if save_probs:
+                np.save(target.with_suffix(".probs.npy"), prob.astype(np.float16))
+            if overlays:
+                _save_overlay(predictor, src, labels, target.with_suffix(".overlay.png"))
+        bar.update(len(chunk))
+    bar.close()
+    return targets
+
+
+def _save_overlay(predictor: FineTunedSam, src: Path, labels: np.ndarray, path: Path) -> None:
+    from sam_medft.data.io import read_image
+
+    image = read_image(src, predictor.intensity).astype(np.uint8)
+    colour = np.array([PALETTE[i % len(PALETTE)] for i in range(256)], dtype=np.uint8)[labels]
+    alpha = (labels > 0)[..., None] * 0.45
+    Image.fromarray((image * (1 - alpha) + colour * alpha).astype(np.uint8)).save(path)

@@ -1,0 +1,154 @@
+"""The fine-tuned artifact: an `adapter/` folder that rebuilds the model on any machine.
+
+`sam_medft.json` says what the base model is, how many classes there are, their names and
+raw label values, the method and the preprocessing; the weights are a PEFT adapter
+(`adapter_config.json` + `adapter_model.safetensors`) or, for vanilla fine-tuning, the
+trainable tensors by name (`trainable_model.safetensors`). The frozen base is never saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+
+from sam_medft import __version__
+from sam_medft.errors import SamMedftError
+from sam_medft.models.loading import load_base_model, resolve_model_name, unwrap
+
+META_FILE = "sam_medft.json"
+VANILLA_FILE = "trainable_model.safetensors"
+
+
+@dataclass
+class AdapterMeta:
+    base_model: str  # registry name, Hub id or folder, as resolvable by resolve_model_name
+    num_classes: int
+    class_names: list[str]
+    method: str
+    scope: str
+    normalization: str
+    input_size: int
+    mask_size: int
+    labels: dict[str, str] | None = None  # raw mask value -> class name
+    binary: bool = False
+    prompt_mode: str = "none"
+    intensity: dict = field(default_factory=dict)
+    data_description: str = ""
+    base_revision: str | None = None
+    sam_medft_version: str = __version__
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def read(cls, folder: Path) -> AdapterMeta:
+        path = Path(folder) / META_FILE
+        if not path.is_file():
+            raise SamMedftError(f"{folder} is not a sam_medft adapter folder: {META_FILE} is missing "
+                                f"(expected a run folder with adapter/, an adapter folder or a Hub id)")
+        data = json.loads(path.read_text())
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def save_adapter(model: torch.nn.Module, meta: AdapterMeta, out_dir: Path) -> Path:
+    """Write the adapter folder atomically (temp folder, then rename over the old one)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        if isinstance(model, PeftModel):
+            model.save_pretrained(tmp)
+            (tmp / "README.md").unlink(missing_ok=True)  # PEFT's stub card; `push` writes ours
+        else:
+            from sam_medft.peft.methods import trainable_state_dict
+
+            save_file(trainable_state_dict(model), str(tmp / VANILLA_FILE))
+        (tmp / META_FILE).write_text(meta.to_json())
+        _write_processor_config(tmp, meta)
+        old = out_dir.with_name(out_dir.name + ".old")
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def load_adapter_model(folder: Path, *, is_trainable: bool = False,
+                       revision: str | None = None) -> tuple[torch.nn.Module, AdapterMeta]:
+    """Rebuild base + adapter from an adapter folder (base model and classes from its meta)."""
+    folder = Path(folder)
+    meta = AdapterMeta.read(folder)
+    spec = resolve_model_name(meta.base_model, meta.normalization)
+    base = load_base_model(spec, meta.num_classes, revision=revision or meta.base_revision)
+    if (folder / VANILLA_FILE).is_file():
+        state = load_file(str(folder / VANILLA_FILE))
+        missing = set(state) - set(base.state_dict())
+        if missing:
+            raise SamMedftError(f"{folder / VANILLA_FILE} has tensors the base model "
+                                f"{meta.base_model} lacks: {sorted(missing)[:5]}")
+        base.load_state_dict(state, strict=False)
+        if is_trainable:
+            from sam_medft.peft.methods import _apply_vanilla
+
+            _apply_vanilla(base, meta.scope)
+        return base, meta
+    if meta.method == "adapter":
+        from sam_medft.peft.bottleneck import load_bottleneck
+
+        return load_bottleneck(base, folder, is_trainable=is_trainable), meta
+    return PeftModel.from_pretrained(base, str(folder), is_trainable=is_trainable), meta
+
+
+def find_adapter_folder(path: Path) -> Path:
+    """A run folder (with adapter/) or an adapter folder -> the adapter folder."""
+    path = Path(path)
+    if (path / META_FILE).is_file():
+        return path
+    if (path / "adapter" / META_FILE).is_file():
+        return path / "adapter"
+    raise SamMedftError(f"{path} holds no fine-tuned adapter ({META_FILE} not found in it or in "
+                        f"{path / 'adapter'}); train first (`sam-medft train RECIPE`) or pass a Hub id")
+
+
+def _write_processor_config(folder: Path, meta: AdapterMeta) -> None:
+    """The preprocessing as a transformers image-processor config, for users of SamProcessor."""
+    from sam_medft.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    medsam = meta.normalization == "medsam"
+    cfg = {
+        "image_processor_type": "SamImageProcessor",
+        "do_resize": True, "size": {"longest_edge": meta.input_size},
+        "mask_size": {"longest_edge": meta.mask_size},
+        "do_pad": True, "pad_size": {"height": meta.input_size, "width": meta.input_size},
+        "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": not medsam,
+        "image_mean": [0.0, 0.0, 0.0] if medsam else list(IMAGENET_MEAN),
+        "image_std": [1.0, 1.0, 1.0] if medsam else list(IMAGENET_STD),
+        "do_convert_rgb": True,
+        "sam_medft_normalization": meta.normalization,
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(cfg, indent=2))
+
+
+def unwrap_for_save(model: torch.nn.Module) -> torch.nn.Module:
+    """The PeftModel (or plain model) inside DDP/compile wrappers."""
+    m = model
+    while hasattr(m, "module") or hasattr(m, "_orig_mod"):
+        m = getattr(m, "module", None) or m._orig_mod
+    return m
+
+
+__all__ = ["AdapterMeta", "save_adapter", "load_adapter_model", "find_adapter_folder", "unwrap",
+           "unwrap_for_save"]

@@ -1,0 +1,103 @@
+"""Short model names -> Hub ids and the defaults that go with them.
+
+A recipe says `model.name: sam-vit-base`; everything that depends on the checkpoint
+(normalisation preset, model family) is looked up here so a user cannot pair MedSAM with
+the wrong normalisation by accident. Any other Hub id or local folder works too; its
+defaults are then read from its config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import SamConfig, SamModel
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    hub_id: str | None  # None: built from `config_kwargs` (no weights)
+    normalization: str = "sam"
+    family: str = "sam"  # sam | sam_hq
+    description: str = ""
+    config_kwargs: dict = field(default_factory=dict)
+
+
+TINY_CONFIG = dict(
+    vision_config=dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
+                       global_attn_indexes=[1, 3], mlp_dim=128, image_size=256,
+                       initializer_range=0.02),
+    prompt_encoder_config=dict(image_size=256, image_embedding_size=16),
+    initializer_range=0.02,
+)
+TINY_SEED = 0  # the tiny model's weights are a pure function of this seed
+
+REGISTRY: dict[str, ModelEntry] = {
+    e.name: e
+    for e in [
+        ModelEntry("sam-vit-base", "facebook/sam-vit-base", description="SAM ViT-B, 94M"),
+        ModelEntry("sam-vit-large", "facebook/sam-vit-large", description="SAM ViT-L, 312M"),
+        ModelEntry("sam-vit-huge", "facebook/sam-vit-huge", description="SAM ViT-H, 641M"),
+        ModelEntry("medsam", "wanglab/medsam-vit-base", normalization="medsam",
+                   description="MedSAM ViT-B (trained on [0,1] min-max images)"),
+        ModelEntry("slimsam-50", "nielsr/slimsam-50-uniform", description="SlimSAM-50, 28M"),
+        ModelEntry("slimsam-77", "nielsr/slimsam-77-uniform", description="SlimSAM-77, 9.7M"),
+        ModelEntry("sam-hq-vit-base", "syscv-community/sam-hq-vit-base", family="sam_hq",
+                   description="SAM-HQ ViT-B"),
+        ModelEntry("sam-hq-vit-huge", "syscv-community/sam-hq-vit-huge", family="sam_hq",
+                   description="SAM-HQ ViT-H"),
+        ModelEntry("tiny", None, config_kwargs=TINY_CONFIG,
+                   description="random ~5M-parameter SamModel from a config (tests, offline demo)"),
+    ]
+}
+
+# Architecture-only configs of the real checkpoints, so parameter counts and memory plans
+# can be computed without downloading weights (`recipes --params`, `train --dry-run`).
+_VIT = {
+    "vit_b": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                  global_attn_indexes=[2, 5, 8, 11], mlp_dim=3072),
+    "vit_l": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                  global_attn_indexes=[5, 11, 17, 23], mlp_dim=4096),
+    "vit_h": dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16,
+                  global_attn_indexes=[7, 15, 23, 31], mlp_dim=5120),
+    # SlimSAM-77: pruned ViT-B (hidden 168, mlp 696); SlimSAM-50: hidden 384, mlp 1536
+    "slimsam_77": dict(hidden_size=168, num_hidden_layers=12, num_attention_heads=12,
+                       global_attn_indexes=[2, 5, 8, 11], mlp_dim=696),
+    "slimsam_50": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
+                       global_attn_indexes=[2, 5, 8, 11], mlp_dim=1536),
+}
+ARCH_OF = {
+    "sam-vit-base": "vit_b", "medsam": "vit_b", "sam-hq-vit-base": "vit_b",
+    "sam-vit-large": "vit_l", "sam-vit-huge": "vit_h", "sam-hq-vit-huge": "vit_h",
+    "slimsam-77": "slimsam_77", "slimsam-50": "slimsam_50",
+}
+
+
+def architecture_config(name: str) -> SamConfig:
+    """A SamConfig with the named checkpoint's shapes (no weights needed)."""
+    if name == "tiny":
+        return SamConfig(**TINY_CONFIG)
+    if name in ARCH_OF:
+        return SamConfig(vision_config=dict(_VIT[ARCH_OF[name]]))
+    if name in _VIT:
+        return SamConfig(vision_config=dict(_VIT[name]))
+    raise KeyError(name)
+
+
+def lookup(name: str) -> ModelEntry | None:
+    return REGISTRY.get(name)
+
+
+def build_tiny(num_classes: int | None = None) -> SamModel:
+    """The deterministic random tiny SamModel (same weights in every process)."""
+    cfg = SamConfig(**TINY_CONFIG)
+    if num_classes is not None:
+        cfg.mask_decoder_config.num_multimask_outputs = num_classes
+    state = torch.random.get_rng_state()
+    torch.manual_seed(TINY_SEED)
+    try:
+        model = SamModel(cfg)
+    finally:
+        torch.random.set_rng_state(state)
+    return model.eval()

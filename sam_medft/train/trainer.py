@@ -1,0 +1,348 @@
+"""The training loop, driven by accelerate (one CPU, one GPU, DDP, FSDP2 or a split model).
+
+Order matters for users: the run folder, the data check and the model load all happen
+before the first step, so every mistake a user can make fails in seconds and leaves only
+the log behind. Only the main process writes files (adapter, checkpoints, logs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from sam_medft.config import Recipe
+from sam_medft.errors import SamMedftError
+from sam_medft.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from sam_medft.train.losses import iou_head_loss, segmentation_loss
+from sam_medft.train.schedules import build_scheduler
+from sam_medft.train.validate import validate
+
+log = logging.getLogger("sam_medft.train")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_dice: float
+    best_step: int
+    steps: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+# ---- set-up -----------------------------------------------------------------------------
+
+
+def prepare_run_dir(recipe: Recipe, *, resume: bool, overwrite: bool, is_main: bool) -> Path:
+    run_dir = recipe.run_dir
+    has_content = run_dir.is_dir() and any(p.name != "logs" for p in run_dir.iterdir())
+    if has_content and not (resume or overwrite):
+        raise SamMedftError(f"run folder {run_dir} already exists; pass --resume to continue it, "
+                            f"--overwrite to start again, or change `name`")
+    if resume and not list_checkpoints(run_dir / "checkpoints"):
+        raise SamMedftError(f"--resume: no checkpoint in {run_dir / 'checkpoints'} (train without "
+                            f"--resume to start the run)")
+    if is_main:
+        if overwrite and not resume and run_dir.exists():
+            shutil.rmtree(run_dir)
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def attach_log_file(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("sam_medft").addHandler(handler)
+    logging.getLogger("sam_medft").setLevel(logging.INFO)
+    return handler
+
+
+def build_accelerator(recipe: Recipe, run_dir: Path):
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import ProjectConfiguration
+
+    t = recipe.train
+    mp = t.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    # vanilla encdec trains the whole prompt encoder, which automatic mode never uses
+    unused = recipe.peft.method == "vanilla" and recipe.peft.scope == "encdec"
+    log_with = None if t.log_with == "none" else t.log_with
+    return Accelerator(
+        mixed_precision=mp,
+        gradient_accumulation_steps=t.grad_accum,
+        log_with=log_with,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
+        step_scheduler_with_optimizer=False,
+    )
+
+
+def build_model(recipe: Recipe, label_map):
+    """Base model + method, or a shared adapter to continue (its base and classes win)."""
+    from sam_medft.models.loading import load_base_model, resolve_model_name
+    from sam_medft.peft.methods import apply_method
+
+    m = recipe.model
+    if m.adapter:
+        from sam_medft.hub import resolve_run
+        from sam_medft.models.artifact import find_adapter_folder, load_adapter_model
+
+        folder = find_adapter_folder(resolve_run(m.adapter))
+        model, meta = load_adapter_model(folder, is_trainable=True)
+        if meta.num_classes != label_map.num_classes:
+            raise SamMedftError(f"model.adapter {m.adapter} predicts {meta.num_classes} classes "
+                                f"({meta.class_names}) but the data has {label_map.num_classes} "
+                                f"({label_map.class_names}); map the labels to the adapter's classes")
+        return model, meta.base_model, meta.normalization
+    spec = resolve_model_name(m.name, m.normalization)
+    base = load_base_model(spec, label_map.num_classes, revision=m.revision,
+                           attn_implementation=m.attn_implementation)
+    if recipe.train.activation_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model, info = apply_method(base, recipe.peft)
+    log.info("method %s/%s: %d trainable of %d parameters", info.method, info.scope,
+             info.trainable, info.total)
+    return model, spec.source if not spec.is_tiny else "tiny", spec.normalization
+
+
+def build_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    t = recipe.train
+    heads = ("mask_tokens", "iou_token", "iou_prediction_head", "output_hypernetworks_mlps")
+    head_params, other = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (head_params if any(h in n for h in heads) else other).append(p)
+    groups = [g for g in ({"params": other, "lr": t.lr},
+                          {"params": head_params, "lr": t.head_lr or t.lr}) if g["params"]]
+    fused = torch.cuda.is_available() and all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay, fused=fused or None)
+
+
+# ---- the loop ---------------------------------------------------------------------------
+
+
+def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    from accelerate.utils import set_seed
+
+    from sam_medft.data.check import check_dataset
+    from sam_medft.data.dataset import EpochSampler, ModelFrameSpec, SamSegmentationDataset, collate
+    from sam_medft.data.sources import build_splits
+    from sam_medft.models.artifact import AdapterMeta, save_adapter
+    from sam_medft.models.loading import model_geometry
+    from sam_medft.peft.methods import encoder_is_frozen
+
+    from accelerate import PartialState
+
+    is_main = PartialState().is_main_process
+    run_dir = prepare_run_dir(recipe, resume=resume, overwrite=overwrite, is_main=is_main)
+    PartialState().wait_for_everyone()
+    handler = attach_log_file(run_dir / "logs" / "train.log") if is_main else None
+    try:
+        report = check_dataset(recipe.data)
+        report.raise_for_errors()
+        label_map = report.label_map
+        splits = build_splits(recipe.data)
+        if "train" not in splits or len(splits["train"]) == 0:
+            raise SamMedftError("the training split is empty: check data.train_list / data.folder")
+        set_seed(recipe.train.seed)
+        model, base_id, normalization = build_model(recipe, label_map)
+        accelerator = build_accelerator(recipe, run_dir)
+        return _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
+                    splits, resume=resume)
+    finally:
+        if handler is not None:
+            logging.getLogger("sam_medft").removeHandler(handler)
+            handler.close()
+
+
+def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map, splits, *, resume):
+    from sam_medft.data.dataset import EpochSampler, ModelFrameSpec, SamSegmentationDataset, collate
+    from sam_medft.models.artifact import AdapterMeta, save_adapter
+    from sam_medft.models.loading import model_geometry
+    from sam_medft.peft.methods import encoder_is_frozen
+
+    t = recipe.train
+    geometry = model_geometry(model)
+    spec = ModelFrameSpec(geometry, normalization, label_map)
+    frozen_encoder = encoder_is_frozen(model)
+    train_ds = SamSegmentationDataset(splits["train"], spec, recipe.augment, seed=t.seed)
+    sampler = EpochSampler(len(train_ds), seed=t.seed)
+    pin = torch.cuda.is_available()
+    train_dl = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, collate_fn=collate,
+                          num_workers=t.num_workers, pin_memory=pin, drop_last=len(train_ds) > t.batch_size,
+                          persistent_workers=t.num_workers > 0)
+    val_dl = None
+    if "val" in splits and len(splits["val"]):
+        val_ds = SamSegmentationDataset(splits["val"], spec, None)
+        val_dl = DataLoader(val_ds, batch_size=t.batch_size, shuffle=False, collate_fn=collate,
+                            num_workers=t.num_workers, pin_memory=pin)
+
+    optimizer = build_optimizer(model, recipe)
+    scheduler = build_scheduler(optimizer, warmup=t.warmup_steps, total=t.max_steps, kind=t.schedule)
+    model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
+    if val_dl is not None:
+        val_dl = accelerator.prepare(val_dl)
+
+    meta = AdapterMeta(
+        base_model=base_id, num_classes=label_map.num_classes, class_names=label_map.class_names,
+        method=recipe.peft.method, scope=recipe.peft.scope, normalization=normalization,
+        input_size=geometry.input_size, mask_size=geometry.mask_size,
+        labels=label_map.to_json().get("values") if hasattr(label_map, "to_json") else None,
+        binary=recipe.data.binary, prompt_mode=recipe.prompt.mode,
+        intensity=recipe.data.intensity.model_dump(mode="json"),
+        data_description=describe_data(recipe), base_revision=recipe.model.revision)
+
+    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_dice": -1.0, "best_step": 0,
+             "bad_evals": 0, "accelerator_step": 0, "history": []}
+    ckpt_root = run_dir / "checkpoints"
+    if resume:
+        last = list_checkpoints(ckpt_root)[-1]
+        state.update(load_checkpoint(accelerator, last, model, optimizer, scheduler))
+        accelerator.step = state["accelerator_step"]
+        log.info("resumed from %s (step %d)", last, state["step"])
+
+    if accelerator.is_main_process:
+        (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+    if recipe.train.log_with != "none":
+        accelerator.init_trackers("train", config=_flat(recipe.model_dump(mode="json")))
+
+    steps_per_epoch = max(1, math.ceil(len(train_dl) / t.grad_accum))
+    progress = _progress(accelerator, t.max_steps, state["step"])
+    t0, seen, log_every = time.perf_counter(), 0, 10
+    running = None
+    model.train()
+    stop = state["step"] >= t.max_steps
+    while not stop:
+        epoch = state["epoch"]
+        sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        dl = train_dl
+        if state["batches_in_epoch"]:
+            dl = accelerator.skip_first_batches(train_dl, state["batches_in_epoch"])
+        for batch in dl:
+            with accelerator.accumulate(model):
+                logits, iou = _forward(model, batch, frozen_encoder)
+                terms = segmentation_loss(logits, batch["labels"], recipe.loss)
+                loss = terms["loss"]
+                if recipe.loss.iou_weight:
+                    loss = loss + recipe.loss.iou_weight * iou_head_loss(iou, logits.detach(), batch["labels"])
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and t.grad_clip:
+                    accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            state["batches_in_epoch"] += 1
+            seen += batch["pixel_values"].shape[0] * accelerator.num_processes
+            running = loss.detach() if running is None else running + loss.detach()
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            state["step"] += 1
+            step = state["step"]
+            if step % log_every == 0 or step == t.max_steps:
+                mean_loss = float(running / max(1, log_every * t.grad_accum))  # one sync per log
+                running = None
+                ips = seen / (time.perf_counter() - t0)
+                lr = scheduler.get_last_lr()[0]
+                accelerator.log({"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": ips},
+                                step=step)
+                progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
+            progress.update(1)
+            last_step = step >= t.max_steps
+            if val_dl is not None and (step % t.eval_every == 0 or last_step):
+                stop = _evaluate_and_select(accelerator, model, val_dl, frozen_encoder, recipe,
+                                            state, step, meta, run_dir)
+            if step % t.save_every == 0 or last_step or stop:
+                state["accelerator_step"] = accelerator.step
+                save_checkpoint(accelerator, ckpt_root, step, model, optimizer, scheduler,
+                                _persistable(state), keep_last=t.keep_last)
+            if last_step or stop:
+                stop = True
+                break
+        else:
+            state["epoch"] += 1
+            state["batches_in_epoch"] = 0
+    progress.close()
+    if val_dl is None and accelerator.is_main_process:
+        save_adapter(accelerator.unwrap_model(model), meta, run_dir / "adapter")
+        state["best_step"] = state["step"]
+    accelerator.wait_for_everyone()
+    seconds = time.perf_counter() - t0
+    if accelerator.is_main_process:
+        summary = {"best_val_dice": state["best_dice"], "best_step": state["best_step"],
+                   "steps": state["step"], "train_seconds": round(seconds, 2),
+                   "history": state["history"]}
+        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    accelerator.end_training()
+    return TrainResult(run_dir, state["best_dice"], state["best_step"], state["step"], seconds,
+                       state["history"])
+
+
+def _forward(model, batch, frozen_encoder):
+    from sam_medft.models.forward import automatic_forward
+
+    return automatic_forward(model, batch["pixel_values"], frozen_encoder=frozen_encoder)
+
+
+def _evaluate_and_select(accelerator, model, val_dl, frozen_encoder, recipe, state, step, meta,
+                         run_dir) -> bool:
+    """Validate, keep the best adapter, and say whether early stopping triggers."""
+    from sam_medft.models.artifact import save_adapter
+
+    metrics = validate(model, val_dl, accelerator, frozen_encoder=frozen_encoder)
+    dice = metrics["dice"]
+    state["history"].append({"step": step, "val_dice": dice, "per_class": metrics.get("per_class")})
+    accelerator.log({"val/dice": dice}, step=step)
+    improved = not math.isnan(dice) and dice > state["best_dice"]
+    if improved:
+        state.update(best_dice=dice, best_step=step, bad_evals=0)
+        if accelerator.is_main_process:
+            save_adapter(accelerator.unwrap_model(model), meta, run_dir / "adapter")
+    else:
+        state["bad_evals"] += 1
+    log.info("step %d: val foreground Dice %.4f over %d images (best %.4f at step %d)", step, dice,
+             metrics["n_images"], state["best_dice"], state["best_step"])
+    patience = recipe.train.patience
+    return patience is not None and state["bad_evals"] > patience
+
+
+def _persistable(state: dict) -> dict:
+    return {k: v for k, v in state.items()}
+
+
+def _progress(accelerator, total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step",
+                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, int | float | str | bool) else str(v)
+    return out
+
+
+def describe_data(recipe: Recipe) -> str:
+    d = recipe.data
+    if d.source == "synthetic":
+        return "sam_medft's built-in synthetic MRI/CT-like slices (demo data)"
+    if d.source == "hf" and d.hf:
+        return f"datasets: {d.hf.path}"
+    if d.source == "folder":
+        return f"image/mask folder {d.folder.name}"
+    return f"file lists {d.train_list.name if d.train_list else ''}"
