@@ -102,6 +102,23 @@ def recipes(
     out.print(params_table(found) if params else recipes_table(found))
 
 
+@app.command()
+def convert(
+    src: Annotated[Path, typer.Argument(help="original segment-anything / MedSAM / encoder-only .pth")],
+    out_dir: Annotated[Path, typer.Argument(help="transformers SamModel folder to write")],
+    arch: Annotated[str | None, typer.Option(help="vit_b, vit_l, vit_h (inferred when omitted)")] = None,
+    base_model: Annotated[str | None, typer.Option(help="fills the decoder of encoder-only weights")] = None,
+    normalization: Annotated[str | None, typer.Option(help="sam or medsam")] = None,
+    overwrite: bool = False,
+):
+    """Convert an original SAM checkpoint into a folder `from_pretrained` loads."""
+    from sam_medft.models.convert import convert_checkpoint
+
+    report = convert_checkpoint(src, out_dir, arch=arch, base_model=base_model,
+                                overwrite=overwrite, normalization=normalization)
+    out.print(str(report), highlight=False)
+
+
 @data_app.command("synth")
 def data_synth(
     out_dir: Annotated[Path, typer.Argument(help="folder to write images/, masks/ and lists")],

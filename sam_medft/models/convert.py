@@ -19,7 +19,7 @@ import pickle
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -288,12 +288,16 @@ def load_checkpoint(src: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: (.+)", str(err))
-        what = f" ({found[1].strip()})" if found else ""
+        found = re.search(r"Unsupported (?:global|class):? (?:GLOBAL )?([\w.]+)", str(err))
+        if found is None:  # not a pickle at all (an HTML error page, a truncated file)
+            raise SamMedftError(
+                f"{path} is not a readable PyTorch checkpoint (the unpickler stopped at an "
+                "unexpected byte); check that the download finished, or pass a .safetensors file."
+            ) from None
         raise SamMedftError(
-            f"{path} contains pickled Python objects{what}, not only tensors. Loading it would "
-            "execute code stored in the file (arbitrary code execution), so sam-medft refuses "
-            "it. " + _RESAVE_HINT.format(src=path)
+            f"{path} contains pickled Python objects ({found[1]}), not only tensors. Loading "
+            "it would execute code stored in the file (arbitrary code execution), so "
+            "sam-medft refuses it. " + _RESAVE_HINT.format(src=path)
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise SamMedftError(
@@ -490,25 +494,36 @@ def resolve_config(
 
 def load_base_model(base_model: str) -> SamModel:
     """A registry name, Hub id or local transformers folder -> SamModel."""
+    from transformers import AutoConfig
+
     entry = registry.lookup(base_model)
     if entry is not None and entry.hub_id is None:
         return registry.build_tiny()
     target = entry.hub_id if entry is not None else base_model
-    try:
-        model = SamModel.from_pretrained(target)
-    except (OSError, ValueError, KeyError) as err:
-        where = "local folder" if Path(target).exists() else "Hub id"
+    local = Path(target).expanduser()
+    looks_local = target.startswith(("/", ".", "~")) or target.count("/") > 1
+    if looks_local and not local.is_dir():
         raise SamMedftError(
-            f"could not load --base-model {base_model!r} ({where} {target}): {err}. Pass a "
-            "registry name (e.g. sam-vit-base), a Hub id you have cached, or a folder written "
-            "by SamModel.save_pretrained."
-        ) from None
-    if model.config.model_type != "sam":
-        raise SamMedftError(
-            f"--base-model {base_model!r} is a {model.config.model_type} model; the decoder "
-            "for SAM encoder weights must come from a plain SAM model (e.g. sam-vit-base)."
+            f"--base-model folder {target} does not exist; pass a folder written by "
+            "SamModel.save_pretrained, a registry name (e.g. sam-vit-base) or a Hub id."
         )
-    return model
+    target = str(local) if local.is_dir() else target
+    try:
+        config = AutoConfig.from_pretrained(target)  # small: check the family before weights
+        if config.model_type != "sam":
+            raise SamMedftError(
+                f"--base-model {base_model!r} is a {config.model_type} model; the decoder for "
+                "SAM encoder weights must come from a plain SAM model (e.g. sam-vit-base)."
+            )
+        return SamModel.from_pretrained(target)
+    except (OSError, ValueError, KeyError) as err:
+        where = "local folder" if local.is_dir() else "Hub id"
+        raise SamMedftError(
+            f"could not load --base-model {base_model!r} ({where} {target}): "
+            f"{str(err).strip().rstrip('.')}. Pass a registry name (e.g. sam-vit-base), a Hub "
+            "id in your cache (or reachable online), or a folder written by "
+            "SamModel.save_pretrained."
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------
@@ -569,18 +584,31 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         )
 
 
-def _guess_normalization(src: Path) -> str:
-    return "medsam" if "medsam" in src.name.lower() else "sam"
+def _guess_normalization(src: Path, base_model: str | None) -> str:
+    """MedSAM was trained on [0, 1] min-max images, SAM on ImageNet mean/std."""
+    entry = registry.lookup(base_model) if base_model else None
+    if "medsam" in src.name.lower() or (entry is not None and entry.normalization == "medsam"):
+        return "medsam"
+    return "sam"
+
+
+def _own_storage(t: torch.Tensor) -> torch.Tensor:
+    """Copy only views (of a flat buffer, a fused tensor) that safetensors cannot save."""
+    t = t.contiguous()
+    return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
 
 
 def _build(
     config: SamConfig,
     weights: dict[str, torch.Tensor],
-    origin: dict[str, str],
+    name: Callable[[str], str],
     src: Path,
     layout: str,
 ) -> SamModel:
-    """SamModel(config) holding exactly `weights`: every key present, every shape right."""
+    """SamModel(config) holding exactly `weights`: every key present, every shape right.
+
+    `name` turns a SamModel key into the name the user's file uses, for the messages.
+    """
     with torch.device("meta"):
         model = SamModel(config)
     expected = model.state_dict()
@@ -589,12 +617,12 @@ def _build(
         part = "SAM" if layout == "full" else "encoder"
         raise SamMedftError(
             f"{src} lacks {len(missing)} {part} weights that SamModel needs: "
-            f"{_preview([origin.get(k) or hf_key_to_original(k) or k for k in missing])}. "
+            f"{_preview([name(k) for k in missing])}. "
             "The checkpoint is incomplete or from another architecture; a model with "
             "random weights there is not written."
         )
     bad = [
-        f"{origin.get(k, k)} (-> {k}): checkpoint {tuple(weights[k].shape)} vs SamModel "
+        f"{name(k)} (-> {k}): checkpoint {tuple(weights[k].shape)} vs SamModel "
         f"{tuple(expected[k].shape)}"
         for k in expected
         if tuple(weights[k].shape) != tuple(expected[k].shape)
@@ -605,9 +633,7 @@ def _build(
             + (f" ... ({len(bad) - 8} more)" if len(bad) > 8 else "")
             + ". Check --arch (or leave it out to infer it) and that the file is a SAM checkpoint."
         )
-    loaded = {
-        k: weights[k].detach().to(dtype=expected[k].dtype).contiguous().clone() for k in expected
-    }
+    loaded = {k: _own_storage(weights[k].detach().to(expected[k].dtype)) for k in expected}
     model.load_state_dict(loaded, strict=True, assign=True)
     model.tie_weights()
     stray = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
@@ -620,7 +646,13 @@ def _processor(config: SamConfig, normalization: str):
     """A SamProcessor whose geometry matches the converted model (PIL backend, no
     torchvision needed)."""
     from transformers import SamProcessor
-    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+
+    try:  # transformers >= 5: PIL backend class; torchvision is not required
+        from transformers.models.sam.image_processing_pil_sam import (
+            SamImageProcessorPil as ImageProcessor,
+        )
+    except ImportError:
+        from transformers import SamImageProcessor as ImageProcessor
 
     size = config.vision_config.image_size
     low = config.prompt_encoder_config.image_embedding_size * 4
@@ -632,7 +664,7 @@ def _processor(config: SamConfig, normalization: str):
     )
     if normalization == "medsam":  # [0, 1] inputs (per-image min-max in sam_medft itself)
         kwargs["do_normalize"] = False
-    return SamProcessor(image_processor=SamImageProcessorPil(**kwargs))
+    return SamProcessor(image_processor=ImageProcessor(**kwargs))
 
 
 def _write_atomically(
@@ -746,9 +778,23 @@ def convert_checkpoint(
         from_base = sorted(weights)
         weights.update(mapped)
 
-    normalization = normalization or _guess_normalization(src)
+    normalization = normalization or _guess_normalization(src, base_model)
+    dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in mapped.values()})
+    if dtypes != ["float32"]:
+        notes.append(f"source weights are {', '.join(dtypes)}; written as float32")
+    if any(k.startswith(("mask_decoder.hf_", "mask_decoder.compress_vit")) for k in unknown):
+        notes.append(
+            "this looks like a SAM-HQ checkpoint: its HQ decoder parts (listed as ignored) are "
+            "not converted; use a SAM-HQ model (e.g. syscv-community/sam-hq-vit-base) for them"
+        )
     config.sam_medft_normalization = normalization
-    model = _build(config, weights, origin, src, layout)
+    model = _build(
+        config,
+        weights,
+        lambda k: source_name(origin.get(k) or hf_key_to_original(k) or k),
+        src,
+        layout,
+    )
     report = ConversionReport(
         src=str(src),
         out_dir=str(out),

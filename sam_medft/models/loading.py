@@ -111,11 +111,12 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _folder_norm(folder: str) -> str:
-    p = Path(folder) / "sam_medft.json"
-    if p.is_file():
-        import json
+    """A converted folder records its preset (`sam-medft convert` writes it in config.json)."""
+    import json
 
-        return json.loads(p.read_text()).get("normalization", "sam")
+    p = Path(folder) / "config.json"
+    if p.is_file():
+        return json.loads(p.read_text()).get("sam_medft_normalization", "sam")
     return "sam"
 
 
