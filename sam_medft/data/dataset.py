@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Sampler
 
 from sam_medft.config import AugmentConfig
 from sam_medft.data.labels import LabelMap
+from sam_medft.data.prompts import PromptSettings
 from sam_medft.data.sources import SampleSource
 from sam_medft.data.transforms import IGNORE_INDEX, SamGeometry, to_model_input
 
@@ -34,13 +35,13 @@ class SamSegmentationDataset(Dataset):
 
     def __init__(self, source: SampleSource, spec: ModelFrameSpec,
                  augment: AugmentConfig | None = None, seed: int = 0,
-                 keep_input_mask: bool = False):
+                 prompts: PromptSettings | None = None):
         self.source = source
         self.spec = spec
         self.augment = augment if augment is not None and augment.enabled else None
         self.seed = seed
         self.epoch = 0
-        self.keep_input_mask = keep_input_mask  # prompt modes simulate prompts in the model frame
+        self.prompts = prompts  # prompt modes: simulated from the (augmented) model-frame mask
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -54,7 +55,7 @@ class SamSegmentationDataset(Dataset):
         classes = self.spec.label_map.apply(sample.raw_mask, source=sample.name)
         pixels, original, _ = to_model_input(sample.image, g, self.spec.normalization)
         item = {"index": index, "original_size": torch.tensor(original)}
-        if self.augment is None and not self.keep_input_mask:
+        if self.augment is None and self.prompts is None:
             item["labels"] = g.mask_to_lowres(classes)
         else:
             mask = g.mask_to_input(classes)
@@ -64,10 +65,23 @@ class SamSegmentationDataset(Dataset):
                 gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch, index))
                 pixels, mask = augment_sample(pixels, mask, self.augment, gen)
             item["labels"] = input_to_lowres(mask, g)
-            if self.keep_input_mask:
-                item["input_mask"] = mask
+            if self.prompts is not None:
+                item["prompts"] = self._simulate(mask, item["labels"], index)
         item["pixel_values"] = pixels
         return item
+
+    def _simulate(self, mask: torch.Tensor, lowres: torch.Tensor, index: int):
+        """Prompts from the model-frame mask: coordinates need no further transform."""
+        from sam_medft.data.prompts import simulate_prompts, to_model_frame
+
+        g = self.spec.geometry
+        label_map = mask.clamp(min=0).numpy()
+        rng = np.random.default_rng(_mix(self.seed, self.epoch, index, 7))
+        classes = list(range(1, self.spec.label_map.num_classes))
+        ps = simulate_prompts(label_map, self.prompts, rng, class_ids=classes)
+        ps = to_model_frame(ps, g, (g.input_size, g.input_size))
+        ps.targets[:, lowres == IGNORE_INDEX] = IGNORE_INDEX
+        return ps
 
 
 def input_to_lowres(mask: torch.Tensor, g: SamGeometry) -> torch.Tensor:
@@ -79,8 +93,11 @@ def input_to_lowres(mask: torch.Tensor, g: SamGeometry) -> torch.Tensor:
 def collate(items: list[dict]) -> dict:
     out = {k: torch.stack([it[k] for it in items]) for k in ("pixel_values", "labels", "original_size")}
     out["index"] = torch.tensor([it["index"] for it in items])
-    if "input_mask" in items[0]:
-        out["input_mask"] = torch.stack([it["input_mask"] for it in items])
+    if "prompts" in items[0]:
+        from sam_medft.data.prompts import collate_prompts
+
+        sets = [it["prompts"] for it in items]
+        out.update(collate_prompts(sets, max(1, max(len(s) for s in sets))))
     return out
 
 

@@ -1,0 +1,264 @@
+"""`sam-medft data check`: read every mask once and report what is wrong before training.
+
+The study's loader discovered bad files one at a time, mid-epoch, or never (an out-of-range
+label became a CUDA device-side assert). This walks each split once, image headers (plus a
+structural check) and full masks, and returns every problem at once: missing and corrupt
+files, image/mask size mismatches, label values the recipe does not map, plus what a user
+wants to know anyway: sizes, pixel types, class frequencies and empty masks.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from sam_medft.config import DataConfig
+from sam_medft.data.labels import LabelMap
+from sam_medft.data.lists import read_pair_list
+from sam_medft.data.sources import PairSource, SampleSource, build_splits, default_label_map
+from sam_medft.errors import SamMedftError
+
+_SHOW = 5  # files named per problem
+
+_FIXES = {
+    "missing image": "check data.img_folder and the list paths",
+    "missing mask": "check data.mask_folder and the list paths",
+    "corrupt image": "re-export these files or drop them from the list",
+    "corrupt mask": "re-export these files as single-channel label maps",
+    "size mismatch": "masks must have their image's size; check the pairing or resample "
+    "the masks with nearest-neighbour",
+    "unmapped labels": "add the values to data.labels or set data.binary: true",
+}
+
+
+@dataclass
+class SplitReport:
+    """Everything found in one split."""
+
+    name: str
+    n: int = 0
+    sizes: Counter = field(default_factory=Counter)  # (H, W) -> count
+    kinds: Counter = field(default_factory=Counter)  # image pixel type -> count
+    value_pixels: Counter = field(default_factory=Counter)  # raw value -> pixels
+    value_images: Counter = field(default_factory=Counter)  # raw value -> images
+    file_values: list[tuple[str, frozenset[int]]] = field(default_factory=list)
+    problems: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    class_pixels: list[int] = field(default_factory=list)
+    class_images: list[int] = field(default_factory=list)
+    empty: int = 0  # masks without any foreground class
+
+    @property
+    def checked(self) -> int:
+        return len(self.file_values)
+
+
+@dataclass
+class DataReport:
+    splits: dict[str, SplitReport]
+    errors: list[str]
+    warnings: list[str]
+    label_map: LabelMap | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def raise_for_errors(self) -> None:
+        """One SamMedftError summarising every problem (first files per problem + counts)."""
+        if self.errors:
+            raise SamMedftError(
+                f"the data check found {len(self.errors)} problem(s):\n- "
+                + "\n- ".join(self.errors)
+            )
+
+    def table(self) -> Table:
+        """One row per split: counts, sizes, pixel types, raw values, classes, empties."""
+        t = Table(title="data check")
+        for col in ("split", "images", "size (HxW)", "pixel type", "raw values"):
+            t.add_column(col)
+        names = self.label_map.class_names if self.label_map else []
+        for name in names[1:]:
+            t.add_column(f"{name}\nimages (px %)", justify="right")
+        t.add_column("empty", justify="right")
+        t.add_column("problems")
+        for s in self.splits.values():
+            total_px = sum(s.class_pixels) or 1
+            row = [
+                s.name,
+                str(s.n),
+                _sizes(s.sizes),
+                ", ".join(f"{k} x{v}" for k, v in s.kinds.most_common(3)),
+                _values(sorted(s.value_pixels)),
+            ]
+            for c in range(1, len(names)):
+                if c < len(s.class_images):
+                    row.append(f"{s.class_images[c]} ({100 * s.class_pixels[c] / total_px:.1f}%)")
+                else:
+                    row.append("-")
+            row.append(str(s.empty))
+            probs = [f"{k}: {len(v)}" for k, v in s.problems.items() if v]
+            row.append("[red]" + ", ".join(probs) + "[/red]" if probs else "[green]none[/green]")
+            t.add_row(*row)
+        return t
+
+
+def check_dataset(data: DataConfig, progress: bool = False) -> DataReport:
+    """Check every split of the recipe's data section; never raises for data problems (see
+    `DataReport.raise_for_errors`)."""
+    errors: list[str] = []
+    warns: list[str] = []
+    sources, split_errors = _sources(data)
+    errors.extend(split_errors)
+    splits = {name: _scan(name, src, progress) for name, src in sources.items()}
+
+    label_map = default_label_map(data)
+    if label_map is None:
+        seen = set().union(*(s.value_pixels for s in splits.values())) if splits else set()
+        if seen:
+            try:
+                label_map = LabelMap.infer(seen)
+                warns.append(
+                    f"no data.labels in the recipe: using the values found ({_values(sorted(seen))})"
+                    f" as classes {', '.join(label_map.class_names[1:])}"
+                )
+            except SamMedftError as e:
+                errors.append(str(e))
+
+    for s in splits.values():
+        if label_map is not None:
+            _classes(s, label_map)
+        for kind, files in s.problems.items():
+            if files:
+                shown = "; ".join(files[:_SHOW])
+                more = f" (and {len(files) - _SHOW} more)" if len(files) > _SHOW else ""
+                errors.append(
+                    f"{s.name}: {kind} in {len(files)} file(s): {shown}{more}. Fix: {_FIXES[kind]}"
+                )
+        if s.empty:
+            warns.append(f"{s.name}: {s.empty} of {s.checked} masks have no foreground (empty)")
+        if label_map is not None and s.checked and s.empty == s.checked and s.name == "train":
+            errors.append(
+                f"train: all {s.checked} masks are empty under the label map {label_map!r}; "
+                "there is nothing to learn (check data.labels and data.mask_folder)"
+            )
+    if "train" not in splits and not any("train" in e for e in split_errors):
+        errors.append("no train split configured (data.train_list / data.folder / data.hf)")
+    return DataReport(splits, errors, warns, label_map)
+
+
+def _sources(data: DataConfig) -> tuple[dict[str, SampleSource], list[str]]:
+    """Split sources without the existence check (missing files are counted per file)."""
+    out: dict[str, SampleSource] = {}
+    errors: list[str] = []
+    if data.source == "lists":
+        for split, path in (
+            ("train", data.train_list),
+            ("val", data.val_list),
+            ("test", data.test_list),
+        ):
+            if path is None:
+                continue
+            try:
+                pairs = read_pair_list(path, data.img_folder, data.mask_folder, must_exist=False)
+            except SamMedftError as e:
+                errors.append(f"{split}: {e}")
+                continue
+            root = data.img_folder if data.img_folder is not None else Path(path).parent
+            out[split] = PairSource(pairs, data.intensity, root=root)
+        return out, errors
+    try:
+        return build_splits(data), errors  # folder/synthetic pairs exist by construction
+    except SamMedftError as e:
+        return out, [str(e)]
+
+
+def _scan(name: str, src: SampleSource, progress: bool) -> SplitReport:
+    rep = SplitReport(name, n=len(src))
+    indices = range(len(src))
+    if progress:
+        from rich.progress import track
+
+        indices = track(indices, description=f"checking {name}", transient=True)
+    for i in indices:
+        where = src.where(i)
+        if isinstance(src, PairSource):
+            pair = src.pairs[i]
+            missing = False
+            if not pair.image.is_file():
+                rep.problems["missing image"].append(str(pair.image))
+                missing = True
+            if not pair.mask.is_file():
+                rep.problems["missing mask"].append(str(pair.mask))
+                missing = True
+            if missing:
+                continue
+        try:
+            header = src.image_header(i)
+        except SamMedftError as e:
+            rep.problems["corrupt image"].append(_first_line(e))
+            header = None
+        try:
+            mask = src.load_mask(i)
+        except SamMedftError as e:
+            rep.problems["corrupt mask"].append(_first_line(e))
+            continue
+        if header is not None:
+            rep.sizes[(header.height, header.width)] += 1
+            rep.kinds[header.kind] += 1
+            if (header.height, header.width) != mask.shape:
+                rep.problems["size mismatch"].append(
+                    f"{where} is {header.height}x{header.width}, its mask "
+                    f"{src.mask_path(i) or ''} is {mask.shape[0]}x{mask.shape[1]}"
+                )
+        values, counts = np.unique(mask, return_counts=True)
+        for v, c in zip(values.tolist(), counts.tolist(), strict=True):
+            rep.value_pixels[v] += c
+            rep.value_images[v] += 1
+        rep.file_values.append((src.mask_path(i) or where, frozenset(values.tolist())))
+    return rep
+
+
+def _classes(rep: SplitReport, label_map: LabelMap) -> None:
+    """Class frequencies, empty masks and unmapped values under the final label map."""
+    k = label_map.num_classes
+    rep.class_pixels, rep.class_images, rep.empty = [0] * k, [0] * k, 0
+    lut = {}
+    for v in rep.value_pixels:
+        if not label_map.unmapped([v]):
+            lut[v] = int(label_map.apply(np.array([v]))[0])
+    for v, px in rep.value_pixels.items():
+        if v in lut:
+            rep.class_pixels[lut[v]] += px
+    for where, values in rep.file_values:
+        bad = label_map.unmapped(values)
+        if bad:
+            rep.problems["unmapped labels"].append(f"{where} (values {_values(bad)})")
+        present = {lut[v] for v in values if v in lut}
+        for c in present:
+            rep.class_images[c] += 1
+        if not bad and not (present - {0}):
+            rep.empty += 1
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0]
+
+
+def _sizes(sizes: Counter) -> str:
+    if not sizes:
+        return "-"
+    if len(sizes) == 1:
+        ((h, w),) = sizes
+        return f"{h}x{w}"
+    by_area = sorted(sizes, key=lambda s: s[0] * s[1])
+    lo, hi = by_area[0], by_area[-1]
+    return f"{lo[0]}x{lo[1]} .. {hi[0]}x{hi[1]} ({len(sizes)} sizes)"
+
+
+def _values(values: list[int], n: int = 8) -> str:
+    head = ", ".join(str(v) for v in values[:n])
+    return head + (f", ... ({len(values)} values)" if len(values) > n else "")

@@ -1,0 +1,452 @@
+"""Where samples come from: the one data abstraction the trainer, evaluator and checker use.
+
+A `SampleSource` is an indexable list of (image, raw mask, name, spacing) samples. Files
+(the study's lists, an images/ + masks/ folder, the synthetic demo) and Hugging Face
+datasets (an imagefolder, a `save_to_disk` folder, a Hub id) all end up as one of two
+implementations, so everything downstream reads data one way. Images and masks are decoded
+by `sam_medft.data.io` in both cases (HF image columns are read as raw bytes), so a PNG
+gives the same arrays whether it comes from a list or from a dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sam_medft.config import DataConfig, HFDataConfig, IntensityConfig, SyntheticConfig
+from sam_medft.data import io
+from sam_medft.data.labels import LabelMap
+from sam_medft.data.lists import Pair, folder_pairs, read_pair_list
+from sam_medft.data.synthetic import SYNTHETIC_LABELS, SYNTHETIC_VERSION, write_synthetic
+from sam_medft.errors import SamMedftError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Sample:
+    image: np.ndarray  # HxWx3 float32 in [0, 255]
+    raw_mask: np.ndarray  # HxW int64 raw label values
+    name: str  # unique within the split; used for output file names
+    spacing: tuple[float, float] | None = None  # (sy, sx) in mm, when known
+
+
+class SampleSource(ABC):
+    """An indexable split. `names[i]` is unique; `load(i)` decodes one sample."""
+
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @abstractmethod
+    def load(self, i: int) -> Sample: ...
+
+    @abstractmethod
+    def image_path(self, i: int) -> str | None:
+        """The image's file path, when there is one (for reports and overlays)."""
+
+    @abstractmethod
+    def mask_path(self, i: int) -> str | None: ...
+
+    @abstractmethod
+    def image_header(self, i: int) -> io.ImageHeader:
+        """Size and pixel type without decoding the pixels (for the dataset check)."""
+
+    @abstractmethod
+    def load_mask(self, i: int) -> np.ndarray:
+        """HxW int64 raw values."""
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.load(i)
+
+    def where(self, i: int) -> str:
+        """How to name sample i in a message: its path, else its name."""
+        return self.image_path(i) or self.names[i]
+
+
+def _check_same_size(image_hw: tuple[int, int], mask_hw: tuple[int, int], img: str, mask: str):
+    if tuple(image_hw) != tuple(mask_hw):
+        raise SamMedftError(
+            f"{img} is {image_hw[0]}x{image_hw[1]} (HxW) but its mask {mask} is "
+            f"{mask_hw[0]}x{mask_hw[1]}; masks must have their image's size (resample with "
+            "nearest-neighbour, or fix the pairing in the list)"
+        )
+
+
+def _unique_names(names: Sequence[str]) -> list[str]:
+    """Repeated names (an image listed twice) get `~1`, `~2`... so outputs never collide."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        k = seen.get(n, 0)
+        seen[n] = k + 1
+        out.append(n if k == 0 else f"{n}~{k}")
+    return out
+
+
+# ---- files -----------------------------------------------------------------------------------
+
+
+class PairSource(SampleSource):
+    """Image/mask file pairs. Names are image paths relative to `root` (else file names)."""
+
+    def __init__(
+        self,
+        pairs: Sequence[Pair],
+        intensity: IntensityConfig | None = None,
+        root: str | Path | None = None,
+        spacing: tuple[float, float] | None = None,
+    ) -> None:
+        self.pairs = list(pairs)
+        self.intensity = intensity or IntensityConfig()
+        self.spacing = spacing
+        self.names = _unique_names([_relative_name(p.image, root) for p in self.pairs])
+
+    def load(self, i: int) -> Sample:
+        p = self.pairs[i]
+        image = io.read_image(p.image, self.intensity)
+        mask = io.read_mask(p.mask)
+        _check_same_size(image.shape[:2], mask.shape, str(p.image), str(p.mask))
+        return Sample(image, mask, self.names[i], self.spacing)
+
+    def image_path(self, i: int) -> str:
+        return str(self.pairs[i].image)
+
+    def mask_path(self, i: int) -> str:
+        return str(self.pairs[i].mask)
+
+    def image_header(self, i: int) -> io.ImageHeader:
+        return io.image_header(self.pairs[i].image, verify=True)
+
+    def load_mask(self, i: int) -> np.ndarray:
+        return io.read_mask(self.pairs[i].mask)
+
+
+def _relative_name(path: Path, root: str | Path | None) -> str:
+    if root is not None:
+        try:
+            return Path(os.path.relpath(path, root)).as_posix() if _under(path, root) else path.name
+        except ValueError:  # different drives on Windows
+            return path.name
+    return path.name
+
+
+def _under(path: Path, root: str | Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+        return True
+    except ValueError:
+        return False
+
+
+# ---- Hugging Face datasets ---------------------------------------------------------------------
+
+
+class HFSource(SampleSource):
+    """A `datasets.Dataset` with an image and a mask column (PIL images, file paths or
+    arrays) and an optional `spacing` column. Image columns are read as raw bytes and
+    decoded by `sam_medft.data.io`, i.e. `Image(mode=None)` semantics: palette masks keep
+    their indices."""
+
+    def __init__(
+        self,
+        dataset: Any,
+        image_column: str = "image",
+        mask_column: str = "mask",
+        intensity: IntensityConfig | None = None,
+        root: str | Path | None = None,
+        spacing_column: str | None = "spacing",
+        label: str = "dataset",
+    ) -> None:
+        from datasets import Image as HFImage
+
+        cols = list(dataset.column_names)
+        for key, col in (("image_column", image_column), ("mask_column", mask_column)):
+            if col not in cols:
+                raise SamMedftError(
+                    f"{label}: no column {col!r} (data.hf.{key}); the columns are: "
+                    f"{', '.join(cols)}. Set data.hf.{key} to one of them"
+                )
+        self.image_column, self.mask_column = image_column, mask_column
+        self.spacing_column = spacing_column if spacing_column in cols else None
+        self.intensity = intensity or IntensityConfig()
+        self.label = label
+        self._is_image = {}
+        for col in (image_column, mask_column):
+            self._is_image[col] = isinstance(dataset.features[col], HFImage)
+            if self._is_image[col]:
+                dataset = dataset.cast_column(col, HFImage(decode=False))
+        keep = [c for c in (image_column, mask_column, self.spacing_column) if c]
+        self.dataset = dataset.select_columns(keep)
+        self._paths = self._column_paths(image_column)
+        self._mask_paths = self._column_paths(mask_column)
+        if all(self._paths):
+            names = [_relative_name(Path(p), root) for p in self._paths]
+        else:
+            names = [f"{i:06d}" for i in range(len(self.dataset))]
+        self.names = _unique_names(names)
+
+    def _column_paths(self, col: str) -> list[str | None]:
+        """File paths of an Image column, read from Arrow without touching the bytes."""
+        import pyarrow.compute as pc
+        from datasets import Value
+
+        feature = self.dataset.features[col]
+        if not self._is_image[col]:
+            if isinstance(feature, Value) and feature.dtype in ("string", "large_string"):
+                return list(self.dataset.select_columns([col])[col])
+            return [None] * len(self.dataset)
+        out: list[str | None] = []
+        table = self.dataset.select_columns([col]).with_format("arrow")
+        for batch in table.iter(batch_size=4096):
+            out.extend(pc.struct_field(batch.column(col), "path").to_pylist())
+        return out
+
+    def _read(self, value: Any, col: str, i: int, mask: bool) -> np.ndarray:
+        where = f"{self.label}[{i}].{col}"
+        if isinstance(value, dict):  # Image(decode=False): {"bytes": ..., "path": ...}
+            data, path = value.get("bytes"), value.get("path")
+            where = f"{self.label}[{i}].{col} ({path})" if path else where
+            if data is None and path is None:
+                raise SamMedftError(f"{where}: empty image cell; remove the row or fill it")
+            src = data if data is not None else path
+            if data is None and str(path).lower().endswith(".npy"):
+                src = path
+            return io.read_mask(src, where) if mask else io.read_image(src, self.intensity, where)
+        if isinstance(value, str | Path):
+            return io.read_mask(value) if mask else io.read_image(value, self.intensity)
+        if value is None:
+            raise SamMedftError(f"{where}: missing value; remove the row or fill it")
+        if hasattr(value, "mode") and hasattr(value, "size"):  # a PIL image
+            return (
+                io.pil_to_mask(value, where)
+                if mask
+                else io.pil_to_rgb(value, self.intensity, where)
+            )
+        a = np.asarray(value)
+        return io.mask_array(a, where) if mask else io.array_to_rgb(a, self.intensity, where)
+
+    def load(self, i: int) -> Sample:
+        row = self.dataset[int(i)]
+        image = self._read(row[self.image_column], self.image_column, i, mask=False)
+        mask = self._read(row[self.mask_column], self.mask_column, i, mask=True)
+        _check_same_size(
+            image.shape[:2],
+            mask.shape,
+            self.where(i),
+            self.mask_path(i) or f"{self.label}[{i}].{self.mask_column}",
+        )
+        return Sample(image, mask, self.names[i], self._spacing(row))
+
+    def _spacing(self, row: dict) -> tuple[float, float] | None:
+        if not self.spacing_column:
+            return None
+        v = row[self.spacing_column]
+        if v is None:
+            return None
+        v = np.atleast_1d(np.asarray(v, dtype=float)).ravel()
+        if v.size == 1:
+            return float(v[0]), float(v[0])
+        return float(v[0]), float(v[1])
+
+    def image_path(self, i: int) -> str | None:
+        return self._paths[i]
+
+    def mask_path(self, i: int) -> str | None:
+        return self._mask_paths[i]
+
+    def image_header(self, i: int) -> io.ImageHeader:
+        value = self.dataset[int(i)][self.image_column]
+        where = f"{self.label}[{i}].{self.image_column}"
+        if isinstance(value, dict):
+            src = value.get("bytes") if value.get("bytes") is not None else value.get("path")
+            return io.image_header(src, where, verify=True)
+        if isinstance(value, str | Path):
+            return io.image_header(value, verify=True)
+        a = self._read(value, self.image_column, i, mask=False)
+        return io.ImageHeader(a.shape[0], a.shape[1], "array", 3, "float")
+
+    def load_mask(self, i: int) -> np.ndarray:
+        return self._read(self.dataset[int(i)][self.mask_column], self.mask_column, i, mask=True)
+
+
+# ---- building the splits from a recipe -----------------------------------------------------------
+
+
+def build_splits(data: DataConfig) -> dict[str, SampleSource]:
+    """`train`, `val`, `test` sources for the recipe's data section (unconfigured splits are
+    absent). Raises SamMedftError for missing lists/files/columns before any model work."""
+    if data.source == "lists":
+        return {
+            split: _list_source(data, path)
+            for split, path in (
+                ("train", data.train_list),
+                ("val", data.val_list),
+                ("test", data.test_list),
+            )
+            if path is not None
+        }
+    if data.source == "folder":
+        pairs = folder_pairs(data.folder, data.val_fraction, data.test_fraction, data.split_seed)
+        root = Path(data.folder) / "images"
+        return {s: PairSource(p, data.intensity, root=root) for s, p in pairs.items()}
+    if data.source == "synthetic":
+        folder = synthetic_folder(data.synthetic)
+        return {
+            s: PairSource(read_pair_list(folder / f"{s}.csv"), data.intensity, root=folder)
+            for s in SPLITS
+        }
+    if data.source == "hf":
+        return _hf_splits(data.hf, data.intensity)
+    raise SamMedftError(f"unknown data.source {data.source!r}; use lists, folder, hf or synthetic")
+
+
+def _list_source(data: DataConfig, list_path: Path) -> PairSource:
+    pairs = read_pair_list(list_path, data.img_folder, data.mask_folder)
+    root = data.img_folder if data.img_folder is not None else Path(list_path).parent
+    return PairSource(pairs, data.intensity, root=root)
+
+
+def default_label_map(data: DataConfig) -> LabelMap | None:
+    """The label map the recipe implies (labels, binary, or the synthetic set's own), or
+    None when it must be inferred from the masks (`LabelMap.infer`)."""
+    if data.binary:
+        return LabelMap(binary=True)
+    if data.labels is not None:
+        return LabelMap(data.labels)
+    if data.source == "synthetic":
+        return LabelMap(SYNTHETIC_LABELS)
+    return None
+
+
+# ---- synthetic cache ---------------------------------------------------------------------------
+
+
+def cache_root() -> Path:
+    """`$SAM_MEDFT_CACHE`, else `$XDG_CACHE_HOME/sam_medft` (default ~/.cache/sam_medft)."""
+    env = os.environ.get("SAM_MEDFT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "sam_medft"
+
+
+def synthetic_folder(cfg: SyntheticConfig) -> Path:
+    """Generate the synthetic set once per settings (atomically) and return its folder."""
+    key = json.dumps({"v": SYNTHETIC_VERSION, **cfg.model_dump()}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    final = cache_root() / "synthetic" / digest
+    if (final / "dataset.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=final.parent))
+    try:
+        write_synthetic(tmp, cfg.n_train, cfg.n_val, cfg.n_test, cfg.size, cfg.seed)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished first (or a stale partial folder)
+            if not (final / "dataset.json").is_file():
+                shutil.rmtree(final, ignore_errors=True)
+                os.rename(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# ---- Hugging Face loading ----------------------------------------------------------------------
+
+
+def _hf_splits(cfg: HFDataConfig, intensity: IntensityConfig) -> dict[str, SampleSource]:
+    splits, root = load_hf(cfg)
+    available = list(splits)
+    wanted = {"train": cfg.train_split, "val": cfg.val_split, "test": cfg.test_split}
+    if cfg.train_split not in splits:
+        raise SamMedftError(
+            f"data.hf.path={cfg.path}: no split {cfg.train_split!r} (data.hf.train_split); "
+            f"the splits are: {', '.join(available)}"
+        )
+    out: dict[str, SampleSource] = {}
+    for ours, theirs in wanted.items():
+        if theirs is None:
+            continue
+        if theirs not in splits:
+            warnings.warn(
+                f"data.hf.path={cfg.path}: no split {theirs!r} (data.hf.{ours}_split); the "
+                f"splits are {', '.join(available)}; running without a {ours} split. Set "
+                f"data.hf.{ours}_split to one of them (or null to silence this)",
+                stacklevel=2,
+            )
+            continue
+        split_root = (root / theirs) if root is not None and (root / theirs).is_dir() else root
+        out[ours] = HFSource(
+            splits[theirs],
+            cfg.image_column,
+            cfg.mask_column,
+            intensity,
+            root=split_root,
+            label=f"{cfg.path}[{theirs}]",
+        )
+    return out
+
+
+def load_hf(cfg: HFDataConfig) -> tuple[dict[str, Any], Path | None]:
+    """(split name -> datasets.Dataset, local root or None) from a `save_to_disk` folder,
+    an imagefolder data_dir (metadata.csv with file_name, mask_file_name) or a Hub id."""
+    import datasets
+
+    path = Path(cfg.path).expanduser()
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            try:
+                ds = datasets.load_from_disk(str(path))
+            except Exception as e:  # noqa: BLE001 - datasets raises many types here
+                raise SamMedftError(f"{path}: cannot load this save_to_disk folder ({e})") from None
+            if isinstance(ds, datasets.Dataset):
+                return {cfg.train_split: ds}, None
+            return dict(ds), None
+        if not any(path.rglob("metadata.csv")) and not any(path.rglob("metadata.jsonl")):
+            raise SamMedftError(
+                f"{path}: a local folder without dataset_dict.json/state.json (save_to_disk) or "
+                "metadata.csv (imagefolder); add metadata.csv with columns file_name,"
+                "mask_file_name per split folder, or use data.source: folder"
+            )
+        try:
+            dd = datasets.load_dataset("imagefolder", data_dir=str(path))
+        except Exception as e:  # noqa: BLE001
+            raise SamMedftError(f"{path}: cannot load it as an imagefolder ({e})") from None
+        return dict(dd), path
+    if cfg.path.startswith((".", "/", "~")) or cfg.path.count("/") > 1:
+        raise SamMedftError(
+            f"data.hf.path={cfg.path}: folder {path.resolve()} not found; give an existing "
+            "folder or a Hub dataset id like owner/name"
+        )
+    try:
+        dd = datasets.load_dataset(cfg.path, cfg.name, revision=cfg.revision)
+    except Exception as e:  # noqa: BLE001 - offline, not found, gated, bad config name...
+        offline = datasets.config.HF_HUB_OFFLINE
+        why = (
+            "HF_HUB_OFFLINE is set and it is not in the local cache; run once online or unset "
+            "HF_HUB_OFFLINE"
+            if offline
+            else "check the id (and data.hf.name/revision), run `hf auth login` for private or "
+            "gated sets, or use a local folder"
+        )
+        raise SamMedftError(
+            f"data.hf.path={cfg.path}: not a local folder and cannot be loaded from the Hub "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {why}"
+        ) from None
+    if isinstance(dd, datasets.Dataset):
+        return {cfg.train_split: dd}, None
+    return dict(dd), None

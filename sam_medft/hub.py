@@ -1,0 +1,745 @@
+"""Push a fine-tuned run to the Hugging Face Hub with a model card, and pull it back.
+
+Why not `PeftModel.push_to_hub`: it goes through transformers' push, which overwrites
+README.md with a generic card (`library_name: transformers`) and uploads the adapter alone.
+A sam_medft repo needs the adapter, our card, the resolved recipe and the eval summary in
+ONE commit (a half-pushed repo would load with the wrong card or no metadata), and errors
+a user can act on. Everything that can be checked locally is checked before the first
+request, and the run folder is only read (files are staged in a temporary folder).
+
+Repo layout (flat, so `PeftModel.from_pretrained(repo_id)` also works):
+`README.md`, the adapter files (`sam_medft.json`, `adapter_config.json`,
+`adapter_model.safetensors` or `trainable_model.safetensors`, ...), `recipe.yaml`,
+`eval/summary.json`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token
+from huggingface_hub import snapshot_download as _snapshot_download
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from sam_medft.errors import SamMedftError
+
+META_FILE = "sam_medft.json"  # same name as sam_medft.models.artifact.META_FILE (torch-free here)
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+CARD_TAGS = ["medical-imaging", "image-segmentation", "segment-anything", "sam_medft"]
+TOKEN_HELP = "run `hf auth login` or set HF_TOKEN (a token with write access)"
+TOKENS_URL = "https://huggingface.co/settings/tokens"
+_SKIP_FROM_ADAPTER = {"README.md"}  # PEFT's stub card: ours replaces it
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """Connection-level errors of the HTTP library the client uses (2.x: httpx2, 1.x: httpx)."""
+    found: list[type[Exception]] = []
+    for module in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(module).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+_TransportError = _transport_errors()
+
+
+# ---- names ---------------------------------------------------------------------------------
+
+
+def is_hub_id(s: str) -> bool:
+    """True if `s` is a syntactically valid Hub repo id ("name" or "namespace/name").
+
+    Syntax only: whether the repo exists is the Hub's answer, whether a folder of that name
+    exists locally is `resolve_run`'s first question.
+    """
+    if not isinstance(s, str) or not s:
+        return False
+    try:
+        validate_repo_id(s)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _repo_id_rule(repo_id: str) -> str | None:
+    """The Hub's naming rule `repo_id` breaks (None when it is valid)."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        # the client's text repeats the id and mentions its own `repo_type` argument: drop both
+        rule = str(e).split(" Use `repo_type`")[0].replace(f": '{repo_id}'", "")
+        return rule.rstrip(". ") + "."
+    return None
+
+
+def check_repo_id(repo_id: str) -> str:
+    """Validate a repo id locally; SamMedftError naming the id and the rule it breaks."""
+    rule = _repo_id_rule(repo_id)
+    if rule is not None:
+        raise SamMedftError(
+            f"{repo_id!r} is not a valid Hub repo id: {rule} "
+            "Give it as 'your-name/model-name', e.g. 'jane/prostate-lora'."
+        )
+    return repo_id
+
+
+def resolve_token(token: str | None = None) -> str:
+    """The token to use: the argument, else HF_TOKEN, else the saved `hf auth login` token."""
+    token = token or get_token()
+    if not token:
+        raise SamMedftError(
+            f"no Hugging Face token found: {TOKEN_HELP}. Create one at {TOKENS_URL}."
+        )
+    return token
+
+
+def check_push_target(repo_id: str, token: str | None = None) -> str:
+    """Everything about a push target that can be checked without the network.
+
+    Call it when a recipe says `hub.push: true`, before training starts, so a typo in the
+    repo id or a missing login fails in a second rather than after hours of training.
+    Returns the token to use.
+    """
+    check_repo_id(repo_id)
+    _refuse_offline(f"pushing to {repo_id!r}")
+    return resolve_token(token)
+
+
+def _offline() -> bool:
+    is_offline = getattr(constants, "is_offline_mode", None)
+    return bool(is_offline() if is_offline is not None else constants.HF_HUB_OFFLINE)
+
+
+def _refuse_offline(action: str) -> None:
+    if _offline():
+        raise SamMedftError(
+            f"{action} needs the network but HF_HUB_OFFLINE=1 is set: unset HF_HUB_OFFLINE "
+            "(or run the command where the Hub is reachable)."
+        )
+
+
+# ---- the local run folder ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """What a run folder holds for the Hub (paths that exist, meta already parsed)."""
+
+    run_dir: Path
+    adapter_dir: Path
+    meta: dict[str, Any]
+    recipe: Path | None
+    summary: Path | None
+
+
+def find_adapter_dir(path: str | Path) -> Path | None:
+    """A run folder (runs/<name>) or an adapter folder -> the folder holding sam_medft.json."""
+    path = Path(path).expanduser()
+    for candidate in (path, path / "adapter"):
+        if (candidate / META_FILE).is_file():
+            return candidate
+    return None
+
+
+def inspect_run(run_dir: str | Path) -> RunFiles:
+    """Check a run folder has what a push needs (meta + weights); only sam_medft.json is read."""
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise SamMedftError(
+            f"run folder {run_dir} does not exist: pass the folder training wrote (runs/<name>)."
+        )
+    adapter_dir = find_adapter_dir(run_dir)
+    if adapter_dir is None:
+        raise SamMedftError(
+            f"{run_dir} holds no fine-tuned adapter ({run_dir / 'adapter' / META_FILE} is missing): "
+            "train first (`sam-medft train RECIPE`) or pass the run folder, not its parent."
+        )
+    meta = _read_json(adapter_dir / META_FILE)
+    weights = sorted(p.name for p in adapter_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    if not weights:
+        raise SamMedftError(
+            f"{adapter_dir} has {META_FILE} but no weights (adapter_model.safetensors or "
+            "trainable_model.safetensors): the training did not finish; re-run it."
+        )
+    if (
+        any(w in PEFT_WEIGHTS for w in weights)
+        and not (adapter_dir / "adapter_config.json").is_file()
+    ):
+        raise SamMedftError(
+            f"{adapter_dir} has PEFT weights but no adapter_config.json: the adapter folder is "
+            "incomplete; re-run training (or copy adapter_config.json back)."
+        )
+    # recipe.yaml and eval/ sit next to adapter/ (also when the adapter/ folder itself is given)
+    root = adapter_dir.parent if adapter_dir.name == "adapter" else adapter_dir
+    recipe = root / "recipe.yaml"
+    summary = root / "eval" / "summary.json"
+    return RunFiles(
+        run_dir=run_dir,
+        adapter_dir=adapter_dir,
+        meta=meta,
+        recipe=recipe if recipe.is_file() else None,
+        summary=summary if summary.is_file() else None,
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SamMedftError(
+            f"{path} is not readable JSON ({e}): re-run training to rewrite it."
+        ) from None
+    if not isinstance(data, dict):
+        raise SamMedftError(f"{path} should hold a JSON object, not {type(data).__name__}.")
+    return data
+
+
+def _read_recipe(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise SamMedftError(f"{path} is not readable YAML ({e}): fix or delete it.") from None
+    return data if isinstance(data, dict) else {}
+
+
+# ---- model card ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One evaluation number for the card (and the model-index)."""
+
+    metric_type: str  # "dice", "nsd", ...
+    scope: str  # "foreground mean" or a class name
+    value: float
+
+
+KNOWN_METRICS = ("dice", "iou", "nsd", "hd95", "hd", "assd", "precision", "recall")
+
+
+def read_eval_metrics(summary: dict[str, Any]) -> list[Metric]:
+    """summary.json -> metrics. The one place that knows that file's layout.
+
+    Layout (sam_medft.eval.summary): {"foreground_mean": {"dice": {"mean": x, ...}, ...,
+    "n_classes": 2}, "per_class": {"1": {"name": "zone_a", "dice": {"mean": x}, "n_rows": 9,
+    ...}}}. A metric is a dict with a finite "mean", or a bare number under a known metric
+    name; counters, NaN/None and anything else are skipped rather than guessed.
+    """
+
+    def value(name: str, v: Any) -> float | None:
+        if isinstance(v, dict):
+            v = v.get("mean")
+        elif name not in KNOWN_METRICS:
+            return None  # a bare number under another name is a counter (n_rows, n_classes)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return None
+        return float(v)
+
+    groups: list[tuple[str, Any]] = [("foreground mean", summary.get("foreground_mean"))]
+    per_class = summary.get("per_class")
+    if isinstance(per_class, dict):
+        for key, entry in per_class.items():
+            name = entry.get("name") if isinstance(entry, dict) else None
+            groups.append((str(name or key), entry))
+    out: list[Metric] = []
+    for scope, metrics in groups:
+        if not isinstance(metrics, dict):
+            continue
+        for name, v in metrics.items():
+            if (x := value(str(name).lower(), v)) is not None:
+                out.append(Metric(str(name).lower(), scope, x))
+    return out
+
+
+def _card_base_model(base: Any) -> str | None:
+    """The Hub id to put in `base_model:` (None for the tiny test model or a local folder)."""
+    if not isinstance(base, str) or not base:
+        return None
+    from sam_medft.models import registry
+
+    entry = registry.lookup(base)
+    if entry is not None:
+        return entry.hub_id
+    if "/" in base and is_hub_id(base) and not Path(base).expanduser().exists():
+        return base
+    return None
+
+
+def _class_rows(meta: dict[str, Any]) -> list[tuple[int, str, str]]:
+    """(class index, name, raw mask value) for the card's class table."""
+    names = meta.get("class_names") or [
+        f"class_{i}" for i in range(int(meta.get("num_classes") or 0))
+    ]
+    labels = meta.get("labels") or {}
+    value_of = {str(name): raw for raw, name in labels.items()} if isinstance(labels, dict) else {}
+    return [(i, str(n), str(value_of.get(str(n), i))) for i, n in enumerate(names)]
+
+
+_METHOD_TEXT = {
+    "lora": "LoRA",
+    "adapter": "bottleneck adapters",
+    "vanilla": "full fine-tuning of the trainable part (vanilla)",
+}
+_SCOPE_TEXT = {"decoder": "mask decoder only", "encdec": "image encoder + mask decoder"}
+_PROMPT_TEXT = {
+    "none": "none: automatic, prompt-free multi-class segmentation",
+    "point": "point prompts (one set per object)",
+    "box": "box prompts (one per object)",
+    "hybrid": "points + boxes",
+}
+_NORM_TEXT = {
+    "sam": "`sam`: RGB scaled to [0, 1], then ImageNet mean/std",
+    "medsam": "`medsam`: min-max to [0, 1] per image",
+}
+
+CARD_TEMPLATE = """\
+---
+{{ card_data }}
+---
+
+# {{ title }}
+
+A medical image segmentation model: {{ method_text }} ({{ scope_text }}) on top of
+{{ base_text }}, fine-tuned with `sam_medft`.
+This repo holds only the trained weights (the frozen base model is not included), the
+exact training recipe and the evaluation summary.
+
+## Classes
+
+{% if binary %}Binary segmentation (foreground vs background).
+{% endif %}| class index | name | value in the label masks |
+|---|---|---|
+{% for idx, name, raw in classes %}| {{ idx }} | {{ name }} | {{ raw }} |
+{% endfor %}
+## Model details
+
+- Base model: {{ base_text }}
+- Fine-tuning: {{ method_text }} ({{ scope_text }})
+- Prompts: {{ prompt_text }}
+- Normalisation: {{ norm_text }}
+- Geometry: longest side resized to {{ input_size }}, padded bottom/right to \
+{{ input_size }}x{{ input_size }}; masks predicted at {{ mask_size }}x{{ mask_size }} and \
+resized back to the original image
+- Files: {{ files }}
+- sam_medft version: {{ version }}
+
+## Training data
+
+{{ data_description }}
+
+## Evaluation
+
+{% if metrics %}On the {{ split + " split" if split else "evaluation set" }}\
+{% if n_cases %} ({{ n_cases }} cases){% endif %}:
+
+| metric | class | value |
+|---|---|---|
+{% for m in metrics %}| {{ m.metric_type }} | {{ m.scope }} | {{ "%.4f" | format(m.value) }} |
+{% endfor %}
+{% if policy %}
+Empty cases: {{ policy }}
+{% endif %}
+The full summary is in `eval/summary.json`.
+{% else %}No evaluation summary was pushed with this model.
+{% endif %}
+## Usage
+
+```bash
+pip install sam_medft
+```
+
+```python
+import sam_medft
+
+model = sam_medft.load("{{ repo_id }}")
+labels = model.predict("slice.png")  # integer label map at the image's original size
+```
+
+From the command line (one label image per input image):
+
+```bash
+sam-medft predict {{ repo_id }} images/ --out preds/
+```
+{% if recipe %}
+## Training recipe
+
+The resolved recipe (`recipe.yaml` in this repo); `sam-medft train recipe.yaml` re-runs it.
+
+<details>
+<summary>recipe.yaml</summary>
+
+```yaml
+{{ recipe }}
+```
+
+</details>
+{% endif %}
+## Limitations
+
+Trained and evaluated on the data described above only; not a medical device. Check the
+predictions on your own data before relying on them.
+"""
+
+
+def build_model_card(
+    run_dir: str | Path, repo_id: str | None = None, *, license: str | None = None
+) -> ModelCard:
+    """The model card (README.md) for a run: Hub metadata + classes, preprocessing, metrics.
+
+    `repo_id` goes into the usage snippet (the run folder's path when None, so a local card
+    is also correct). The license comes from the argument, else `license` in sam_medft.json,
+    else `hub.license` in the recipe; it is left out when none says.
+    """
+    return _build_card(inspect_run(run_dir), repo_id, license)
+
+
+def _build_card(run: RunFiles, repo_id: str | None, license: str | None) -> ModelCard:
+    meta = run.meta
+    recipe = _read_recipe(run.recipe)
+    summary = _read_json(run.summary) if run.summary else {}
+    metrics = read_eval_metrics(summary)
+    target = repo_id or str(run.run_dir)
+    title = (repo_id or run.run_dir.resolve().name).split("/")[-1]
+
+    hub_cfg = recipe.get("hub")
+    license = (
+        license
+        or meta.get("license")
+        or (hub_cfg.get("license") if isinstance(hub_cfg, dict) else None)
+    )
+    method = str(meta.get("method") or "lora")
+    base = meta.get("base_model")
+    base_id = _card_base_model(base)
+    split = str(summary["split"]) if summary.get("split") else None
+    data_description = str(meta.get("data_description") or "").strip()
+    dataset_type = str(summary.get("dataset") or "custom")
+    dataset_name = (data_description.splitlines() or ["own data"])[0][:80] or "own data"
+
+    eval_results = [
+        EvalResult(
+            task_type="image-segmentation",
+            task_name="Image Segmentation",
+            dataset_type=dataset_type,
+            dataset_name=dataset_name,
+            dataset_split=split,
+            metric_type=m.metric_type,
+            metric_name=f"{m.metric_type} ({m.scope})",
+            metric_value=round(m.value, 4),
+        )
+        for m in metrics
+    ]
+    tags = list(dict.fromkeys([*CARD_TAGS, method.lower(), "peft"]))
+    card_data = ModelCardData(
+        library_name="peft",
+        base_model=base_id,
+        license=license,
+        tags=tags,
+        pipeline_tag="image-segmentation",
+        model_name=title,
+        eval_results=eval_results or None,
+    )
+    if base_id:
+        base_text = f"[{base_id}](https://huggingface.co/{base_id})"
+    elif base in (None, "", "tiny"):
+        base_text = "the built-in random `tiny` SamModel (a test/demo model, not for real use)"
+    else:
+        base_text = f"`{base}` (a local model folder)"
+    if meta.get("base_revision"):
+        base_text += f" at revision `{meta['base_revision']}`"
+    recipe_text = run.recipe.read_text(encoding="utf-8").rstrip() if run.recipe else ""
+    files = ", ".join(
+        f"`{p.name}`"
+        for p in sorted(run.adapter_dir.iterdir())
+        if p.is_file() and p.name not in _SKIP_FROM_ADAPTER
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_str=CARD_TEMPLATE,
+        title=title,
+        repo_id=target,
+        base_text=base_text,
+        method_text=_METHOD_TEXT.get(method.lower(), f"PEFT `{method}`"),
+        scope_text=_SCOPE_TEXT.get(str(meta.get("scope")), str(meta.get("scope") or "?")),
+        prompt_text=_PROMPT_TEXT.get(
+            str(meta.get("prompt_mode") or "none"), str(meta.get("prompt_mode"))
+        ),
+        norm_text=_NORM_TEXT.get(str(meta.get("normalization")), f"`{meta.get('normalization')}`"),
+        input_size=meta.get("input_size", 1024),
+        mask_size=meta.get("mask_size", 256),
+        binary=bool(meta.get("binary")),
+        classes=_class_rows(meta),
+        data_description=data_description or "Not described.",
+        metrics=metrics,
+        split=split,
+        n_cases=summary.get("n_cases") or summary.get("num_cases"),
+        policy=summary.get("policy_description"),
+        files=files,
+        version=meta.get("sam_medft_version", "?"),
+        recipe=recipe_text if len(recipe_text) < 20_000 else "",
+    )
+
+
+# ---- push ----------------------------------------------------------------------------------
+
+
+def _stage(run: RunFiles, card: ModelCard, dest: Path) -> list[str]:
+    """Lay out the repo in `dest` (hard links where possible: the run folder is only read)."""
+
+    def put(src: Path, rel: str) -> None:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)  # never write through a link into the run folder
+        try:
+            os.link(src, target)
+        except OSError:  # other file system, or links not allowed
+            shutil.copy2(src, target)
+
+    for src in sorted(run.adapter_dir.rglob("*")):
+        rel = src.relative_to(run.adapter_dir).as_posix()
+        if src.is_file() and rel not in _SKIP_FROM_ADAPTER and not rel.startswith("."):
+            put(src, rel)
+    if run.recipe:
+        put(run.recipe, "recipe.yaml")
+    if run.summary:
+        put(run.summary, "eval/summary.json")
+    (dest / "README.md").unlink(missing_ok=True)
+    (dest / "README.md").write_text(str(card), encoding="utf-8")
+    return sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+
+
+def push_run(
+    run_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """Upload a run (adapter + card + recipe + eval summary) as ONE commit; return its URL.
+
+    `private=True` creates the repo private; False leaves the Hub's (or the organisation's)
+    default, and an existing repo keeps its visibility. `revision` pushes to that branch,
+    created from main when missing. The run folder is never written to.
+    """
+    run = inspect_run(run_dir)
+    if revision is not None and not revision.strip():
+        raise SamMedftError("--revision is empty: give a branch name (e.g. v1) or leave it out.")
+    token = check_push_target(repo_id, token)
+    api = HfApi(endpoint=endpoint, token=token, library_name="sam_medft")
+    where = f"pushing {run.run_dir} to {repo_id!r} on {api.endpoint}"
+    card = _build_card(run, repo_id, None)
+    with _hub_errors(where, repo_id, api.endpoint, push=True):
+        repo_url = api.create_repo(repo_id, private=True if private else None, exist_ok=True)
+        repo_id = repo_url.repo_id or repo_id  # a bare name lands in the token owner's namespace
+        if revision and revision != constants.DEFAULT_REVISION:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="sam_medft-push-") as tmp:
+            _stage(run, card, Path(tmp))
+            api.upload_folder(
+                repo_id=repo_id,
+                folder_path=tmp,
+                revision=revision,
+                commit_message=commit_message
+                or f"Upload {run.run_dir.resolve().name} with sam_medft",
+            )
+    url = f"{api.endpoint}/{repo_id}"
+    return f"{url}/tree/{revision}" if revision else url
+
+
+def push_recipe_run(run_dir: str | Path, hub_config: Any, **kwargs: Any) -> str:
+    """`hub.push: true` after training: push with the recipe's `hub.repo_id` / `hub.private`."""
+    return push_run(
+        run_dir,
+        hub_config.repo_id,
+        private=bool(getattr(hub_config, "private", False)),
+        revision=getattr(hub_config, "revision", None),
+        **kwargs,
+    )
+
+
+# ---- pull ----------------------------------------------------------------------------------
+
+
+def resolve_run(
+    path_or_repo_id: str | Path,
+    revision: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+) -> Path:
+    """A local run/adapter folder or a Hub id -> the local folder holding sam_medft.json.
+
+    Local folders win over Hub ids of the same spelling. Hub repos are downloaded with
+    `snapshot_download` into the Hub cache (HF_HUB_CACHE, or `cache_dir`), so a second call,
+    and a call with HF_HUB_OFFLINE=1, reads the cached copy.
+    """
+    text = str(path_or_repo_id)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        found = find_adapter_dir(path)
+        if found is None:
+            raise SamMedftError(
+                f"{path} holds no fine-tuned adapter ({META_FILE} not found in it or in "
+                f"{path / 'adapter'}): pass a run folder (runs/<name>), its adapter/ folder or a Hub id."
+            )
+        return found
+    if path.exists():
+        raise SamMedftError(
+            f"{path} is a file: pass a run folder (runs/<name>), its adapter/ folder or a Hub id."
+        )
+    if isinstance(path_or_repo_id, Path) or not is_hub_id(text):
+        rule = _repo_id_rule(text) or "a path object is never a Hub id"
+        raise SamMedftError(
+            f"{text!r} is neither an existing folder nor a Hub repo id ({rule}): check the path, "
+            "or give a Hub id like your-name/model-name."
+        )
+    cache = Path(cache_dir).expanduser() if cache_dir else Path(constants.HF_HUB_CACHE)
+    where = f"downloading {text!r}"
+    with _hub_errors(where, text, endpoint or constants.ENDPOINT, push=False, cache=cache):
+        folder = Path(
+            _snapshot_download(
+                text, revision=revision, token=token, endpoint=endpoint, cache_dir=cache_dir
+            )
+        )
+    if not (folder / META_FILE).is_file():
+        raise SamMedftError(
+            f"Hub repo {text!r} has no {META_FILE}: it is not a sam_medft model (push one with "
+            "`sam-medft push RUN_DIR REPO_ID`), or pass the right repo id."
+        )
+    return folder
+
+
+# ---- errors --------------------------------------------------------------------------------
+
+
+@contextmanager
+def _hub_errors(
+    where: str, repo_id: str, endpoint: str, *, push: bool, cache: Path | None = None
+) -> Iterator[None]:
+    """Turn the Hub client's exceptions into one SamMedftError each, with the fix."""
+    tail = " No commit was made; the run folder is unchanged." if push else ""
+    try:
+        yield
+    except OfflineModeIsEnabled:
+        raise SamMedftError(
+            f"{where}: HF_HUB_OFFLINE=1 is set: unset it to use the Hub.{tail}"
+        ) from None
+    except RevisionNotFoundError:
+        raise SamMedftError(
+            f"{where}: the revision does not exist in {repo_id!r}: check the branch, tag or commit "
+            "(or leave --revision out for main)."
+        ) from None
+    except RepositoryNotFoundError:
+        fix = (
+            "check the namespace, and that your token may write there"
+            if push
+            else f"check the spelling (there is no local folder {repo_id!r} either); if the repo "
+            f"is private, {TOKEN_HELP}"
+        )
+        raise SamMedftError(
+            f"{where}: repo {repo_id!r} was not found on {endpoint}: {fix}.{tail}"
+        ) from None
+    except LocalEntryNotFoundError as e:  # pull only: no network and not in the cache
+        if _offline():
+            raise SamMedftError(
+                f"{where}: {repo_id!r} is not in the Hub cache ({cache}) and HF_HUB_OFFLINE=1 "
+                f"forbids downloading it: unset HF_HUB_OFFLINE, or download it once while online "
+                f"(`hf download {repo_id}`)."
+            ) from None
+        cause = e.__cause__
+        status = _status(cause) if isinstance(cause, HfHubHTTPError) else None
+        if status is not None and status >= 500:
+            raise SamMedftError(
+                f"{where}: the Hub answered {status} (a server error) and {repo_id!r} is not in "
+                f"the cache ({cache}): try again in a few minutes."
+            ) from None
+        raise SamMedftError(
+            f"{where}: could not reach {endpoint} and {repo_id!r} is not in the Hub cache "
+            f"({cache}): check the network and HF_ENDPOINT ({e.__class__.__name__})."
+        ) from None
+    except HfHubHTTPError as e:
+        status = _status(e)
+        if status in (401, 403):
+            raise SamMedftError(
+                f"{where}: the Hub rejected the token (HTTP {status}: {_server_message(e)}); it is "
+                f"invalid, expired or has no write access to {repo_id!r}. Create a write token at "
+                f"{TOKENS_URL}, then {TOKEN_HELP}.{tail}"
+            ) from None
+        if status == 404:
+            raise SamMedftError(
+                f"{where}: the Hub answered 404 ({_server_message(e)}): check the repo id and "
+                f"revision.{tail}"
+            ) from None
+        if status is not None and status >= 500:
+            raise SamMedftError(
+                f"{where}: the Hub answered {status} (a server error: {_server_message(e)}); "
+                f"try again in a few minutes.{tail}"
+            ) from None
+        raise SamMedftError(
+            f"{where}: the Hub answered {status}: {_server_message(e)}.{tail}"
+        ) from None
+    except _TransportError as e:
+        raise SamMedftError(
+            f"{where}: could not reach {endpoint} ({e.__class__.__name__}: {e}): check the network "
+            f"and HF_ENDPOINT.{tail}"
+        ) from None
+    except ValueError as e:  # the Hub refused the card's YAML header; other ValueErrors are bugs
+        if "README.md" not in str(e):
+            raise
+        raise SamMedftError(f"{where}: {e}{tail}") from None
+
+
+def _status(e: HfHubHTTPError) -> int | None:
+    response = getattr(e, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _server_message(e: HfHubHTTPError) -> str:
+    server = getattr(e, "server_message", None)
+    if server:
+        return str(server).strip().splitlines()[0]
+    return str(e).strip().splitlines()[0]
+
+
+__all__ = [
+    "CARD_TEMPLATE",
+    "Metric",
+    "RunFiles",
+    "build_model_card",
+    "check_push_target",
+    "check_repo_id",
+    "find_adapter_dir",
+    "inspect_run",
+    "is_hub_id",
+    "push_recipe_run",
+    "push_run",
+    "read_eval_metrics",
+    "resolve_run",
+    "resolve_token",
+]
