@@ -37,6 +37,7 @@ class AdapterMeta:
     normalization: str
     input_size: int
     mask_size: int
+    mask_outputs: int | None = None  # decoder multimask tokens (None: num_classes)
     labels: dict[str, str] | None = None  # raw mask value -> class name
     binary: bool = False
     prompt_mode: str = "none"
@@ -91,7 +92,8 @@ def load_adapter_model(folder: Path, *, is_trainable: bool = False,
     folder = Path(folder)
     meta = AdapterMeta.read(folder)
     spec = resolve_model_name(meta.base_model, meta.normalization)
-    base = load_base_model(spec, meta.num_classes, revision=revision or meta.base_revision)
+    base = load_base_model(spec, meta.mask_outputs or meta.num_classes,
+                           revision=revision or meta.base_revision)
     if (folder / VANILLA_FILE).is_file():
         state = load_file(str(folder / VANILLA_FILE))
         missing = set(state) - set(base.state_dict())

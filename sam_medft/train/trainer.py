@@ -104,7 +104,7 @@ def build_model(recipe: Recipe, label_map):
                                 f"({label_map.class_names}); map the labels to the adapter's classes")
         return model, meta.base_model, meta.normalization
     spec = resolve_model_name(m.name, m.normalization)
-    base = load_base_model(spec, label_map.num_classes, revision=m.revision,
+    base = load_base_model(spec, mask_outputs(recipe, label_map), revision=m.revision,
                            attn_implementation=m.attn_implementation)
     if recipe.train.activation_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -112,6 +112,12 @@ def build_model(recipe: Recipe, label_map):
     log.info("method %s/%s: %d trainable of %d parameters", info.method, info.scope,
              info.trainable, info.total)
     return model, spec.source if not spec.is_tiny else "tiny", spec.normalization
+
+
+def mask_outputs(recipe: Recipe, label_map) -> int:
+    """Automatic mode: one mask token per class. Prompt modes keep SAM's 3 multimask tokens
+    (pretrained), and the class comes from the prompt."""
+    return label_map.num_classes if recipe.prompt.mode == "none" else 3
 
 
 def build_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -174,7 +180,13 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
     geometry = model_geometry(model)
     spec = ModelFrameSpec(geometry, normalization, label_map)
     frozen_encoder = encoder_is_frozen(model)
-    train_ds = SamSegmentationDataset(splits["train"], spec, recipe.augment, seed=t.seed)
+    prompts = None
+    if recipe.prompt.mode != "none":
+        from sam_medft.train.prompted import prompt_settings
+
+        prompts = prompt_settings(recipe.prompt)
+    train_ds = SamSegmentationDataset(splits["train"], spec, recipe.augment, seed=t.seed,
+                                      prompts=prompts)
     sampler = EpochSampler(len(train_ds), seed=t.seed)
     pin = torch.cuda.is_available()
     train_dl = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, collate_fn=collate,
@@ -182,7 +194,7 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
                           persistent_workers=t.num_workers > 0)
     val_dl = None
     if "val" in splits and len(splits["val"]):
-        val_ds = SamSegmentationDataset(splits["val"], spec, None)
+        val_ds = SamSegmentationDataset(splits["val"], spec, None, seed=t.seed, prompts=prompts)
         val_dl = DataLoader(val_ds, batch_size=t.batch_size, shuffle=False, collate_fn=collate,
                             num_workers=t.num_workers, pin_memory=pin)
 
@@ -196,7 +208,8 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
         base_model=base_id, num_classes=label_map.num_classes, class_names=label_map.class_names,
         method=recipe.peft.method, scope=recipe.peft.scope, normalization=normalization,
         input_size=geometry.input_size, mask_size=geometry.mask_size,
-        labels=label_map.to_json().get("values") if hasattr(label_map, "to_json") else None,
+        mask_outputs=mask_outputs(recipe, label_map),
+        labels=label_map.to_dict()["values"],
         binary=recipe.data.binary, prompt_mode=recipe.prompt.mode,
         intensity=recipe.data.intensity.model_dump(mode="json"),
         data_description=describe_data(recipe), base_revision=recipe.model.revision)
@@ -230,11 +243,7 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
             dl = accelerator.skip_first_batches(train_dl, state["batches_in_epoch"])
         for batch in dl:
             with accelerator.accumulate(model):
-                logits, iou = _forward(model, batch, frozen_encoder)
-                terms = segmentation_loss(logits, batch["labels"], recipe.loss)
-                loss = terms["loss"]
-                if recipe.loss.iou_weight:
-                    loss = loss + recipe.loss.iou_weight * iou_head_loss(iou, logits.detach(), batch["labels"])
+                loss = _loss(model, batch, recipe, frozen_encoder)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and t.grad_clip:
                     accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
@@ -287,10 +296,21 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
                        state["history"])
 
 
-def _forward(model, batch, frozen_encoder):
+def _loss(model, batch, recipe: Recipe, frozen_encoder: bool) -> torch.Tensor:
+    """The training loss of one batch, automatic or prompted."""
+    if recipe.prompt.mode != "none":
+        from sam_medft.train.prompted import prompt_loss, prompted_forward
+
+        logits, iou = prompted_forward(model, batch, multimask=recipe.prompt.multimask,
+                                       frozen_encoder=frozen_encoder)
+        return prompt_loss(logits, iou, batch["targets"], batch["prompt_valid"], recipe.loss)["loss"]
     from sam_medft.models.forward import automatic_forward
 
-    return automatic_forward(model, batch["pixel_values"], frozen_encoder=frozen_encoder)
+    logits, iou = automatic_forward(model, batch["pixel_values"], frozen_encoder=frozen_encoder)
+    loss = segmentation_loss(logits, batch["labels"], recipe.loss)["loss"]
+    if recipe.loss.iou_weight:
+        loss = loss + recipe.loss.iou_weight * iou_head_loss(iou, logits.detach(), batch["labels"])
+    return loss
 
 
 def _evaluate_and_select(accelerator, model, val_dl, frozen_encoder, recipe, state, step, meta,
@@ -298,7 +318,8 @@ def _evaluate_and_select(accelerator, model, val_dl, frozen_encoder, recipe, sta
     """Validate, keep the best adapter, and say whether early stopping triggers."""
     from sam_medft.models.artifact import save_adapter
 
-    metrics = validate(model, val_dl, accelerator, frozen_encoder=frozen_encoder)
+    metrics = validate(model, val_dl, accelerator, frozen_encoder=frozen_encoder,
+                       prompt=recipe.prompt)
     dice = metrics["dice"]
     state["history"].append({"step": step, "val_dice": dice, "per_class": metrics.get("per_class")})
     accelerator.log({"val/dice": dice}, step=step)

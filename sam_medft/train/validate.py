@@ -36,13 +36,39 @@ def dice_from_counts(counts: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def validate(model, loader, accelerator, *, frozen_encoder: bool) -> dict:
+def validate(model, loader, accelerator, *, frozen_encoder: bool, prompt=None) -> dict:
+    """Automatic mode: per-image per-class Dice. Prompt modes: per-prompt Dice of the mask
+    with the highest predicted IoU (prompts simulated from the ground truth, seeded)."""
     was_training = model.training
     model.eval()
     gathered = []
+    prompted = prompt is not None and prompt.mode != "none"
     for batch in loader:
-        logits, _ = automatic_forward(model, batch["pixel_values"], frozen_encoder=frozen_encoder)
-        counts = confusion_counts(logits, batch["labels"])
+        if prompted:
+            from sam_medft.train.prompted import prompt_counts, prompted_forward
+
+            logits, iou = prompted_forward(model, batch, multimask=prompt.multimask,
+                                           frozen_encoder=frozen_encoder)
+            counts = prompt_counts(logits, iou, batch["targets"], batch["prompt_valid"])
+            # one row per image: pad prompts so gather_for_metrics sees the batch dimension
+            counts = _per_image(counts, batch["prompt_valid"], prompt.max_objects_per_image)
+        else:
+            logits, _ = automatic_forward(model, batch["pixel_values"], frozen_encoder=frozen_encoder)
+            counts = confusion_counts(logits, batch["labels"])
         gathered.append(accelerator.gather_for_metrics(counts).cpu())
     model.train(was_training)
-    return dice_from_counts(torch.cat(gathered)) if gathered else {"dice": float("nan"), "n_images": 0}
+    if not gathered:
+        return {"dice": float("nan"), "n_images": 0}
+    counts = torch.cat(gathered)
+    if prompted:
+        rows = counts.flatten(0, 1)
+        rows = rows[rows[:, 0] >= 0]  # drop padding rows
+        return dice_from_counts(rows[:, None]) | {"n_images": int(counts.shape[0])}
+    return dice_from_counts(counts)
+
+
+def _per_image(counts: torch.Tensor, valid: torch.Tensor, width: int) -> torch.Tensor:
+    """(N_valid,3) -> (B, width, 3) with -1 rows for padded prompts (same shape on every rank)."""
+    out = torch.full((valid.shape[0], width, 3), -1, dtype=counts.dtype, device=counts.device)
+    out[:, : valid.shape[1]][valid] = counts
+    return out
