@@ -40,6 +40,10 @@ def train(
     from sam_medft.config import load_recipe
 
     r = load_recipe(_recipe_path(recipe), overrides or [])
+    if r.hub.push and not dry_run:
+        from sam_medft.hub import check_push_target
+
+        check_push_target(r.hub.repo_id)  # a bad id or a missing login fails before training
     if dry_run:
         from sam_medft.train.plan import plan_table
 
@@ -55,10 +59,9 @@ def train(
                   f"best validation foreground Dice {result.best_dice:.4f} at step {result.best_step}")
         out.print(f"adapter: {result.run_dir / 'adapter'}")
         if r.hub.push:
-            from sam_medft.hub import push_run
+            from sam_medft.hub import push_recipe_run
 
-            url = push_run(result.run_dir, r.hub.repo_id, private=r.hub.private)
-            out.print(f"pushed to {url}")
+            out.print(f"pushed to {push_recipe_run(result.run_dir, r.hub)}")
 
 
 @app.command()
@@ -89,6 +92,21 @@ def predict(
         written = predict_paths(predictor, inputs, out_dir, batch_size=batch_size, save_probs=probs,
                                 overlays=overlays, overwrite=overwrite)
     out.print(f"wrote {len(written)} label map(s) to {out_dir} (legend: {out_dir / 'legend.json'})")
+
+
+@app.command()
+def push(
+    run_dir: Annotated[Path, typer.Argument(help="a training run folder (with adapter/)")],
+    repo_id: Annotated[str, typer.Argument(help="your-name/repo-name on the Hub")],
+    private: Annotated[bool, typer.Option(help="create the repo private")] = False,
+    revision: Annotated[str | None, typer.Option(help="branch to push to")] = None,
+    message: Annotated[str | None, typer.Option(help="commit message")] = None,
+):
+    """Upload the adapter, recipe, eval summary and a model card to the Hub."""
+    from sam_medft.hub import push_run
+
+    url = push_run(run_dir, repo_id, private=private, revision=revision, commit_message=message)
+    out.print(f"pushed {run_dir} to {url}")
 
 
 @app.command()

@@ -180,9 +180,11 @@ class EvalConfig(_Section):
 
 
 class HubConfig(_Section):
-    push: bool = False
+    push: bool = False  # push the adapter + model card at the end of training (main process)
     repo_id: str | None = None
     private: bool = False
+    revision: str | None = None  # a branch to push to (created if missing)
+    license: str | None = None  # for the model card, e.g. apache-2.0
 
     @model_validator(mode="after")
     def _repo(self) -> HubConfig:
