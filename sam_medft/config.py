@@ -47,7 +47,7 @@ class SyntheticConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: Literal["lists", "folder", "hf", "synthetic"] = "lists"
+    source: Literal["lists", "folder", "hf", "synthetic"] = "synthetic"
     # study layout: CSV/TSV lists of image_path,mask_path relative to the two roots
     img_folder: Path | None = None
     mask_folder: Path | None = None
@@ -66,6 +66,16 @@ class DataConfig(_Section):
     binary: bool = False
     intensity: IntensityConfig = IntensityConfig()
     keep_empty: bool = True  # empty slices stay in val/test (the study dropped them: biased)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_source(cls, data: Any) -> Any:
+        """No `source:` given: the keys present say which layout it is."""
+        if isinstance(data, dict) and "source" not in data:
+            for key, source in (("train_list", "lists"), ("folder", "folder"), ("hf", "hf")):
+                if data.get(key) is not None:
+                    return {**data, "source": source}
+        return data
 
     @model_validator(mode="after")
     def _check_source(self) -> DataConfig:
@@ -111,6 +121,21 @@ class PeftSettings(_Section):
     # any other PEFT config keys pass through, e.g. {init_lora_weights: pissa}
     extra: dict[str, Any] = {}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _type_alias(cls, data: Any) -> Any:
+        """`peft.type` (PEFT's own word, `peft_type`) is accepted for `peft.method`."""
+        if isinstance(data, dict) and "type" in data:
+            data = dict(data)
+            kind = data.pop("type")
+            if "method" in data and str(data["method"]).lower() != str(kind).lower():
+                raise ValueError(
+                    f"peft.type={kind!r} and peft.method={data['method']!r} disagree; "
+                    "give only one of them"
+                )
+            data["method"] = kind
+        return data
+
     @field_validator("method")
     @classmethod
     def _lower(cls, v: str) -> str:
@@ -155,6 +180,7 @@ class TrainConfig(_Section):
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
     activation_checkpointing: bool = False
     compile: bool = False
+    fast_attention: bool = True  # rel-pos bias folded into q/k: one fused SDPA, no N x N mask
     cache_embeddings: bool | Literal["auto"] = "auto"  # frozen-encoder scopes
     log_with: Literal["tensorboard", "trackio", "none"] = "tensorboard"
     preset: Literal["auto", "none"] = "none"

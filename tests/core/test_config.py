@@ -1,0 +1,54 @@
+"""The recipe schema: overrides, and one clear message for each kind of mistake."""
+
+from __future__ import annotations
+
+import pytest
+
+from sam_medft.config import load_recipe
+from sam_medft.errors import SamMedftError
+
+
+def test_demo_recipe_with_overrides():
+    r = load_recipe("recipes/demo.yaml", ["train.max_steps=50", "model.name=medsam",
+                                          "peft.layers=[0, 2]", "data.labels={0: bg, 255: fg}"])
+    assert r.train.max_steps == 50 and r.model.name == "medsam"
+    assert r.peft.layers == [0, 2] and r.data.labels == {0: "bg", 255: "fg"}
+
+
+def test_unknown_key_names_the_key_and_the_allowed_ones():
+    with pytest.raises(SamMedftError) as e:
+        load_recipe("recipes/demo.yaml", ["train.max_stepz=5"])
+    msg = str(e.value)
+    assert "train.max_stepz" in msg and "max_steps" in msg
+
+
+def test_bad_literal_lists_allowed_values():
+    with pytest.raises(SamMedftError) as e:
+        load_recipe("recipes/demo.yaml", ["train.schedule=linear"])
+    assert "train.schedule" in str(e.value) and "cosine" in str(e.value)
+
+
+def test_bad_number_and_bad_override_syntax():
+    with pytest.raises(SamMedftError, match="train.batch_size"):
+        load_recipe("recipes/demo.yaml", ["train.batch_size=0"])
+    with pytest.raises(SamMedftError, match="section.key=value"):
+        load_recipe("recipes/demo.yaml", ["train.max_steps"])
+
+
+def test_missing_recipe_file_and_source_requirements(tmp_path):
+    with pytest.raises(SamMedftError, match="not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(SamMedftError, match="data.train_list"):
+        load_recipe(None, ["data.source=lists"])
+    with pytest.raises(SamMedftError, match="background value 0"):
+        load_recipe(None, ["data.labels={1: a}"])
+    with pytest.raises(SamMedftError, match="hub.repo_id"):
+        load_recipe(None, ["hub.push=true"])
+
+
+def test_relative_data_paths_resolve_next_to_the_recipe(tmp_path):
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "train.csv").write_text("a.png,b.png\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data:\n  source: lists\n  train_list: lists/train.csv\n")
+    assert load_recipe(recipe).data.train_list == tmp_path / "lists" / "train.csv"
