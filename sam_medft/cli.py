@@ -14,14 +14,17 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from sam_medft.bench_cli import bench_command
 from sam_medft.errors import SamMedftError
+from sam_medft.eval.cli import eval_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune Segment Anything models on your own medical segmentation data.")
 data_app = typer.Typer(no_args_is_help=True, help="Make and check data sets.")
 app.add_typer(data_app, name="data")
 console = Console(stderr=True)
-out = Console()
+# piped output (logs, CI) gets room for wide tables instead of rich's 80-column default
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -135,6 +138,10 @@ def convert(
     report = convert_checkpoint(src, out_dir, arch=arch, base_model=base_model,
                                 overwrite=overwrite, normalization=normalization)
     out.print(str(report), highlight=False)
+
+
+app.command("bench")(bench_command)
+app.command("eval")(eval_command)
 
 
 @data_app.command("synth")
