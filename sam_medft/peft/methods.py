@@ -37,6 +37,8 @@ NOT_APPLICABLE = {
     "xlora": "it mixes LoRA experts of a language model",
     "trainable_tokens": "it trains token embeddings of a language model",
     "poly": "it routes per-task LoRA modules by task id",
+    "adalora": "it needs update_and_allocate() every step, which this trainer does not call "
+    "(it would silently train at a fixed rank); use lora",
 }
 # Our own names: `adapter` is the bottleneck adapter, dora/rslora are LoRA switches.
 OWN_METHODS = ("vanilla", "lora", "adapter", "dora", "rslora")
