@@ -1,0 +1,45 @@
+"""Trainer behaviour users rely on: early stopping, best-adapter selection, run-folder rules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sam_medft.config import load_recipe
+from sam_medft.errors import SamMedftError
+from sam_medft.train.trainer import train
+
+SMALL = ["data.synthetic.n_train=8", "data.synthetic.n_val=4", "data.synthetic.n_test=2",
+         "train.log_with=none", "train.batch_size=4", "peft.method=lora", "peft.scope=decoder",
+         "augment.enabled=false"]
+
+
+def test_early_stopping_with_patience(tmp_path):
+    # a learning rate too small to change the Dice: no improvement after the first evaluation
+    r = load_recipe("recipes/demo.yaml", [*SMALL, f"output_dir={tmp_path}", "name=es",
+                                          "train.lr=1e-12", "train.warmup_steps=0",
+                                          "train.max_steps=40", "train.eval_every=2",
+                                          "train.patience=1"])
+    result = train(r)
+    assert result.steps == 6  # evals at 2 (best), 4 (bad 1), 6 (bad 2 > patience 1): stop
+    assert result.best_step == 2
+    summary = json.loads((result.run_dir / "train_summary.json").read_text())
+    assert [h["step"] for h in summary["history"]] == [2, 4, 6]
+    assert (result.run_dir / "checkpoints" / "checkpoint-00000006").is_dir()
+
+
+def test_existing_run_folder_needs_resume_or_overwrite(tmp_path):
+    args = [*SMALL, f"output_dir={tmp_path}", "name=twice", "train.max_steps=2",
+            "train.eval_every=2"]
+    train(load_recipe("recipes/demo.yaml", args))
+    with pytest.raises(SamMedftError, match="--overwrite"):
+        train(load_recipe("recipes/demo.yaml", args))
+    result = train(load_recipe("recipes/demo.yaml", args), overwrite=True)
+    assert result.steps == 2
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    r = load_recipe("recipes/demo.yaml", [*SMALL, f"output_dir={tmp_path}", "name=nothing"])
+    with pytest.raises(SamMedftError, match="no checkpoint"):
+        train(r, resume=True)
