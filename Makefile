@@ -21,7 +21,8 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(SAM) train recipes/demo.yaml --overwrite
 	$(SAM) eval runs/demo --baseline
-	$(SAM) predict runs/demo runs/demo/eval/inputs.txt --out runs/demo/predictions --overwrite
+	$(SAM) data synth runs/demo_data
+	$(SAM) predict runs/demo runs/demo_data/test.csv --out runs/demo/predictions --overwrite
 
 test: setup
 	$(PY) -m pytest -q

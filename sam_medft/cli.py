@@ -153,7 +153,10 @@ def data_synth(
     from sam_medft.data.synthetic import write_synthetic
 
     info = write_synthetic(out_dir, n_train=n_train, n_val=n_val, n_test=n_test, size=size, seed=seed)
-    out.print(f"wrote synthetic data set to {out_dir}: {info}")
+    counts = info.get("counts", {})
+    out.print(f"wrote {sum(counts.values())} synthetic slices to {out_dir} "
+              f"({', '.join(f'{n} {k}' for k, n in counts.items())}); classes "
+              f"{', '.join(info.get('classes', []))}; lists train.csv, val.csv, test.csv")
 
 
 @data_app.command("check")
