@@ -1,0 +1,136 @@
+"""`sam-medft bench`: the command-line face of `sam_medft.bench` (parses, calls, prints)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def bench_command(
+    recipe: Annotated[
+        Path | None,
+        typer.Argument(
+            help="recipe whose model, method and scope are measured (path or shipped name, e.g. "
+            "sam-vit-base/lora_encdec); default: sam-vit-base LoRA encoder+decoder"
+        ),
+    ] = None,
+    batch: Annotated[
+        int | None,
+        typer.Option(
+            "--batch", help="images per step (default: the recipe's train.batch_size, else 4)"
+        ),
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(
+            "--image-size",
+            help="input size in pixels, a multiple of 16 (default: the model's, "
+            "1024 for SAM); small sizes make CPU runs quick",
+        ),
+    ] = None,
+    steps: Annotated[int, typer.Option(help="timed steps")] = 20,
+    warmup: Annotated[int, typer.Option(help="untimed warm-up steps before them")] = 5,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="train | predict | decoder-cached (decoder-only scopes, embeddings from the cache)",
+        ),
+    ] = "train",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON record")] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="architecture: tiny, sam-vit-base, sam-vit-large, sam-vit-huge, medsam, "
+            "slimsam-50/77, sam-hq-vit-base/huge (default: the recipe's)",
+        ),
+    ] = None,
+    fast: Annotated[
+        bool | None,
+        typer.Option(
+            "--fast/--plain",
+            help="fast vision attention or transformers' own (default: the "
+            "recipe's train.fast_attention, else fast)",
+        ),
+    ] = None,
+    compile_: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile each vision layer (default: the recipe's train.compile, else off)",
+        ),
+    ] = None,
+    classes: Annotated[int, typer.Option(help="classes incl. background")] = 2,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp32")
+    ] = "auto",
+    activation_checkpointing: Annotated[
+        bool | None,
+        typer.Option(
+            "--activation-checkpointing/--no-activation-checkpointing",
+            help="recompute vision layers in backward (default: the recipe's)",
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if available)")
+    ] = None,
+    pad_value: Annotated[
+        str,
+        typer.Option(help="fast attention: pad v to the q/k width so flash applies: auto, on, off"),
+    ] = "auto",
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch")] = None,
+) -> None:
+    """Measure images/s and peak memory of a recipe's training or prediction step
+    (random weights, synthetic data, nothing downloaded)."""
+    import torch
+    from rich.console import Console
+
+    from sam_medft.bench import BenchSettings, result_table, run_bench
+    from sam_medft.config import PeftSettings, load_recipe
+    from sam_medft.errors import SamMedftError
+
+    pads = {"auto": None, "on": True, "off": False}
+    if pad_value not in pads:
+        raise SamMedftError(f"bench --pad-value {pad_value!r}: use auto, on or off")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    r = load_recipe(_recipe_path(recipe)) if recipe is not None else None
+    t = r.train if r is not None else None
+    settings = BenchSettings(
+        model=model or (r.model.name if r is not None else "sam-vit-base"),
+        peft=r.peft if r is not None else PeftSettings(),
+        batch=batch or (t.batch_size if t is not None else 4),
+        image_size=image_size,
+        steps=steps,
+        warmup=warmup,
+        mode=mode,  # type: ignore[arg-type]
+        fast=_pick(fast, t.fast_attention if t is not None else None, True),
+        compile=_pick(compile_, t.compile if t is not None else None, False),
+        num_classes=classes,
+        precision=precision,
+        activation_checkpointing=_pick(
+            activation_checkpointing, t.activation_checkpointing if t is not None else None, False
+        ),
+        device=device,
+        pad_value=pads[pad_value],
+    )
+    result = run_bench(settings)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict()))
+    else:
+        Console().print(result_table(result))
+
+
+def _pick(flag: bool | None, recipe_value: bool | None, default: bool) -> bool:
+    if flag is not None:
+        return flag
+    return default if recipe_value is None else recipe_value
+
+
+def _recipe_path(recipe: Path) -> Path:
+    from sam_medft.cli import _recipe_path as resolve
+
+    return resolve(recipe)
