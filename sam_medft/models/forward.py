@@ -13,10 +13,20 @@ import torch
 from sam_medft.models.loading import unwrap
 
 
-def image_embeddings(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """(B,256,E,E) embeddings without autograd (frozen-encoder scopes and caching)."""
+def image_embeddings(model: torch.nn.Module, pixel_values: torch.Tensor):
+    """(B,256,E,E) embeddings without autograd (frozen-encoder scopes and caching).
+
+    SAM-HQ returns (embeddings, intermediate ViT embeddings); both go back to its decoder.
+    """
     with torch.no_grad():
         return unwrap(model).get_image_embeddings(pixel_values)
+
+
+def embedding_kwargs(embeddings) -> dict:
+    """Model kwargs for precomputed embeddings (SAM: a tensor; SAM-HQ: a tuple)."""
+    if isinstance(embeddings, tuple):
+        return {"image_embeddings": embeddings[0], "intermediate_embeddings": embeddings[1]}
+    return {"image_embeddings": embeddings}
 
 
 def automatic_forward(model: torch.nn.Module, pixel_values: torch.Tensor | None = None, *,
@@ -26,7 +36,7 @@ def automatic_forward(model: torch.nn.Module, pixel_values: torch.Tensor | None 
     if embeddings is None and frozen_encoder:
         embeddings = image_embeddings(model, pixel_values)
     if embeddings is not None:
-        out = model(image_embeddings=embeddings, multimask_output=True)
+        out = model(**embedding_kwargs(embeddings), multimask_output=True)
     else:
         out = model(pixel_values=pixel_values, multimask_output=True)
     return out.pred_masks[:, 0], out.iou_scores[:, 0]

@@ -78,10 +78,11 @@ def architecture_config(name: str) -> SamConfig:
     """A SamConfig with the named checkpoint's shapes (no weights needed)."""
     if name == "tiny":
         return SamConfig(**TINY_CONFIG)
+    # initializer_range 0.02: the vision default (1e-10) gives dead random models
     if name in ARCH_OF:
-        return SamConfig(vision_config=dict(_VIT[ARCH_OF[name]]))
+        return SamConfig(vision_config=dict(_VIT[ARCH_OF[name]], initializer_range=0.02))
     if name in _VIT:
-        return SamConfig(vision_config=dict(_VIT[name]))
+        return SamConfig(vision_config=dict(_VIT[name], initializer_range=0.02))
     raise KeyError(name)
 
 

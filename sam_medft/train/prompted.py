@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from sam_medft.config import LossConfig, PromptConfig
 from sam_medft.data.prompts import PROMPT_KEYS, PromptSettings
 from sam_medft.data.transforms import IGNORE_INDEX
-from sam_medft.models.forward import image_embeddings
+from sam_medft.models.forward import embedding_kwargs, image_embeddings
 
 
 def prompt_settings(cfg: PromptConfig, *, jitter: bool = True) -> PromptSettings:
@@ -33,7 +33,7 @@ def prompted_forward(model, batch: dict, *, multimask: bool, frozen_encoder: boo
     if input_masks is not None:
         prompts["input_masks"] = input_masks
     if frozen_encoder:
-        out = model(image_embeddings=image_embeddings(model, batch["pixel_values"]),
+        out = model(**embedding_kwargs(image_embeddings(model, batch["pixel_values"])),
                     multimask_output=multimask, **prompts)
     else:
         out = model(pixel_values=batch["pixel_values"], multimask_output=multimask, **prompts)
