@@ -60,19 +60,25 @@ class AdapterMeta:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def save_adapter(model: torch.nn.Module, meta: AdapterMeta, out_dir: Path) -> Path:
-    """Write the adapter folder atomically (temp folder, then rename over the old one)."""
+def save_adapter(model: torch.nn.Module, meta: AdapterMeta, out_dir: Path, *,
+                 state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the adapter folder atomically (temp folder, then rename over the old one).
+
+    `state_dict`: the model's full state when its parameters are sharded (FSDP2 gathers it)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         if isinstance(model, PeftModel):
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=state_dict)
             (tmp / "README.md").unlink(missing_ok=True)  # PEFT's stub card; `push` writes ours
         else:
             from sam_medft.peft.methods import trainable_state_dict
 
-            save_file(trainable_state_dict(model), str(tmp / VANILLA_FILE))
+            tensors = trainable_state_dict(model) if state_dict is None else {
+                n: state_dict[n].detach().cpu().contiguous()
+                for n, p in model.named_parameters() if p.requires_grad}
+            save_file(tensors, str(tmp / VANILLA_FILE))
         (tmp / META_FILE).write_text(meta.to_json())
         _write_processor_config(tmp, meta)
         old = out_dir.with_name(out_dir.name + ".old")

@@ -7,10 +7,13 @@ the log behind. Only the main process writes files (adapter, checkpoints, logs).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +29,10 @@ from sam_medft.train.schedules import build_scheduler
 from sam_medft.train.validate import validate
 
 log = logging.getLogger("sam_medft.train")
+
+
+class TrainingInterrupted(SamMedftError):
+    """SIGTERM arrived: the step finished, a checkpoint was written, the run can be resumed."""
 
 
 @dataclass
@@ -65,7 +72,7 @@ def attach_log_file(path: Path) -> logging.Handler:
     return handler
 
 
-def build_accelerator(recipe: Recipe, run_dir: Path):
+def build_accelerator(recipe: Recipe, run_dir: Path, model: torch.nn.Module | None = None):
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import ProjectConfiguration
 
@@ -73,8 +80,8 @@ def build_accelerator(recipe: Recipe, run_dir: Path):
     mp = t.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    # vanilla encdec trains the whole prompt encoder, which automatic mode never uses
-    unused = recipe.peft.method == "vanilla" and recipe.peft.scope == "encdec"
+    unused = trains_prompt_encoder(model) if model is not None else (
+        recipe.peft.method == "vanilla" and recipe.peft.scope == "encdec")
     log_with = None if t.log_with == "none" else t.log_with
     return Accelerator(
         mixed_precision=mp,
@@ -84,6 +91,52 @@ def build_accelerator(recipe: Recipe, run_dir: Path):
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
         step_scheduler_with_optimizer=False,
     )
+
+
+def trains_prompt_encoder(model: torch.nn.Module) -> bool:
+    """DDP must look for unused parameters when the prompt encoder trains: automatic mode
+    uses only its no-mask embedding, point mode never its box corners or mask convs. Every
+    other trainable tensor reaches the loss (the IoU head through the IoU loss)."""
+    return any(p.requires_grad for n, p in model.named_parameters() if "prompt_encoder." in n)
+
+
+def init_state():
+    """accelerate's process state, created first with the CPU flag: `PartialState()` reads
+    ACCELERATE_USE_CPU only through `Accelerator`, so a torchrun-launched CPU run (gloo)
+    would otherwise come up as N separate single-process runs. Several processes on a
+    machine without any accelerator are a CPU run too."""
+    import os
+
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    has_accelerator = getattr(torch, "accelerator", None)
+    has_accelerator = has_accelerator.is_available() if has_accelerator else torch.cuda.is_available()
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or (launched and not has_accelerator))
+
+
+def check_launch(recipe: Recipe) -> None:
+    """Launch-mode mistakes, before any model loads."""
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType
+
+    state = PartialState()
+    if recipe.model.device_map:
+        from sam_medft.models.device_map import validate_fractions
+
+        validate_fractions(recipe.model.device_map)
+        if state.num_processes > 1:
+            raise SamMedftError(
+                f"model.device_map splits one model over several GPUs inside ONE process, but this "
+                f"launch has {state.num_processes} processes; launch with "
+                f"accelerate_configs/split_gpus.yaml, or remove model.device_map to use "
+                f"multi_gpu.yaml (DDP) / fsdp2.yaml")
+    if state.distributed_type == DistributedType.FSDP and recipe.peft.scope == "decoder":
+        raise SamMedftError(
+            "FSDP2 shards the image encoder for encoder fine-tuning; peft.scope=decoder trains only "
+            "the mask decoder (the encoder runs outside the sharded forward). Launch with "
+            "accelerate_configs/multi_gpu.yaml (DDP) instead, or use peft.scope=encdec")
 
 
 def build_model(recipe: Recipe, label_map):
@@ -102,10 +155,27 @@ def build_model(recipe: Recipe, label_map):
             raise SamMedftError(f"model.adapter {m.adapter} predicts {meta.num_classes} classes "
                                 f"({meta.class_names}) but the data has {label_map.num_classes} "
                                 f"({label_map.class_names}); map the labels to the adapter's classes")
+        # the shared adapter decides what is trained; the resolved recipe.yaml records it
+        recipe.peft.method, recipe.peft.scope = meta.method, meta.scope
+        recipe.model.name = meta.base_model
+        log.info("continuing from adapter %s (base %s, %s/%s)", m.adapter, meta.base_model,
+                 meta.method, meta.scope)
         return model, meta.base_model, meta.normalization
     spec = resolve_model_name(m.name, m.normalization)
     base = load_base_model(spec, mask_outputs(recipe, label_map), revision=m.revision,
                            attn_implementation=m.attn_implementation)
+    if m.device_map:
+        from sam_medft.models.device_map import (
+            build_device_map,
+            check_devices,
+            describe,
+            place_model,
+        )
+
+        device_map = build_device_map(base, m.device_map)
+        check_devices(device_map)
+        place_model(base, device_map)
+        log.info("model split over devices: %s", describe(device_map))
     if recipe.train.activation_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model, info = apply_method(base, recipe.peft)
@@ -140,19 +210,19 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     from accelerate.utils import set_seed
 
     from sam_medft.data.check import check_dataset
-    from sam_medft.data.dataset import EpochSampler, ModelFrameSpec, SamSegmentationDataset, collate
     from sam_medft.data.sources import build_splits
-    from sam_medft.models.artifact import AdapterMeta, save_adapter
-    from sam_medft.models.loading import model_geometry
-    from sam_medft.peft.methods import encoder_is_frozen
+    from sam_medft.train.presets import apply_preset
 
-    from accelerate import PartialState
-
-    is_main = PartialState().is_main_process
+    state = init_state()
+    is_main = state.is_main_process
+    check_launch(recipe)
     run_dir = prepare_run_dir(recipe, resume=resume, overwrite=overwrite, is_main=is_main)
-    PartialState().wait_for_everyone()
+    state.wait_for_everyone()
     handler = attach_log_file(run_dir / "logs" / "train.log") if is_main else None
     try:
+        recipe, preset_note = apply_preset(recipe)
+        if preset_note:
+            log.info("%s", preset_note)
         report = check_dataset(recipe.data)
         report.raise_for_errors()
         label_map = report.label_map
@@ -161,7 +231,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
             raise SamMedftError("the training split is empty: check data.train_list / data.folder")
         set_seed(recipe.train.seed)
         model, base_id, normalization = build_model(recipe, label_map)
-        accelerator = build_accelerator(recipe, run_dir)
+        accelerator = build_accelerator(recipe, run_dir, model)
         return _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
                     splits, resume=resume)
     finally:
@@ -172,7 +242,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
 
 def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map, splits, *, resume):
     from sam_medft.data.dataset import EpochSampler, ModelFrameSpec, SamSegmentationDataset, collate
-    from sam_medft.models.artifact import AdapterMeta, save_adapter
+    from sam_medft.models.artifact import AdapterMeta
     from sam_medft.models.loading import model_geometry
     from sam_medft.peft.methods import encoder_is_frozen
 
@@ -189,9 +259,14 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
                                       prompts=prompts)
     sampler = EpochSampler(len(train_ds), seed=t.seed)
     pin = torch.cuda.is_available()
+    # drop the incomplete last global batch (every step then sees batch_size x processes
+    # images, as one process with the whole batch would). Workers are not persistent: a
+    # persistent worker keeps the dataset copy of its first epoch, and the augmentation
+    # seed (seed, epoch, index) would then stay at that epoch.
+    global_batch = t.batch_size * accelerator.num_processes
     train_dl = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, collate_fn=collate,
-                          num_workers=t.num_workers, pin_memory=pin, drop_last=len(train_ds) > t.batch_size,
-                          persistent_workers=t.num_workers > 0)
+                          num_workers=t.num_workers, pin_memory=pin,
+                          drop_last=len(train_ds) > global_batch)
     val_dl = None
     if "val" in splits and len(splits["val"]):
         val_ds = SamSegmentationDataset(splits["val"], spec, None, seed=t.seed, prompts=prompts)
@@ -201,6 +276,10 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
     optimizer = build_optimizer(model, recipe)
     scheduler = build_scheduler(optimizer, warmup=t.warmup_steps, total=t.max_steps, kind=t.schedule)
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
+    if len(train_dl) == 0:
+        raise SamMedftError(f"the training split has {len(train_ds)} images, fewer than one global "
+                            f"batch ({t.batch_size} x {accelerator.num_processes} processes); "
+                            f"lower train.batch_size or add data")
     if val_dl is not None:
         val_dl = accelerator.prepare(val_dl)
 
@@ -215,12 +294,14 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
         data_description=describe_data(recipe), base_revision=recipe.model.revision)
 
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_dice": -1.0, "best_step": 0,
-             "bad_evals": 0, "accelerator_step": 0, "history": []}
+             "bad_evals": 0, "accelerator_step": 0, "history": [],
+             "num_processes": accelerator.num_processes, "batch_size": t.batch_size}
     ckpt_root = run_dir / "checkpoints"
     if resume:
         last = list_checkpoints(ckpt_root)[-1]
         state.update(load_checkpoint(accelerator, last, model, optimizer, scheduler))
         accelerator.step = state["accelerator_step"]
+        _check_resume_layout(state, accelerator.num_processes, t.batch_size, last)
         log.info("resumed from %s (step %d)", last, state["step"])
 
     if accelerator.is_main_process:
@@ -228,61 +309,75 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
     if recipe.train.log_with != "none":
         accelerator.init_trackers("train", config=_flat(recipe.model_dump(mode="json")))
 
-    steps_per_epoch = max(1, math.ceil(len(train_dl) / t.grad_accum))
     progress = _progress(accelerator, t.max_steps, state["step"])
     t0, seen, log_every = time.perf_counter(), 0, 10
     running = None
     model.train()
     stop = state["step"] >= t.max_steps
-    while not stop:
-        epoch = state["epoch"]
-        sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
-        dl = train_dl
-        if state["batches_in_epoch"]:
-            dl = accelerator.skip_first_batches(train_dl, state["batches_in_epoch"])
-        for batch in dl:
-            with accelerator.accumulate(model):
-                loss = _loss(model, batch, recipe, frozen_encoder)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and t.grad_clip:
-                    accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            state["batches_in_epoch"] += 1
-            seen += batch["pixel_values"].shape[0] * accelerator.num_processes
-            running = loss.detach() if running is None else running + loss.detach()
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            state["step"] += 1
-            step = state["step"]
-            if step % log_every == 0 or step == t.max_steps:
-                mean_loss = float(running / max(1, log_every * t.grad_accum))  # one sync per log
-                running = None
-                ips = seen / (time.perf_counter() - t0)
-                lr = scheduler.get_last_lr()[0]
-                accelerator.log({"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": ips},
-                                step=step)
-                progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
-            progress.update(1)
-            last_step = step >= t.max_steps
-            if val_dl is not None and (step % t.eval_every == 0 or last_step):
-                stop = _evaluate_and_select(accelerator, model, val_dl, frozen_encoder, recipe,
-                                            state, step, meta, run_dir)
-            if step % t.save_every == 0 or last_step or stop:
-                state["accelerator_step"] = accelerator.step
-                save_checkpoint(accelerator, ckpt_root, step, model, optimizer, scheduler,
-                                _persistable(state), keep_last=t.keep_last)
-            if last_step or stop:
-                stop = True
-                break
-        else:
-            state["epoch"] += 1
-            state["batches_in_epoch"] = 0
+    interrupted = None
+    with graceful_sigterm() as sigterm:
+        while not stop:
+            epoch = state["epoch"]
+            sampler.set_epoch(epoch)
+            train_ds.set_epoch(epoch)
+            # accelerate's loader re-seeds its sampler with its own iteration count on every
+            # pass; set it to the epoch so a resumed run replays the same order
+            train_dl.set_epoch(epoch)
+            dl = train_dl
+            if state["batches_in_epoch"]:
+                dl = accelerator.skip_first_batches(train_dl, state["batches_in_epoch"])
+                dl.set_epoch(epoch)
+            for batch in dl:
+                with accelerator.accumulate(model):
+                    loss = _loss(model, batch, recipe, frozen_encoder)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and t.grad_clip:
+                        accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                state["batches_in_epoch"] += 1
+                seen += batch["pixel_values"].shape[0] * accelerator.num_processes
+                running = loss.detach() if running is None else running + loss.detach()
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                state["step"] += 1
+                step = state["step"]
+                if step % log_every == 0 or step == t.max_steps:
+                    mean_loss = float(running / max(1, log_every * t.grad_accum))  # one sync per log
+                    running = None
+                    ips = seen / (time.perf_counter() - t0)
+                    lr = scheduler.get_last_lr()[0]
+                    accelerator.log({"train/loss": mean_loss, "train/lr": lr,
+                                     "train/images_per_s": ips}, step=step)
+                    progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
+                progress.update(1)
+                last_step = step >= t.max_steps
+                if val_dl is not None and (step % t.eval_every == 0 or last_step):
+                    stop = _evaluate_and_select(accelerator, model, val_dl, frozen_encoder, recipe,
+                                                state, step, meta, run_dir)
+                # a SIGTERM during the last step (or an early stop) changes nothing: finish
+                interrupted = sigterm.agreed(accelerator) and not (last_step or stop)
+                if step % t.save_every == 0 or last_step or stop or interrupted:
+                    state["accelerator_step"] = accelerator.step
+                    save_checkpoint(accelerator, ckpt_root, step, model, optimizer, scheduler,
+                                    _persistable(state), keep_last=t.keep_last)
+                if last_step or stop or interrupted:
+                    stop = True
+                    break
+            else:
+                state["epoch"] += 1
+                state["batches_in_epoch"] = 0
     progress.close()
-    if val_dl is None and accelerator.is_main_process:
-        save_adapter(accelerator.unwrap_model(model), meta, run_dir / "adapter")
+    if interrupted:
+        accelerator.end_training()
+        ckpt = list_checkpoints(ckpt_root)[-1]
+        log.warning("SIGTERM: stopped after step %d; checkpoint %s written", state["step"], ckpt)
+        raise TrainingInterrupted(
+            f"training stopped by SIGTERM after step {state['step']} of {t.max_steps}; checkpoint "
+            f"{ckpt} written. Continue with the same command plus --resume")
+    if val_dl is None:
+        _save_adapter(accelerator, model, meta, run_dir / "adapter")
         state["best_step"] = state["step"]
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - t0
@@ -294,6 +389,67 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
     accelerator.end_training()
     return TrainResult(run_dir, state["best_dice"], state["best_step"], state["step"], seconds,
                        state["history"])
+
+
+class _SigtermFlag:
+    """Set by the SIGTERM handler; read once per optimizer step."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, signum, frame) -> None:
+        self.received = True
+
+    def agreed(self, accelerator) -> bool:
+        """True on every rank once any rank got SIGTERM (one scalar all-reduce per step), so
+        all ranks stop after the same step and write the checkpoint together."""
+        if accelerator.num_processes == 1:
+            return self.received
+        flag = torch.tensor([1.0 if self.received else 0.0], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+@contextlib.contextmanager
+def graceful_sigterm():
+    """SIGTERM (a scheduler's pre-emption, `kill`, torchrun forwarding it) finishes the step,
+    writes a checkpoint and raises TrainingInterrupted, instead of dying mid-step."""
+    flag = _SigtermFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.signal(signal.SIGTERM, flag)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _check_resume_layout(state: dict, num_processes: int, batch_size: int, ckpt: Path) -> None:
+    """The data position is counted in per-process batches: a different layout changes it."""
+    was = (state.get("num_processes", num_processes), state.get("batch_size", batch_size))
+    if was != (num_processes, batch_size) and state.get("batches_in_epoch"):
+        samples = state["batches_in_epoch"] * was[0] * was[1]
+        state["batches_in_epoch"] = samples // (num_processes * batch_size)
+        log.warning("%s was written with %d process(es) x batch %d, this run has %d x %d: the "
+                    "epoch continues after %d samples instead of %d", ckpt, was[0], was[1],
+                    num_processes, batch_size,
+                    state["batches_in_epoch"] * num_processes * batch_size, samples)
+    state["num_processes"], state["batch_size"] = num_processes, batch_size
+
+
+def _save_adapter(accelerator, model, meta, out_dir: Path) -> None:
+    """The main process writes the adapter; under FSDP2 every rank helps gather it first."""
+    from sam_medft.models.artifact import save_adapter
+    from sam_medft.train.checkpoint import is_sharded
+
+    inner = accelerator.unwrap_model(model)
+    if is_sharded(inner):
+        state_dict = accelerator.get_state_dict(model)  # a collective: all ranks
+        if accelerator.is_main_process:
+            save_adapter(inner, meta, out_dir, state_dict=state_dict)
+        return
+    if accelerator.is_main_process:
+        save_adapter(inner, meta, out_dir)
 
 
 def _loss(model, batch, recipe: Recipe, frozen_encoder: bool) -> torch.Tensor:
@@ -310,24 +466,25 @@ def _loss(model, batch, recipe: Recipe, frozen_encoder: bool) -> torch.Tensor:
     loss = segmentation_loss(logits, batch["labels"], recipe.loss)["loss"]
     if recipe.loss.iou_weight:
         loss = loss + recipe.loss.iou_weight * iou_head_loss(iou, logits.detach(), batch["labels"])
+    else:
+        loss = loss + 0.0 * iou.sum()  # keeps the (trainable) IoU head in the graph for DDP
     return loss
 
 
 def _evaluate_and_select(accelerator, model, val_dl, frozen_encoder, recipe, state, step, meta,
                          run_dir) -> bool:
     """Validate, keep the best adapter, and say whether early stopping triggers."""
-    from sam_medft.models.artifact import save_adapter
 
     metrics = validate(model, val_dl, accelerator, frozen_encoder=frozen_encoder,
                        prompt=recipe.prompt)
     dice = metrics["dice"]
-    state["history"].append({"step": step, "val_dice": dice, "per_class": metrics.get("per_class")})
+    state["history"].append({"step": step, "val_dice": dice, "per_class": metrics.get("per_class"),
+                             "n_images": metrics["n_images"]})
     accelerator.log({"val/dice": dice}, step=step)
     improved = not math.isnan(dice) and dice > state["best_dice"]
     if improved:
         state.update(best_dice=dice, best_step=step, bad_evals=0)
-        if accelerator.is_main_process:
-            save_adapter(accelerator.unwrap_model(model), meta, run_dir / "adapter")
+        _save_adapter(accelerator, model, meta, run_dir / "adapter")
     else:
         state["bad_evals"] += 1
     log.info("step %d: val foreground Dice %.4f over %d images (best %.4f at step %d)", step, dice,

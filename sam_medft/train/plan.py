@@ -1,0 +1,456 @@
+"""`sam-medft train --dry-run`: the memory plan of a recipe, from model configs, no weights.
+
+The model is built on the meta device (shapes only) with the recipe's method applied and one
+training forward is traced: every tensor autograd keeps for backward is recorded through
+`saved_tensors_hooks` (parameters excluded, views counted once), per vision layer too, and
+the largest single temporary is tracked with a dispatch mode. SDPA runs as the
+memory-efficient kernel a GPU picks for SAM's float rel-pos bias (on meta, torch would
+take the math path and count the attention probabilities as well).
+
+Peak per GPU ~ fp32 weights + half-precision weight copies (autocast) + gradients + AdamW
+state (+ DDP buckets) + activations kept for backward + 2 x the largest temporary.
+Against the measured vit-b numbers of DESIGN.md (H100/H200, batch 4, bf16, 1024^2) this gives
+13.7 GiB for LoRA encoder+decoder (measured 12.7), 16.5 GiB for full fine-tuning
+(measured 15.1) and 3.5 GiB for decoder only (measured 3.7): an estimate within ~10%,
+on the safe side where it matters (training the encoder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from sam_medft.config import Recipe
+from sam_medft.errors import SamMedftError
+
+GiB = 2**30
+BYTES = {"bf16": 2, "fp16": 2, "no": 4}
+
+
+@dataclass
+class MemoryPlan:
+    """What one training step holds in memory, from the recipe's model config."""
+
+    model: str
+    method: str
+    scope: str
+    num_classes: int
+    image_size: int
+    batch_size: int
+    precision: str  # bf16 | fp16 | no
+    checkpointing: bool
+    grad_accum: int
+    total_params: int
+    trainable_params: int
+    graph_params: int  # parameters whose (cast) copies live in the autograd graph
+    saved_bytes: int  # activations kept for backward, at batch_size, no checkpointing
+    layer_saved: list[int] = field(default_factory=list)  # per vision layer, at batch_size
+    layer_input_bytes: int = 0  # one vision layer's input (what checkpointing keeps)
+    largest_temp_bytes: int = 0  # the largest tensor the step creates, at batch_size
+    layer_params: list[int] = field(default_factory=list)
+    layer_trainable: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    # ---- derived ------------------------------------------------------------------------
+    def at_batch(self, batch_size: int, checkpointing: bool | None = None) -> MemoryPlan:
+        """The same plan for another per-GPU batch (activations scale with the batch)."""
+        s = batch_size / self.batch_size
+        return replace(
+            self,
+            batch_size=batch_size,
+            checkpointing=self.checkpointing if checkpointing is None else checkpointing,
+            saved_bytes=round(self.saved_bytes * s),
+            layer_saved=[round(x * s) for x in self.layer_saved],
+            layer_input_bytes=round(self.layer_input_bytes * s),
+            largest_temp_bytes=round(self.largest_temp_bytes * s),
+        )
+
+    def activations(self, checkpointing: bool | None = None) -> int:
+        """Kept for backward; with checkpointing each layer keeps only its input, and one
+        layer's activations come back during its backward."""
+        ckpt = self.checkpointing if checkpointing is None else checkpointing
+        if not ckpt or not any(self.layer_saved):
+            return self.saved_bytes
+        outside = self.saved_bytes - sum(self.layer_saved)
+        return outside + len(self.layer_saved) * self.layer_input_bytes + max(self.layer_saved)
+
+    @property
+    def weights(self) -> int:
+        return 4 * self.total_params
+
+    @property
+    def half_copies(self) -> int:
+        return 0 if self.precision == "no" else 2 * self.graph_params
+
+    @property
+    def gradients(self) -> int:
+        return 4 * self.trainable_params
+
+    @property
+    def optimizer(self) -> int:
+        return 8 * self.trainable_params  # AdamW: exp_avg + exp_avg_sq in fp32
+
+    @property
+    def temporaries(self) -> int:
+        return 2 * self.largest_temp_bytes
+
+    def per_gpu(self, strategy: str = "single", n_gpus: int = 1) -> dict[str, int]:
+        """Bytes per GPU by item for `single`, `ddp` or `fsdp2` over n_gpus."""
+        rows = {
+            "weights fp32": self.weights,
+            "bf16/fp16 weight copies": self.half_copies,
+            "gradients": self.gradients,
+            "AdamW state": self.optimizer,
+            "DDP buckets": self.gradients if strategy == "ddp" else 0,
+            "activations": self.activations(),
+            "temporaries": self.temporaries,
+        }
+        if strategy == "fsdp2":
+            biggest_layer = max(self.layer_params or [0])
+            for k in ("weights fp32", "gradients", "AdamW state"):
+                rows[k] = math.ceil(rows[k] / n_gpus)
+            # parameters are gathered (in the compute dtype) one block at a time, + prefetch
+            size = 4 if self.precision == "no" else 2
+            rows["bf16/fp16 weight copies"] = 2 * size * biggest_layer
+        rows["total"] = sum(rows.values())
+        return rows
+
+    def split(self, fractions: dict[str, float]) -> dict[str, dict[str, int]]:
+        """Bytes per device for a `model.device_map` split (layers by fraction)."""
+        from sam_medft.models.device_map import split_counts, validate_fractions
+
+        pairs = validate_fractions(fractions)
+        counts = split_counts(len(self.layer_params), pairs)
+        outside_params = self.total_params - sum(self.layer_params)
+        outside_train = self.trainable_params - sum(self.layer_trainable)
+        outside_saved = self.saved_bytes - sum(self.layer_saved)
+        half = 0 if self.precision == "no" else 2
+        out, i = {}, 0
+        for k, ((device, _), n) in enumerate(zip(pairs, counts, strict=True)):
+            sl = slice(i, i + n)
+            i += n
+            params = sum(self.layer_params[sl]) + (outside_params if k == len(pairs) - 1 else 0)
+            train = sum(self.layer_trainable[sl]) + (outside_train if k == len(pairs) - 1 else 0)
+            in_graph = params if self.graph_params >= self.total_params else train
+            saved = self.layer_saved[sl]
+            acts = sum(saved) + (outside_saved if k == len(pairs) - 1 else 0)
+            if self.checkpointing and any(saved):
+                acts += n * self.layer_input_bytes + max(saved) - sum(saved)
+            rows = {
+                "weights fp32": 4 * params,
+                "bf16/fp16 weight copies": half * in_graph,
+                "gradients": 4 * train,
+                "AdamW state": 8 * train,
+                "DDP buckets": 0,
+                "activations": acts,
+                "temporaries": self.temporaries,
+            }
+            rows["total"] = sum(rows.values())
+            out[device] = rows
+        return out
+
+
+# ---- tracing ------------------------------------------------------------------------------
+
+
+def _efficient_sdpa(orig):
+    """SDPA as the memory-efficient kernel (what CUDA runs for a float attention bias)."""
+
+    def sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
+        if q.device.type != "meta" or (attn_mask is not None and attn_mask.dtype == torch.bool):
+            return orig(
+                q,
+                k,
+                v,
+                attn_mask=attn_mask,
+                dropout_p=dropout_p,
+                is_causal=is_causal,
+                scale=scale,
+                **kw,
+            )
+        if attn_mask is not None:
+            attn_mask = attn_mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        return torch.ops.aten._scaled_dot_product_efficient_attention(
+            q, k, v, attn_mask, True, dropout_p, is_causal, scale=scale
+        )[0]
+
+    return sdpa
+
+
+@contextlib.contextmanager
+def _patched_sdpa():
+    orig = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = _efficient_sdpa(orig)
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = orig
+
+
+class _LargestOutput(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+def trace_step(
+    model: torch.nn.Module,
+    batch_size: int,
+    image_size: int,
+    dtype: torch.dtype,
+    frozen_encoder: bool,
+) -> dict:
+    """Trace one automatic-mode forward of a meta-device model; returns byte counts."""
+    from sam_medft.models.forward import automatic_forward
+    from sam_medft.models.loading import unwrap
+
+    params = {id(p) for p in model.parameters()}
+    saved: dict[int, int] = {}
+    keep: list[torch.Tensor] = []  # keeps ids unique while tracing
+
+    def pack(t: torch.Tensor):
+        base = t._base if t._base is not None else t
+        if id(base) not in params and id(t) not in params and id(base) not in saved:
+            saved[id(base)] = base.numel() * base.element_size()
+            keep.append(base)
+        return t
+
+    layers = list(unwrap(model).vision_encoder.layers)
+    marks: list[list[int]] = [[0, 0] for _ in layers]
+    inputs: list[int] = []
+    handles = []
+    for i, layer in enumerate(layers):
+
+        def pre(_m, args, i=i):
+            marks[i][0] = sum(saved.values())
+            if i == 0:
+                x = args[0]
+                inputs.append(x.numel() * x.element_size())
+
+        def post(_m, _a, _o, i=i):
+            marks[i][1] = sum(saved.values())
+
+        handles += [layer.register_forward_pre_hook(pre), layer.register_forward_hook(post)]
+    x = torch.empty(batch_size, 3, image_size, image_size, device="meta", dtype=dtype)
+    mode = _LargestOutput()
+    try:
+        with _patched_sdpa(), mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            automatic_forward(model, x, frozen_encoder=frozen_encoder)
+    finally:
+        for h in handles:
+            h.remove()
+    return {
+        "saved": sum(saved.values()),
+        "layer_saved": [b - a for a, b in marks],
+        "layer_input": inputs[0] if inputs else 0,
+        "largest": mode.largest,
+    }
+
+
+# ---- the plan of a recipe -----------------------------------------------------------------
+
+
+def resolve_precision(mixed_precision: str) -> str:
+    """`auto` means bf16 on a GPU that has it (the plan is for the training GPU)."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        return "no"
+    return "bf16"
+
+
+def model_config(recipe: Recipe):
+    """The recipe's SamConfig, without weights: registry shapes, a local folder's config.json,
+    or (cache/network) a Hub config."""
+    from transformers import AutoConfig
+
+    from sam_medft.models.registry import REGISTRY, architecture_config
+
+    name = recipe.model.name
+    by_id = {e.hub_id: n for n, e in REGISTRY.items() if e.hub_id}
+    try:
+        return architecture_config(by_id.get(name, name))
+    except KeyError:
+        pass
+    try:
+        return AutoConfig.from_pretrained(name, revision=recipe.model.revision)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SamMedftError(
+            f"--dry-run: no config for model.name {name!r} ({first}); use a registry "
+            f"name (sam-vit-base, sam-vit-huge, ...), a local folder with "
+            f"config.json, or a cached Hub id"
+        ) from None
+
+
+def recipe_classes(recipe: Recipe) -> tuple[int, str | None]:
+    """Mask outputs the model gets, and a note when the class count is a guess."""
+    if recipe.prompt.mode != "none":
+        return 3, None
+    if recipe.data.labels:
+        return len(recipe.data.labels), None
+    if recipe.data.binary:
+        return 2, None
+    return 2, "classes: 2 assumed (set data.labels for the exact count; it changes little)"
+
+
+def estimate(recipe: Recipe) -> MemoryPlan:
+    """The memory plan of `recipe` at its batch size, traced on the meta device."""
+    from transformers import SamModel
+
+    from sam_medft.peft.methods import apply_method, encoder_is_frozen
+
+    cfg = model_config(recipe)
+    if getattr(cfg, "model_type", "sam") not in ("sam", "sam_hq"):
+        raise SamMedftError(
+            f"--dry-run supports SAM / SAM-HQ models; {recipe.model.name} is {cfg.model_type!r}"
+        )
+    num_classes, note = recipe_classes(recipe)
+    cfg.mask_decoder_config.num_multimask_outputs = num_classes
+    precision = resolve_precision(recipe.train.mixed_precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[precision]
+    with torch.device("meta"):
+        model = SamModel(cfg)
+        model, info = apply_method(model, recipe.peft)
+    frozen = encoder_is_frozen(model)
+    from sam_medft.models.loading import unwrap
+
+    base = unwrap(model)
+    layers = list(base.vision_encoder.layers)
+    layer_params = [sum(p.numel() for p in layer.parameters()) for layer in layers]
+    layer_trainable = [
+        sum(p.numel() for p in layer.parameters() if p.requires_grad) for layer in layers
+    ]
+    encoder_params = sum(p.numel() for p in base.vision_encoder.parameters())
+    graph_params = info.total - (encoder_params if frozen else 0)
+    model.to(dtype)
+    b = recipe.train.batch_size
+    traced = trace_step(model, b, cfg.vision_config.image_size, dtype, frozen)
+    notes = [n for n in [note] if n]
+    if recipe.prompt.mode != "none":
+        notes.append(
+            "prompt mode: traced without prompts (the decoder part grows with objects per "
+            "image; the encoder dominates)"
+        )
+    if recipe.model.adapter:
+        notes.append(f"model.adapter is set: planned for model.name={recipe.model.name}")
+    return MemoryPlan(
+        model=recipe.model.name,
+        method=info.method,
+        scope=info.scope,
+        num_classes=num_classes,
+        image_size=cfg.vision_config.image_size,
+        batch_size=b,
+        precision=precision,
+        checkpointing=recipe.train.activation_checkpointing and not frozen,
+        grad_accum=recipe.train.grad_accum,
+        total_params=info.total,
+        trainable_params=info.trainable,
+        graph_params=graph_params,
+        saved_bytes=traced["saved"],
+        layer_saved=traced["layer_saved"],
+        layer_input_bytes=traced["layer_input"],
+        largest_temp_bytes=traced["largest"],
+        layer_params=layer_params,
+        layer_trainable=layer_trainable,
+        notes=notes,
+    )
+
+
+def gpu_inventory() -> list[tuple[str, int]]:
+    """(name, total bytes) of each visible CUDA GPU."""
+    if not torch.cuda.is_available():
+        return []
+    return [
+        (torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory)
+        for i in range(torch.cuda.device_count())
+    ]
+
+
+def plan_table(recipe: Recipe):
+    """The rich renderable `sam-medft train --dry-run` prints."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from sam_medft.train.presets import preset_summary
+
+    plan = estimate(recipe)
+    gpus = gpu_inventory()
+    n = max(2, len(gpus))
+    t = recipe.train
+    head = Text(
+        f"{plan.model}  {plan.method}/{plan.scope}  {plan.num_classes} classes  "
+        f"input {plan.image_size}x{plan.image_size}  batch {plan.batch_size} per GPU x "
+        f"{t.grad_accum} accumulation  precision {plan.precision}  activation checkpointing "
+        f"{'on' if plan.checkpointing else 'off'}\n"
+        f"parameters {plan.total_params:,}  trainable {plan.trainable_params:,} "
+        f"({100 * plan.trainable_params / max(1, plan.total_params):.2f}%)"
+    )
+    cols = {
+        "one GPU": plan.per_gpu("single"),
+        "DDP, per GPU": plan.per_gpu("ddp"),
+        f"FSDP2 over {n}, per GPU": plan.per_gpu("fsdp2", n),
+    }
+    if recipe.model.device_map:
+        for device, rows in plan.split(recipe.model.device_map).items():
+            cols[f"split: {device}"] = rows
+    table = Table(
+        title="memory plan (estimate from the model config, no weights loaded)",
+        caption="activations: kept for backward; temporaries: 2 x the largest tensor of the step",
+    )
+    table.add_column("GiB")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for row in next(iter(cols.values())):
+        cells = [_gib(c[row]) for c in cols.values()]
+        table.add_row(
+            f"[bold]{row}[/]" if row == "total" else row,
+            *([f"[bold]{x}[/]" for x in cells] if row == "total" else cells),
+        )
+    lines = []
+    if any(plan.layer_saved):
+        other = plan.activations(not plan.checkpointing)
+        lines.append(
+            f"activation checkpointing {'off' if plan.checkpointing else 'on'} "
+            f"(train.activation_checkpointing={str(not plan.checkpointing).lower()}) "
+            f"would make the activations {_gib(other)} GiB instead of "
+            f"{_gib(plan.activations())} GiB"
+        )
+    if gpus:
+        name, mem = gpus[0]
+        need = plan.per_gpu("single")["total"]
+        verdict = "fits" if need <= 0.9 * mem else "does NOT fit"
+        lines.append(f"GPU 0: {name}, {_gib(mem)} GiB: one-GPU plan {verdict}")
+    else:
+        lines.append("no CUDA GPU here: the plan is for the GPU you will train on")
+    lines.append(preset_summary(recipe, plan))
+    lines += plan.notes
+    return Group(head, table, Text("\n".join(lines)))
+
+
+def _gib(n: int) -> str:
+    return f"{n / GiB:.2f}"
+
+
+__all__ = [
+    "MemoryPlan",
+    "estimate",
+    "plan_table",
+    "trace_step",
+    "resolve_precision",
+    "model_config",
+    "gpu_inventory",
+]
