@@ -181,7 +181,10 @@ class TrainConfig(_Section):
     activation_checkpointing: bool = False
     compile: bool = False
     fast_attention: bool = True  # rel-pos bias folded into q/k: one fused SDPA, no N x N mask
-    cache_embeddings: bool | Literal["auto"] = "auto"  # frozen-encoder scopes
+    # frozen-encoder (decoder-only) scopes: image embeddings computed once per image; used for
+    # training only without augmentation (augmented pixels never repeat), always for validation
+    cache_embeddings: bool | Literal["auto"] = "auto"
+    cache_max_items: int = Field(2048, ge=1)  # kept in CPU memory (ViT-B: 4 MiB per image)
     log_with: Literal["tensorboard", "trackio", "none"] = "tensorboard"
     preset: Literal["auto", "none"] = "none"
     seed: int = 0

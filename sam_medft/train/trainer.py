@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
+from transformers import SamModel
 
 from sam_medft.config import Recipe
 from sam_medft.errors import SamMedftError
@@ -162,6 +163,7 @@ def build_model(recipe: Recipe, label_map):
                  meta.method, meta.scope)
         return model, meta.base_model, meta.normalization
     spec = resolve_model_name(m.name, m.normalization)
+    _check_method_before_loading(recipe)
     base = load_base_model(spec, mask_outputs(recipe, label_map), revision=m.revision,
                            attn_implementation=m.attn_implementation)
     if m.device_map:
@@ -182,6 +184,60 @@ def build_model(recipe: Recipe, label_map):
     log.info("method %s/%s: %d trainable of %d parameters", info.method, info.scope,
              info.trainable, info.total)
     return model, spec.source if not spec.is_tiny else "tiny", spec.normalization
+
+
+def _check_method_before_loading(recipe: Recipe) -> None:
+    """A bad method or block list fails before a multi-GB download, not after it."""
+    from sam_medft.models.registry import architecture_config
+    from sam_medft.peft.methods import check_settings
+
+    try:
+        depth = architecture_config(recipe.model.name).vision_config.num_hidden_layers
+    except KeyError:
+        depth = None  # a Hub id or folder: checked once the model is loaded
+    check_settings(recipe.peft, depth)
+
+
+def enable_speedups(model, recipe: Recipe) -> None:
+    """Fast vision attention (exact; rel-pos folded into q/k, one fused SDPA call) and
+    optional regional torch.compile of the vision layers."""
+    from sam_medft.models.fast_attention import enable_fast_attention, enable_regional_compile
+
+    if recipe.train.fast_attention:
+        log.info("fast vision attention in %d modules", enable_fast_attention(model))
+    if recipe.train.compile:
+        log.info("compiled %d vision layers", enable_regional_compile(model))
+
+
+def embedding_cache(recipe: Recipe, model, frozen_encoder: bool, base_id: str, normalization: str):
+    """An embedding cache for frozen-encoder scopes in automatic mode (None otherwise)."""
+    want = recipe.train.cache_embeddings
+    if want is True and not frozen_encoder:
+        raise SamMedftError("train.cache_embeddings: true needs a frozen encoder "
+                            "(peft.scope=decoder); set it to auto or false")
+    from sam_medft.models.loading import unwrap
+
+    cacheable = frozen_encoder and recipe.prompt.mode == "none" and isinstance(
+        unwrap(model), SamModel)  # SAM-HQ also needs its intermediate embeddings
+    if want is False or not cacheable:
+        return None
+    from sam_medft.train.embedding_cache import EmbeddingCache, model_key
+
+    key = model_key(model, model_id=base_id, normalization=normalization,
+                    precision=recipe.train.mixed_precision)
+    return EmbeddingCache(key, device="cpu", max_items=recipe.train.cache_max_items)
+
+
+def cached_embeddings(cache, model, pixel_values: torch.Tensor):
+    """Embeddings from the cache (computed once per image), or None without a cache."""
+    if cache is None:
+        return None
+    from sam_medft.models.forward import image_embeddings
+    from sam_medft.train.embedding_cache import content_keys
+
+    emb = cache.get_or_compute(content_keys(pixel_values), pixel_values,
+                               lambda px: image_embeddings(model, px))
+    return emb.to(pixel_values.device, non_blocking=True)
 
 
 def mask_outputs(recipe: Recipe, label_map) -> int:
@@ -231,6 +287,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
             raise SamMedftError("the training split is empty: check data.train_list / data.folder")
         set_seed(recipe.train.seed)
         model, base_id, normalization = build_model(recipe, label_map)
+        enable_speedups(model, recipe)
         accelerator = build_accelerator(recipe, run_dir, model)
         return _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
                     splits, resume=resume)
@@ -250,6 +307,8 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
     geometry = model_geometry(model)
     spec = ModelFrameSpec(geometry, normalization, label_map)
     frozen_encoder = encoder_is_frozen(model)
+    cache = embedding_cache(recipe, model, frozen_encoder, base_id, normalization)
+    train_cache = None if recipe.augment.enabled else cache
     prompts = None
     if recipe.prompt.mode != "none":
         from sam_medft.train.prompted import prompt_settings
@@ -329,7 +388,8 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
                 dl.set_epoch(epoch)
             for batch in dl:
                 with accelerator.accumulate(model):
-                    loss = _loss(model, batch, recipe, frozen_encoder)
+                    with accelerator.autocast():  # also covers the no-grad encoder call
+                        loss = _loss(model, batch, recipe, frozen_encoder, train_cache)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and t.grad_clip:
                         accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
@@ -355,7 +415,7 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
                 last_step = step >= t.max_steps
                 if val_dl is not None and (step % t.eval_every == 0 or last_step):
                     stop = _evaluate_and_select(accelerator, model, val_dl, frozen_encoder, recipe,
-                                                state, step, meta, run_dir)
+                                                state, step, meta, run_dir, cache)
                 # a SIGTERM during the last step (or an early stop) changes nothing: finish
                 interrupted = sigterm.agreed(accelerator) and not (last_step or stop)
                 if step % t.save_every == 0 or last_step or stop or interrupted:
@@ -452,7 +512,7 @@ def _save_adapter(accelerator, model, meta, out_dir: Path) -> None:
         save_adapter(inner, meta, out_dir)
 
 
-def _loss(model, batch, recipe: Recipe, frozen_encoder: bool) -> torch.Tensor:
+def _loss(model, batch, recipe: Recipe, frozen_encoder: bool, cache=None) -> torch.Tensor:
     """The training loss of one batch, automatic or prompted."""
     if recipe.prompt.mode != "none":
         from sam_medft.train.prompted import prompt_loss, prompted_forward
@@ -462,7 +522,9 @@ def _loss(model, batch, recipe: Recipe, frozen_encoder: bool) -> torch.Tensor:
         return prompt_loss(logits, iou, batch["targets"], batch["prompt_valid"], recipe.loss)["loss"]
     from sam_medft.models.forward import automatic_forward
 
-    logits, iou = automatic_forward(model, batch["pixel_values"], frozen_encoder=frozen_encoder)
+    embeddings = cached_embeddings(cache, model, batch["pixel_values"])
+    logits, iou = automatic_forward(model, batch["pixel_values"], embeddings=embeddings,
+                                    frozen_encoder=frozen_encoder)
     loss = segmentation_loss(logits, batch["labels"], recipe.loss)["loss"]
     if recipe.loss.iou_weight:
         loss = loss + recipe.loss.iou_weight * iou_head_loss(iou, logits.detach(), batch["labels"])
@@ -472,11 +534,11 @@ def _loss(model, batch, recipe: Recipe, frozen_encoder: bool) -> torch.Tensor:
 
 
 def _evaluate_and_select(accelerator, model, val_dl, frozen_encoder, recipe, state, step, meta,
-                         run_dir) -> bool:
+                         run_dir, cache=None) -> bool:
     """Validate, keep the best adapter, and say whether early stopping triggers."""
 
     metrics = validate(model, val_dl, accelerator, frozen_encoder=frozen_encoder,
-                       prompt=recipe.prompt)
+                       prompt=recipe.prompt, cache=cache)
     dice = metrics["dice"]
     state["history"].append({"step": step, "val_dice": dice, "per_class": metrics.get("per_class"),
                              "n_images": metrics["n_images"]})

@@ -36,7 +36,7 @@ def dice_from_counts(counts: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def validate(model, loader, accelerator, *, frozen_encoder: bool, prompt=None) -> dict:
+def validate(model, loader, accelerator, *, frozen_encoder: bool, prompt=None, cache=None) -> dict:
     """Automatic mode: per-image per-class Dice. Prompt modes: per-prompt Dice of the mask
     with the highest predicted IoU (prompts simulated from the ground truth, seeded)."""
     was_training = model.training
@@ -47,13 +47,19 @@ def validate(model, loader, accelerator, *, frozen_encoder: bool, prompt=None) -
         if prompted:
             from sam_medft.train.prompted import prompt_counts, prompted_forward
 
-            logits, iou = prompted_forward(model, batch, multimask=prompt.multimask,
-                                           frozen_encoder=frozen_encoder)
+            with accelerator.autocast():
+                logits, iou = prompted_forward(model, batch, multimask=prompt.multimask,
+                                               frozen_encoder=frozen_encoder)
             counts = prompt_counts(logits, iou, batch["targets"], batch["prompt_valid"])
             # one row per image: pad prompts so gather_for_metrics sees the batch dimension
             counts = _per_image(counts, batch["prompt_valid"], prompt.max_objects_per_image)
         else:
-            logits, _ = automatic_forward(model, batch["pixel_values"], frozen_encoder=frozen_encoder)
+            from sam_medft.train.trainer import cached_embeddings
+
+            with accelerator.autocast():
+                emb = cached_embeddings(cache, model, batch["pixel_values"])
+                logits, _ = automatic_forward(model, batch["pixel_values"], embeddings=emb,
+                                              frozen_encoder=frozen_encoder)
             counts = confusion_counts(logits, batch["labels"])
         gathered.append(accelerator.gather_for_metrics(counts).cpu())
     model.train(was_training)

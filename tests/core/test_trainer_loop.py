@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from sam_medft.config import load_recipe
 from sam_medft.errors import SamMedftError
@@ -43,3 +44,27 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     r = load_recipe("recipes/demo.yaml", [*SMALL, f"output_dir={tmp_path}", "name=nothing"])
     with pytest.raises(SamMedftError, match="no checkpoint"):
         train(r, resume=True)
+
+
+def test_cached_embeddings_train_like_uncached(tmp_path):
+    """Decoder-only without augmentation: the embedding cache changes nothing but speed."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for cache in ("true", "false"):
+        r = load_recipe("recipes/demo.yaml", [*SMALL, f"output_dir={tmp_path}", f"name=c{cache}",
+                                              "train.max_steps=6", "train.eval_every=3",
+                                              f"train.cache_embeddings={cache}"])
+        result = train(r)
+        weights[cache] = load_file(str(result.run_dir / "checkpoints" / "checkpoint-00000006"
+                                       / "trainable.safetensors"))
+    assert weights["true"].keys() == weights["false"].keys()
+    for k in weights["true"]:
+        torch.testing.assert_close(weights["true"][k], weights["false"][k], atol=1e-6, rtol=1e-5)
+
+
+def test_cache_on_a_trained_encoder_is_refused(tmp_path):
+    r = load_recipe("recipes/demo.yaml", [*SMALL, f"output_dir={tmp_path}", "name=bad",
+                                          "peft.scope=encdec", "train.cache_embeddings=true"])
+    with pytest.raises(SamMedftError, match="cache_embeddings"):
+        train(r)
