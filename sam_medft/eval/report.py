@@ -248,6 +248,73 @@ img.plot{max-width:100%;height:auto}
 """
 
 
+def _signed(v: float | None, digits: int = 4) -> str:
+    return "&ndash;" if v is None else f"{v:+.{digits}f}"
+
+
+def _delta_section(delta: dict | None, note: str) -> str:
+    """The ``summary.compare`` result (fine-tuned minus baseline) as a table with its caveat."""
+    if delta is None:
+        return ""
+    head = (
+        "<tr><th>class</th><th>&Delta; Dice</th><th>&Delta; IoU</th><th>&Delta; HD95</th>"
+        "<th>&Delta; NSD</th></tr>"
+    )
+
+    def line(label: str, e: dict, cls: str = "") -> str:
+        cells = "".join(
+            f"<td>{_signed(e[m], 2 if m == 'hd95' else 4)}</td>"
+            for m in ("dice", "iou", "hd95", "nsd")
+        )
+        return f"<tr{cls}><td>{html.escape(label)}</td>{cells}</tr>"
+
+    body = [line(f"{cid} {e['name']}", e) for cid, e in delta["per_class"].items()]
+    body.append(line("mean over foreground classes", delta["foreground_mean"], ' class="fg"'))
+    return (
+        "<h2>Fine-tuned minus baseline</h2>\n<p>Positive Dice/IoU/NSD and negative HD95 "
+        "deltas mean the fine-tuned model is better.</p>\n"
+        f'<p class="policy">{html.escape(note)}</p>\n'
+        f'<table id="delta"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
+    )
+
+
+def _prompt_section(table: dict | None) -> str:
+    """``prompt_eval.build_prompt_table``: Dice per prompt setting, GT-derived prompts."""
+    if table is None:
+        return ""
+    names = table["class_names"]
+    has_base = any("baseline_dice" in r for r in table["rows"])
+    lead, _, rest = table["note"].partition(": ")  # "GT-derived prompts: ..." -> bold lead
+    head = (
+        "<tr><th>setting</th><th>prompts</th>"
+        + "".join(f"<th>Dice {html.escape(f'{c} {n}')}</th>" for c, n in names.items())
+        + "<th>Dice foreground mean</th>"
+    )
+    head += "<th>baseline foreground</th><th>&Delta; foreground</th></tr>" if has_base else "</tr>"
+    body = []
+    for r in table["rows"]:
+        d = r["dice"]
+        cells = "".join(f"<td>{_num({'mean': d['per_class'].get(c)}, 'mean')}</td>" for c in names)
+        extra = ""
+        if has_base:
+            extra = (
+                f"<td>{_num({'mean': r['baseline_dice']['foreground_mean']}, 'mean')}</td>"
+                f"<td>{_signed(r['delta_dice']['foreground_mean'])}</td>"
+            )
+        cls = ' class="fg"' if r["main"] else ""
+        label = r["setting"] + (" (main)" if r["main"] else "")
+        body.append(
+            f"<tr{cls}><td>{html.escape(label)}</td><td>GT-derived</td>{cells}"
+            f"<td>{_num({'mean': d['foreground_mean']}, 'mean')}</td>{extra}</tr>"
+        )
+    return (
+        "<h2>Dice per prompt setting</h2>\n"
+        f'<p class="policy"><strong>{html.escape(lead)}:</strong> {html.escape(rest)} '
+        f"Seed {table['seed']}; the main setting is the one in the summary above.</p>\n"
+        f'<table id="prompt-table"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
+    )
+
+
 def write_report(
     eval_dir: str | Path,
     summary: dict,
@@ -255,8 +322,16 @@ def write_report(
     overlays: Sequence[Path],
     title: str,
     extra: dict | None = None,
+    *,
+    delta: dict | None = None,
+    delta_note: str = "",
+    prompt_table: dict | None = None,
 ) -> Path:
-    """Write ``eval_dir/report.html``: one self-contained page (no scripts, no links out)."""
+    """Write ``eval_dir/report.html``: one self-contained page (no scripts, no links out).
+
+    ``delta`` (``summary.compare``) adds the baseline comparison with ``delta_note`` saying
+    what the baseline is; ``prompt_table`` adds the per-prompt-setting Dice table.
+    """
     eval_dir = Path(eval_dir)
     eval_dir.mkdir(parents=True, exist_ok=True)
     meta = ""
@@ -292,6 +367,8 @@ HD95 is in the units of the pixel spacing (mm when the spacing is given in mm).<
 {html.escape(summary["policy_description"])}</p>
 <h2>Summary</h2>
 {_summary_table(summary)}
+{_delta_section(delta, delta_note)}
+{_prompt_section(prompt_table)}
 <h2>Per-class Dice</h2>
 <img class="plot" id="dice-boxplot" src="{dice_boxplot(summary, rows)}"
  alt="Box plot of per-case Dice per class">

@@ -287,9 +287,13 @@ def compare(summary: dict, baseline_summary: dict) -> dict:
     }
 
 
-def format_comparison(delta: dict) -> Table:
-    """The ``compare`` result as a rich table (positive Dice delta = fine-tuned is better)."""
-    table = Table(title=f"Fine-tuned minus baseline (empty policy: {delta['empty_policy']})")
+def format_comparison(delta: dict, caption: str | None = None) -> Table:
+    """The ``compare`` result as a rich table (positive Dice delta = fine-tuned is better);
+    ``caption`` says what the baseline is (e.g. zero-shot with freshly initialised heads)."""
+    table = Table(
+        title=f"Fine-tuned minus baseline (empty policy: {delta['empty_policy']})",
+        caption=caption,
+    )
     for col in ("class", "Δ Dice", "Δ IoU", "Δ HD95", "Δ NSD"):
         table.add_column(col, justify="left" if col == "class" else "right")
 

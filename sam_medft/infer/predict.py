@@ -32,8 +32,10 @@ PALETTE = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200
 class FineTunedSam:
     """A fine-tuned SAM ready for inference (automatic mode, or prompts when given)."""
 
-    def __init__(self, model: torch.nn.Module, meta: AdapterMeta, device: str | None = None):
+    def __init__(self, model: torch.nn.Module, meta: AdapterMeta, device: str | None = None,
+                 *, multimask: bool = True):
         self.meta = meta
+        self.multimask = multimask  # prompt modes: decode SAM's 3 masks (as trained) or token 0
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.geometry = SamGeometry(meta.input_size, meta.mask_size)
@@ -48,7 +50,7 @@ class FineTunedSam:
 
         folder = find_adapter_folder(resolve_run(str(run_or_hub_id), revision=revision))
         model, meta = load_adapter_model(folder)
-        return cls(model, meta, device=device)
+        return cls(model, meta, device=device, multimask=trained_multimask(folder))
 
     @property
     def class_names(self) -> list[str]:
@@ -61,16 +63,25 @@ class FineTunedSam:
             return read_image(Path(image), self.intensity)
         return scale_intensity(np.asarray(image), self.intensity, source="array")
 
-    @torch.no_grad()
     def predict_proba(self, images: Sequence) -> list[np.ndarray]:
         """Per-class probabilities (C,H,W) at each image's original size."""
+        return self.proba_from_arrays([self._to_image(im) for im in images])
+
+    def pixel_batch(self, arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[tuple]]:
+        """HxWx3 arrays in [0, 255] -> the normalised, padded model batch and original sizes."""
         pixels, originals = [], []
-        for im in images:
-            arr = self._to_image(im)
+        for arr in arrays:
             px, original, _ = to_model_input(arr, self.geometry, self.meta.normalization)
             pixels.append(px)
             originals.append(original)
-        batch = torch.stack(pixels).to(self.device)
+        return torch.stack(pixels).to(self.device), originals
+
+    @torch.no_grad()
+    def proba_from_arrays(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """`predict_proba` for images already scaled to HxWx3 [0, 255] (as data sources give
+        them), so evaluation and prediction share one path and cannot drift apart."""
+        require_automatic(self.meta)
+        batch, originals = self.pixel_batch(arrays)
         with self.autocast:
             logits, _ = automatic_forward(self.model, batch)
         out = []
@@ -85,6 +96,32 @@ class FineTunedSam:
 
             return predict_with_prompts(self, image, prompts)
         return self.predict_proba([image])[0].argmax(0).astype(np.uint8)
+
+
+def require_automatic(meta: AdapterMeta) -> None:
+    """Prompt-mode models have no class outputs: say so instead of returning 3 mask channels."""
+    if meta.prompt_mode != "none":
+        raise SamMedftError(
+            f"this model was fine-tuned with prompt.mode={meta.prompt_mode}: it segments one "
+            "object per prompt and has no class outputs; pass prompts "
+            "(predict(image, prompts=[{'label': 1, 'box': [x0, y0, x1, y1]}]) or "
+            "`sam-medft predict --prompts prompts.json` / --box / --point)")
+
+
+def trained_multimask(adapter_folder: Path) -> bool:
+    """`prompt.multimask` of the recipe the adapter was trained with (recipe.yaml beside or
+    above the adapter folder; True when there is none, SAM's own default)."""
+    import yaml
+
+    for cand in (Path(adapter_folder) / "recipe.yaml", Path(adapter_folder).parent / "recipe.yaml"):
+        if cand.is_file():
+            try:
+                raw = yaml.safe_load(cand.read_text()) or {}
+            except yaml.YAMLError:
+                return True
+            prompt = raw.get("prompt") if isinstance(raw, dict) else None
+            return bool(prompt.get("multimask", True)) if isinstance(prompt, dict) else True
+    return True
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
@@ -153,6 +190,7 @@ def predict_paths(predictor: FineTunedSam, inputs: Sequence[str | Path], out_dir
     """Predict every input image; returns the written label PNGs."""
     from tqdm.auto import tqdm
 
+    require_automatic(predictor.meta)
     out_dir = Path(out_dir)
     pairs = collect_inputs(inputs)
     targets = output_paths([n for _, n in pairs], out_dir, ".png")

@@ -1,0 +1,360 @@
+"""Prompted prediction: boxes and points (no ground truth) -> a label map at the original size.
+
+A prompt-mode model segments one object per prompt. Every prompt is decoded on its own
+(objects ride on the batch axis, so each one can also carry its own previous mask for
+iterative refinement), the mask with the highest predicted IoU is kept (as SAM does), its
+low-res logits are resized back to the original image, and the objects are painted into
+one label map: a pixel takes the class of the prompt whose mask logit there is highest
+among the prompts that cover it (> 0). So overlapping prompts never depend on their order:
+the more confident mask wins.
+
+Evaluation (`sam_medft.eval.prompt_eval`) decodes its simulated prompts with the same
+functions, so evaluated and deployed predictions cannot drift apart.
+
+Automatic-mode runs raise: their decoder has one mask token per class and was never
+trained to read prompt tokens, so a box would be a silent no-op or noise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from sam_medft.data.prompts import (
+    PromptSet,
+    _check_entry,
+    load_prompts_file,
+    parse_box,
+    parse_point,
+    prompt_sets_from_entries,
+    to_model_frame,
+)
+from sam_medft.errors import SamMedftError
+from sam_medft.models.forward import embedding_kwargs, image_embeddings
+from sam_medft.train.prompted import select_masks
+
+if TYPE_CHECKING:
+    from sam_medft.infer.predict import FineTunedSam
+    from sam_medft.models.artifact import AdapterMeta
+
+log = logging.getLogger(__name__)
+
+CHUNK = 16  # objects decoded per forward pass (bounds memory on images with many objects)
+
+
+# ---- decoding ---------------------------------------------------------------------------------
+@dataclass
+class Decoded:
+    """Per object: `logits` (N,H,W) at the original size, `lowres` (N,M,M) on the model's
+    low-res grid (fed back as `input_masks` when refining), `iou` (N,) predicted IoU."""
+
+    logits: torch.Tensor
+    lowres: torch.Tensor
+    iou: torch.Tensor
+
+
+def require_prompt_model(meta: AdapterMeta) -> None:
+    """Raise unless the model was fine-tuned in a prompt mode."""
+    if meta.prompt_mode == "none":
+        raise SamMedftError(
+            f"this model ({meta.base_model}, {meta.method}) was fine-tuned in automatic mode "
+            "(prompt.mode=none): its decoder has one mask token per class, not prompt tokens, "
+            "so boxes/points cannot steer it. Predict without prompts, or fine-tune a prompt "
+            "run (e.g. `sam-medft train RECIPE prompt.mode=box`)."
+        )
+
+
+@torch.no_grad()
+def embed_image(predictor: FineTunedSam, array: np.ndarray) -> tuple[Any, tuple]:
+    """An HxWx3 [0, 255] image -> its image embeddings and (H, W), computed once for all
+    prompts (and all refinement rounds) of the image. SAM: a (1,C,E,E) tensor; SAM-HQ: a
+    tuple (embeddings, intermediate ViT embeddings), as `models.forward` handles them."""
+    batch, originals = predictor.pixel_batch([array])
+    with predictor.autocast:
+        emb = image_embeddings(predictor.model, batch)
+    return emb, originals[0]
+
+
+def _repeat(embeddings: Any, n: int) -> dict[str, Any]:
+    """Model kwargs with one image's embeddings repeated for `n` objects (views, no copies)."""
+    if isinstance(embeddings, tuple):
+        main, inter = embeddings
+        inter = [t.expand(n, *t.shape[1:]) for t in inter]
+        return embedding_kwargs((main.expand(n, -1, -1, -1), inter))
+    return embedding_kwargs(embeddings.expand(n, -1, -1, -1))
+
+
+@torch.no_grad()
+def decode(
+    predictor: FineTunedSam,
+    embeddings: Any,
+    prompt_set: PromptSet,
+    original: tuple[int, int],
+    input_masks: torch.Tensor | None = None,
+) -> Decoded:
+    """Decode an original-frame PromptSet of one image, one object per batch row.
+
+    `input_masks` (N,M,M): previous low-res logits per object (iterative refinement; the
+    prompt encoder adds ONE dense mask embedding per batch row, which is why the objects
+    ride on the batch axis and not on SAM's point_batch axis).
+    """
+    n = len(prompt_set)
+    h, w = original
+    m = predictor.geometry.mask_size
+    if n == 0:
+        empty = torch.zeros((0, h, w))
+        return Decoded(empty, torch.zeros((0, m, m)), torch.zeros(0))
+    ps = to_model_frame(prompt_set, predictor.geometry, original)
+    device = predictor.device
+    dtype = (embeddings[0] if isinstance(embeddings, tuple) else embeddings).dtype
+    logits, lowres, ious = [], [], []
+    for s in range(0, n, CHUNK):
+        e = min(n, s + CHUNK)
+        kwargs: dict[str, Any] = {}
+        if ps.points.shape[1] > 0:
+            kwargs["input_points"] = ps.points[s:e, None].to(device)
+            kwargs["input_labels"] = ps.point_labels[s:e, None].to(device)
+        if ps.boxes is not None:
+            kwargs["input_boxes"] = ps.boxes[s:e, None].float().to(device)
+        if input_masks is not None:
+            kwargs["input_masks"] = input_masks[s:e, None].to(device, dtype)
+        with predictor.autocast:
+            out = predictor.model(
+                **_repeat(embeddings, e - s), multimask_output=predictor.multimask, **kwargs
+            )
+        low = select_masks(out.pred_masks, out.iou_scores)[:, 0].float()  # (n, M, M)
+        lowres.append(low.cpu())
+        ious.append(out.iou_scores[:, 0].float().max(-1).values.cpu())
+        logits.append(predictor.geometry.logits_to_original(low, original).cpu())
+    return Decoded(torch.cat(logits), torch.cat(lowres), torch.cat(ious))
+
+
+def paint_labels(
+    logits: torch.Tensor, class_ids: Sequence[int] | torch.Tensor, original: tuple[int, int]
+) -> np.ndarray:
+    """(N,H,W) object logits -> HxW int64 label map: each pixel takes the class of the
+    object with the highest logit there, if that logit is > 0 (else background 0)."""
+    if logits.shape[0] == 0:
+        return np.zeros(original, dtype=np.int64)
+    ids = torch.as_tensor(np.asarray(class_ids), dtype=torch.int64)
+    best, idx = logits.max(0)
+    labels = ids[idx]
+    labels[best <= 0] = 0
+    return labels.numpy()
+
+
+def class_masks(
+    logits: torch.Tensor, object_classes: Sequence[int] | torch.Tensor, class_ids: Sequence[int]
+) -> np.ndarray:
+    """(N,H,W) object logits -> (K,H,W) bool: per class of `class_ids`, the union of its
+    objects' masks (logit > 0). Classes may overlap; evaluation scores each on its own."""
+    objs = np.asarray(object_classes)
+    fg = logits.numpy() > 0 if logits.shape[0] else np.zeros((0, *logits.shape[1:]), bool)
+    return np.stack(
+        [
+            fg[objs == c].any(0) if (objs == c).any() else np.zeros(fg.shape[1:], bool)
+            for c in class_ids
+        ]
+    )
+
+
+# ---- user prompts -----------------------------------------------------------------------------
+def check_prompts(
+    prompts: Any, size: tuple[int, int], class_names: Sequence[str], where: str = "prompts"
+) -> list[dict]:
+    """Python-API prompts (a list of dicts as `load_prompts_file` returns them, or as written
+    in prompts.json) -> checked entries with class ids, with the file format's messages."""
+    if not isinstance(prompts, list | tuple) or not prompts:
+        raise SamMedftError(
+            f"{where} must be a non-empty list of dicts like "
+            f'{{"label": 1, "box": [x0, y0, x1, y1]}}, got {prompts!r}'
+        )
+    out = []
+    for j, entry in enumerate(prompts):
+        if isinstance(entry, dict):  # loaded entries carry box=None / points=[]: drop those
+            entry = {k: v for k, v in entry.items() if v is not None and not _is_empty(v)}
+        out.append(_check_entry(entry, f"{where}[{j}]", size, list(class_names)))
+    return out
+
+
+def _is_empty(v: Any) -> bool:
+    return isinstance(v, list | tuple) and len(v) == 0
+
+
+def predict_with_prompts(predictor: FineTunedSam, image: Any, prompts: list[dict]) -> np.ndarray:
+    """One image (path or array) and its prompts (original pixel coordinates) -> HxW uint8
+    class-index map at the original size; overlaps go to the highest mask logit."""
+    require_prompt_model(predictor.meta)
+    array = predictor._to_image(image)
+    size = tuple(array.shape[:2])
+    entries = check_prompts(prompts, size, predictor.class_names)
+    emb, original = embed_image(predictor, array)
+    h, w = original
+    logits = torch.zeros((len(entries), h, w))
+    class_ids = np.zeros(len(entries), dtype=np.int64)
+    for idx, ps in prompt_sets_from_entries(entries):
+        logits[idx] = decode(predictor, emb, ps, original).logits
+        class_ids[idx] = np.asarray(ps.class_ids)
+    return paint_labels(logits, class_ids, original).astype(np.uint8)
+
+
+def _split_label(text: str, flag: str) -> tuple[int | str | None, str]:
+    """`"organ_a:10,10,50,50"` -> ("organ_a", "10,10,50,50"); `"2:5,5"` -> (2, "5,5")."""
+    if ":" not in text:
+        return None, text
+    label, rest = text.split(":", 1)
+    label = label.strip()
+    if not label:
+        raise SamMedftError(f"{flag} {text!r}: nothing before ':'; write LABEL:coordinates")
+    return (int(label) if label.isdigit() else label), rest
+
+
+def cli_entry(
+    box: str | None, points: Sequence[str], size: tuple[int, int], class_names: Sequence[str]
+) -> dict:
+    """`--box [LABEL:]x0,y0,x1,y1` and `--point [LABEL:]x,y` (repeatable) -> one checked
+    prompt entry: all flags describe ONE object. LABEL (class id or name) may be left out
+    when the model has a single foreground class."""
+    labels: list[int | str] = []
+    entry: dict[str, Any] = {}
+    if box is not None:
+        label, rest = _split_label(box, "--box")
+        labels += [label] if label is not None else []
+        entry["box"] = parse_box(rest, size)
+    if points:
+        entry["points"] = []
+        for text in points:
+            label, rest = _split_label(text, "--point")
+            labels += [label] if label is not None else []
+            entry["points"].append(parse_point(rest, size))
+    if len({str(v) for v in labels}) > 1:
+        raise SamMedftError(
+            f"--box/--point give different labels {labels}: they describe one object; for "
+            "several objects write a prompts.json and pass --prompts"
+        )
+    if labels:
+        entry["label"] = labels[0]
+    elif len(class_names) == 2:
+        entry["label"] = 1
+    else:
+        known = ", ".join(f"{i} {n}" for i, n in enumerate(class_names) if i)
+        raise SamMedftError(
+            f"the model has several classes ({known}): say which one the prompt marks, e.g. "
+            f"--box {class_names[1]}:x0,y0,x1,y1 or --point 1:x,y"
+        )
+    return check_prompts([entry], size, class_names, where="--box/--point")[0]
+
+
+def _meta_of(model: FineTunedSam | str | Path, revision: str | None) -> AdapterMeta:
+    from sam_medft.hub import resolve_run
+    from sam_medft.models.artifact import AdapterMeta, find_adapter_folder
+
+    if isinstance(model, str | Path):
+        return AdapterMeta.read(find_adapter_folder(resolve_run(str(model), revision=revision)))
+    return model.meta
+
+
+def plan_prompted(
+    meta: AdapterMeta,
+    inputs: Sequence[str | Path],
+    *,
+    prompts_file: str | Path | None = None,
+    box: str | None = None,
+    points: Sequence[str] = (),
+) -> list[tuple[Path, Path, list[dict]]]:
+    """Check the inputs and prompts without touching model weights -> (image, output name,
+    entries) per prompted image. Images of a folder without prompts are skipped (logged)."""
+    from sam_medft.data.io import image_size
+    from sam_medft.infer.predict import collect_inputs
+
+    require_prompt_model(meta)
+    pairs = collect_inputs(inputs)
+    if prompts_file is not None and (box is not None or points):
+        raise SamMedftError("give either --prompts FILE or --box/--point, not both")
+    if prompts_file is None and box is None and not points:
+        raise SamMedftError("no prompts: pass --prompts prompts.json, or --box / --point")
+    if prompts_file is not None:
+        sizes = {rel.as_posix(): image_size(path) for path, rel in pairs}
+        by_name = load_prompts_file(prompts_file, sizes, class_names=meta.class_names)
+        plan = [
+            (p, rel, by_name[rel.as_posix()]) for p, rel in pairs if by_name.get(rel.as_posix())
+        ]
+        skipped = len(pairs) - len(plan)
+        if not plan:
+            raise SamMedftError(f"{prompts_file} has no prompts for any input image")
+        if skipped:
+            log.warning(
+                "%d input image(s) have no prompts in %s and are skipped", skipped, prompts_file
+            )
+        return plan
+    if len(pairs) != 1:
+        raise SamMedftError(
+            f"--box/--point apply to one image, but {len(pairs)} were given; for several images "
+            "write a prompts.json and pass --prompts"
+        )
+    path, rel = pairs[0]
+    return [(path, rel, [cli_entry(box, points, image_size(path), meta.class_names)])]
+
+
+def predict_paths_with_prompts(
+    predictor: FineTunedSam | str | Path,
+    inputs: Sequence[str | Path],
+    out_dir: Path,
+    *,
+    prompts_file: str | Path | None = None,
+    box: str | None = None,
+    points: Sequence[str] = (),
+    overwrite: bool = False,
+    show_progress: bool = True,
+    device: str | None = None,
+    revision: str | None = None,
+) -> list[Path]:
+    """Prompted label maps (PNG + legend.json) for the prompted input images.
+
+    `predictor` may be a run folder / Hub id: then the prompts, image names and sizes are
+    checked against its sam_medft.json BEFORE the weights load (a typo fails in a second).
+    """
+    from tqdm.auto import tqdm
+
+    from sam_medft.infer.predict import FineTunedSam, output_paths, save_label_png, write_legend
+
+    meta = _meta_of(predictor, revision)
+    plan = plan_prompted(meta, inputs, prompts_file=prompts_file, box=box, points=points)
+    out_dir = Path(out_dir)
+    targets = output_paths([rel for _, rel, _ in plan], out_dir, ".png")
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise SamMedftError(
+            f"{len(existing)} prediction(s) already exist in {out_dir} (e.g. {existing[0]}); "
+            "pass --overwrite or choose another --out"
+        )
+    if isinstance(predictor, str | Path):
+        predictor = FineTunedSam.load(predictor, device=device, revision=revision)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_legend(predictor.meta, out_dir)
+    for (src, _, entries), target in zip(
+        tqdm(plan, desc="predict", unit="img", disable=not show_progress), targets, strict=True
+    ):
+        save_label_png(predict_with_prompts(predictor, src, entries), target)
+    return targets
+
+
+__all__ = [
+    "Decoded",
+    "check_prompts",
+    "class_masks",
+    "cli_entry",
+    "decode",
+    "embed_image",
+    "paint_labels",
+    "plan_prompted",
+    "predict_paths_with_prompts",
+    "predict_with_prompts",
+    "require_prompt_model",
+]

@@ -1,0 +1,87 @@
+"""Automatic-mode prediction round trip on a real tiny run: sizes, names, labels, folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import sam_medft
+from sam_medft.errors import SamMedftError
+from sam_medft.infer.predict import FineTunedSam, predict_paths
+
+
+@pytest.fixture(scope="module")
+def predictor(demo_run: Path) -> FineTunedSam:
+    return sam_medft.load(demo_run, device="cpu")
+
+
+@pytest.fixture
+def image_tree(demo_run: Path, tmp_path: Path) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """in/a.png, in/sub/b.png, in/sub/deeper/c.png: synthetic test images, one not square."""
+    from sam_medft.config import load_recipe
+    from sam_medft.data.sources import build_splits
+
+    src = build_splits(load_recipe(demo_run / "recipe.yaml").data)["test"]
+    root = tmp_path / "in"
+    sizes = {}
+    for i, rel in zip((0, 3, 1), ("a.png", "sub/b.png", "sub/deeper/c.png"), strict=True):
+        dst = root / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src.image_path(i), dst)
+        sizes[rel] = Image.open(dst).size[::-1]  # (H, W)
+    assert len({h == w for h, w in sizes.values()}) == 2  # square and non-square inputs
+    return root, sizes
+
+
+def test_predict_round_trip_keeps_names_sizes_and_structure(predictor, image_tree, tmp_path):
+    root, sizes = image_tree
+    out = tmp_path / "out"
+    written = predict_paths(predictor, [root], out, batch_size=2, show_progress=False)
+    assert sorted(p.relative_to(out).as_posix() for p in written) == sorted(sizes)
+    for rel, size in sizes.items():
+        labels = np.asarray(Image.open(out / rel))
+        assert labels.shape == size
+        assert set(np.unique(labels)) <= {0, 1, 2}
+    assert any(np.asarray(Image.open(p)).any() for p in written)  # it finds the organs
+    legend = json.loads((out / "legend.json").read_text())
+    assert [legend[k]["name"] for k in ("0", "1", "2")] == ["background", "organ_a", "organ_b"]
+    assert legend["2"]["raw_value"] == 255
+
+
+def test_existing_outputs_are_not_overwritten_silently(predictor, image_tree, tmp_path):
+    root, _ = image_tree
+    out = tmp_path / "out"
+    predict_paths(predictor, [root / "a.png"], out, show_progress=False)
+    before = (out / "a.png").read_bytes()
+    (out / "a.png").write_bytes(b"user data")
+    with pytest.raises(SamMedftError, match="already exist.*--overwrite"):
+        predict_paths(predictor, [root / "a.png"], out, show_progress=False)
+    assert (out / "a.png").read_bytes() == b"user data"
+    predict_paths(predictor, [root / "a.png"], out, overwrite=True, show_progress=False)
+    assert (out / "a.png").read_bytes() == before
+
+
+def test_python_api_predict_array(predictor, image_tree):
+    root, sizes = image_tree
+    rgb = np.asarray(Image.open(root / "sub/b.png").convert("RGB"))
+    labels = predictor.predict(rgb)
+    assert labels.shape == sizes["sub/b.png"] and labels.dtype == np.uint8
+    grey = np.asarray(Image.open(root / "sub/b.png").convert("L"))
+    assert np.array_equal(predictor.predict(grey), labels)  # grey is replicated to RGB
+    assert np.array_equal(predictor.predict(root / "sub/b.png"), labels)  # path == array
+    odd = np.random.default_rng(0).integers(0, 255, (37, 91), dtype=np.uint8)
+    assert predictor.predict(odd).shape == (37, 91)
+
+
+def test_prompt_run_without_prompts_says_what_to_do(untrained_run, image_tree, tmp_path):
+    predictor = sam_medft.load(untrained_run("box"), device="cpu")
+    with pytest.raises(SamMedftError, match="prompt.mode=box.*pass prompts"):
+        predictor.predict(np.zeros((32, 40), np.uint8))
+    with pytest.raises(SamMedftError, match="prompt.mode=box"):
+        predict_paths(predictor, [image_tree[0]], tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out").exists()  # refused before anything is written
