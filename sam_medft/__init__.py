@@ -5,7 +5,6 @@ __version__ = "0.1.0"
 from sam_medft.errors import SamMedftError  # noqa: E402
 
 
-
 def load(run_or_hub_id, *, device=None, revision=None):
     """Load a fine-tuned model (run folder, adapter folder or Hub id) for `.predict(image)`."""
     from sam_medft.infer.predict import FineTunedSam

@@ -86,10 +86,10 @@ def bench_command(
     """Measure images/s and peak memory of a recipe's training or prediction step
     (random weights, synthetic data, nothing downloaded)."""
     import torch
-    from rich.console import Console
 
     from sam_medft.bench import BenchSettings, result_table, run_bench
     from sam_medft.config import PeftSettings, load_recipe
+    from sam_medft.console import stdout_console
     from sam_medft.errors import SamMedftError
 
     pads = {"auto": None, "on": True, "off": False}
@@ -121,7 +121,7 @@ def bench_command(
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
     else:
-        Console().print(result_table(result))
+        stdout_console().print(result_table(result))
 
 
 def _pick(flag: bool | None, recipe_value: bool | None, default: bool) -> bool:

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from sam_medft.bench_cli import bench_command
+from sam_medft.console import stderr_console, stdout_console
 from sam_medft.errors import SamMedftError
 from sam_medft.eval.cli import eval_command
 
@@ -22,9 +22,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Fine-tune Segment Anything models on your own medical segmentation data.")
 data_app = typer.Typer(no_args_is_help=True, help="Make and check data sets.")
 app.add_typer(data_app, name="data")
-console = Console(stderr=True)
-# piped output (logs, CI) gets room for wide tables instead of rich's 80-column default
-out = Console(width=None if sys.stdout.isatty() else 160)
+console = stderr_console()
+out = stdout_console()
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -79,19 +78,21 @@ def predict(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
     revision: Annotated[str | None, typer.Option(help="Hub revision")] = None,
     prompts: Annotated[Path | None, typer.Option(help="prompts.json: boxes/points per image")] = None,
-    box: Annotated[str | None, typer.Option(help="x0,y0,x1,y1 for a single image")] = None,
-    point: Annotated[list[str] | None, typer.Option(help="x,y (repeatable) for a single image")] = None,
+    box: Annotated[str | None, typer.Option(help="[LABEL:]x0,y0,x1,y1 for a single image")] = None,
+    point: Annotated[list[str] | None, typer.Option(help="[LABEL:]x,y (repeatable), single image")] = None,
 ):
     """Label maps (PNG, palette + legend.json) at each image's original size."""
     from sam_medft.infer.predict import FineTunedSam, predict_paths
 
-    predictor = FineTunedSam.load(model, device=device, revision=revision)
     if prompts or box or point:
         from sam_medft.infer.prompted import predict_paths_with_prompts
 
-        written = predict_paths_with_prompts(predictor, inputs, out_dir, prompts_file=prompts,
-                                             box=box, points=point or [], overwrite=overwrite)
+        # prompts are checked against the images before the model is loaded
+        written = predict_paths_with_prompts(model, inputs, out_dir, prompts_file=prompts,
+                                             box=box, points=point or [], overwrite=overwrite,
+                                             device=device, revision=revision)
     else:
+        predictor = FineTunedSam.load(model, device=device, revision=revision)
         written = predict_paths(predictor, inputs, out_dir, batch_size=batch_size, save_probs=probs,
                                 overlays=overlays, overwrite=overwrite)
     out.print(f"wrote {len(written)} label map(s) to {out_dir} (legend: {out_dir / 'legend.json'})")

@@ -206,6 +206,7 @@ class EvalConfig(_Section):
     empty_policy: Literal["exclude", "count"] = "exclude"
     nsd_tolerance: float = 1.0  # in the units of the pixel spacing (mm when known)
     overlays: int = 2
+    seed: int = 0  # seeds the prompts simulated from the ground truth
 
 
 class HubConfig(_Section):

@@ -433,9 +433,11 @@ def _build_card(run: RunFiles, repo_id: str | None, license: str | None) -> Mode
     method = str(meta.get("method") or "lora")
     base = meta.get("base_model")
     base_id = _card_base_model(base)
-    split = str(summary["split"]) if summary.get("split") else None
+    run_info = summary.get("run") if isinstance(summary.get("run"), dict) else {}
+    split = summary.get("split") or run_info.get("split")
+    split = str(split) if split else None
     data_description = str(meta.get("data_description") or "").strip()
-    dataset_type = str(summary.get("dataset") or "custom")
+    dataset_type = str(summary.get("dataset") or run_info.get("data") or "custom")[:80]
     dataset_name = (data_description.splitlines() or ["own data"])[0][:80] or "own data"
 
     eval_results = [

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from sam_medft.console import stdout_console
 
 
 def eval_command(
@@ -52,7 +53,7 @@ def eval_command(
     from sam_medft.eval.prompt_eval import format_prompt_table
     from sam_medft.eval.summary import format_comparison, format_table
 
-    out = Console()
+    out = stdout_console()
     result = evaluate_run(
         run,
         split=split,
