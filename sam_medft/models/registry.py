@@ -27,7 +27,11 @@ class ModelEntry:
 TINY_CONFIG = dict(
     vision_config=dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
                        global_attn_indexes=[1, 3], mlp_dim=128, image_size=256,
-                       initializer_range=0.02),
+                       initializer_range=0.02,
+                       # segment-anything's random Fourier features use scale 1; the config
+                       # default (hidden/2 = 32) gives codes too fine for a 16x16 grid, and a
+                       # random model then cannot relate prompt coordinates to the image
+                       scale=1.0),
     prompt_encoder_config=dict(image_size=256, image_embedding_size=16),
     initializer_range=0.02,
 )
