@@ -84,7 +84,10 @@ def test_label_value_not_in_mapping(tmp_path, study_data):
 
 
 def test_unknown_model_while_offline(tmp_path, study_data, monkeypatch):
+    import huggingface_hub.constants as constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read at import by the client
     with pytest.raises(SamMedftError) as e:
         train(_recipe(tmp_path, study_data, "model.name=nobody/no-such-sam"))
     assert "nobody/no-such-sam" in str(e.value) and "model.name=tiny" in str(e.value)
