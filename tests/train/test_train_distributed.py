@@ -10,15 +10,13 @@ difference of the final weights after 4 AdamW steps: ~1e-6 (float summation orde
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launching import accelerate_bin, free_port, max_diff, run_env
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,29 +27,7 @@ ATOL = 1e-5  # measured ~1e-6 after 4 steps
 pytestmark = pytest.mark.slow
 
 
-def run_env() -> dict[str, str]:
-    """One thread per process (2 cores), CPU gloo, no network."""
-    env = dict(os.environ)
-    env.update(
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        ACCELERATE_USE_CPU="1",
-        HF_HUB_OFFLINE="1",
-        PYTHONUNBUFFERED="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    return env
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def accelerate_bin() -> str:
-    path = Path(sys.executable).with_name("accelerate")
-    return str(path) if path.exists() else shutil.which("accelerate")
 
 
 def overrides(out: Path, name: str, batch: int, **extra) -> list[str]:
@@ -109,10 +85,6 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
     last = sorted((run / "checkpoints").glob("checkpoint-*"))[-1]
     return load_file(str(last / "trainable.safetensors"))
 
-
-def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 def test_two_processes_match_one_process_and_write_once(tmp_path):

@@ -19,10 +19,8 @@ Tolerances, measured (max |diff| of the final trainable tensors, 14 AdamW steps,
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +29,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from launching import free_port, max_diff, run_env
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,22 +42,6 @@ MAX_STEPS = 14
 pytestmark = pytest.mark.slow
 
 
-def run_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        ACCELERATE_USE_CPU="1",
-        HF_HUB_OFFLINE="1",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def overrides(out: Path, name: str, batch: int) -> list[str]:
@@ -146,10 +129,6 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
         str(run_dir / "checkpoints" / f"checkpoint-{steps[-1]:08d}" / "trainable.safetensors")
     )
 
-
-def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 @pytest.fixture(scope="module")
