@@ -111,6 +111,8 @@ def load_adapter_model(folder: Path, *, is_trainable: bool = False,
             from sam_medft.peft.methods import _apply_vanilla
 
             _apply_vanilla(base, meta.scope)
+        else:
+            base.requires_grad_(False)  # inference: same kernels as a frozen PEFT model
         return base, meta
     if meta.method == "adapter":
         from sam_medft.peft.bottleneck import load_bottleneck
