@@ -40,3 +40,15 @@ def accelerate_bin() -> str:
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "recipes" / "demo.yaml"
+CPU_CONFIG = REPO / "accelerate_configs" / "cpu.yaml"
+
+
+def two_process_train(args: list[str], *flags: str) -> list[str]:
+    """`accelerate launch` of `sam-medft train recipes/demo.yaml` on 2 CPU (gloo) processes."""
+    return [accelerate_bin(), "launch", "--config_file", str(CPU_CONFIG), "--multi_gpu",
+            "--num_processes", "2", "--main_process_port", str(free_port()),
+            "-m", "sam_medft", "train", str(DEMO), *args, *flags]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from launching import accelerate_bin, free_port, max_diff, run_env
+from launching import max_diff, run_env, two_process_train
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,23 +56,7 @@ def one_process(args: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 def two_processes(args: list[str], extra_flags: tuple[str, ...] = ("--overwrite",)) -> list[str]:
-    return [
-        accelerate_bin(),
-        "launch",
-        "--config_file",
-        str(CPU_CONFIG),
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "sam_medft",
-        "train",
-        str(DEMO),
-        *args,
-        *extra_flags,
-    ]
+    return two_process_train(args, *extra_flags)
 
 
 def check(proc: subprocess.CompletedProcess) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from launching import free_port, max_diff, run_env
+from launching import free_port, max_diff, run_env, two_process_train
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,24 +70,7 @@ def one_process_cmd(args: list[str], flag: str) -> list[str]:
 
 
 def two_process_cmd(args: list[str], flag: str) -> list[str]:
-    exe = Path(sys.executable).with_name("accelerate")
-    return [
-        str(exe) if exe.exists() else shutil.which("accelerate"),
-        "launch",
-        "--config_file",
-        str(CPU_CONFIG),
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "sam_medft",
-        "train",
-        str(DEMO),
-        *args,
-        flag,
-    ]
+    return two_process_train(args, flag)
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
