@@ -12,6 +12,10 @@ Modes:
 - `decoder-cached`: decoder-only scopes from the second epoch on, where the image
   embeddings come from `EmbeddingCache` instead of the encoder.
 - `predict`: forward only, under `torch.inference_mode()`.
+- `epoch`: `train`, then the same step fed by the real training data pipeline (synthetic
+  slices at the image size, preprocessed once, uint8 batches through the DataLoader,
+  normalised and augmented where training would do it); `epoch.ratio` is the end-to-end
+  images/s over the step's images/s (1.0: the data pipeline costs the GPU nothing).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -30,8 +35,8 @@ import torch
 from sam_medft.config import LossConfig, PeftSettings
 from sam_medft.errors import SamMedftError
 
-Mode = Literal["train", "predict", "decoder-cached"]
-MODES: tuple[str, ...] = ("train", "predict", "decoder-cached")
+Mode = Literal["train", "predict", "decoder-cached", "epoch"]
+MODES: tuple[str, ...] = ("train", "predict", "decoder-cached", "epoch")
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
 
 
@@ -54,6 +59,9 @@ class BenchSettings:
     device: str | None = None  # None: cuda when available
     pad_value: bool | None = None  # fast attention: pad v for flash (None: auto)
     seed: int = 0
+    # epoch mode: the data pipeline's settings (as train.num_workers / transform_device)
+    num_workers: int = 0
+    transform_device: str = "auto"
 
     def check(self) -> None:
         """Every user mistake, before a model is built."""
@@ -78,6 +86,18 @@ class BenchSettings:
             raise SamMedftError(
                 f"bench --image-size {self.image_size}: use a multiple of 16 "
                 f"(the patch size), at least 32, e.g. 1024 or 256"
+            )
+        if self.num_workers < 0:
+            raise SamMedftError(f"bench --workers {self.num_workers}: use 0 or more")
+        if self.transform_device not in ("auto", "accelerator", "loader"):
+            raise SamMedftError(
+                f"bench --transform-device {self.transform_device!r}: use auto, accelerator "
+                f"or loader"
+            )
+        if self.mode == "epoch" and self.num_classes > 3:
+            raise SamMedftError(
+                f"bench --mode epoch uses the synthetic set (2 or 3 classes), not "
+                f"--classes {self.num_classes}"
             )
         if self.mode == "decoder-cached" and self.peft.scope != "decoder":
             raise SamMedftError(
@@ -130,6 +150,7 @@ class BenchResult:
     total_params: int
     final_loss: float | None
     cache: dict[str, int] | None = None
+    epoch: dict[str, Any] | None = None  # epoch mode: the end-to-end figures
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -241,10 +262,16 @@ def run_bench(s: BenchSettings) -> BenchResult:
         embeddings_fn = None
         if s.mode == "decoder-cached":
             embeddings_fn, cache = _cached_embeddings(model, pixels, autocast, device)
-        step = _train_step(model, pixels, labels, optimizer, autocast, frozen, embeddings_fn)
+        update = _update_fn(model, optimizer, autocast, frozen, embeddings_fn)
+        step = _Step(lambda: update(pixels, labels))
 
     warmup_s, times, total = _time(step, s.warmup, s.steps, device)
     loss = step.last_loss  # type: ignore[attr-defined]
+    epoch = None
+    if s.mode == "epoch":
+        epoch = _time_epoch(s, model, update, size, device)
+        epoch["step_images_per_s"] = s.batch * s.steps / total
+        epoch["ratio"] = epoch["images_per_s"] / epoch["step_images_per_s"]
     peak = reserved = None
     if cuda:
         peak = torch.cuda.max_memory_allocated(device) / 2**30
@@ -286,6 +313,7 @@ def run_bench(s: BenchSettings) -> BenchResult:
         total_params=info.total,
         final_loss=None if loss is None else float(loss),
         cache=None if cache is None else cache.stats(),
+        epoch=epoch,
     )
 
 
@@ -300,21 +328,20 @@ class _Step:
         self.last_loss = self.fn()
 
 
-def _train_step(
+def _update_fn(
     model,
-    pixels,
-    labels,
     optimizer,
     autocast,
     frozen,
     embeddings_fn: Callable[[], torch.Tensor] | None,
-) -> _Step:
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """One optimizer update on (pixels, labels): the trainer's loss, backward and AdamW."""
     from sam_medft.models.forward import automatic_forward
     from sam_medft.train.losses import iou_head_loss, segmentation_loss
 
     loss_cfg = LossConfig()
 
-    def step() -> torch.Tensor:
+    def update(pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with autocast():
             if embeddings_fn is not None:
                 logits, iou = automatic_forward(model, embeddings=embeddings_fn())
@@ -327,7 +354,78 @@ def _train_step(
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    return _Step(step)
+    return update
+
+
+def _time_epoch(s: BenchSettings, model, update, size: int, device: torch.device) -> dict:
+    """The step fed by the training data pipeline: synthetic slices preprocessed once to `size` (timed apart), uint8 batches from the DataLoader, finished (normalised,
+    augmented) on the accelerator or in the workers. Warm-up batches are excluded."""
+    import tempfile
+
+    from accelerate.utils import send_to_device
+
+    from sam_medft.config import Recipe
+    from sam_medft.data.dataset import ModelFrameSpec
+    from sam_medft.data.labels import LabelMap
+    from sam_medft.data.sources import build_splits
+    from sam_medft.data.synthetic import SYNTHETIC_LABELS, write_synthetic
+    from sam_medft.models.loading import model_geometry
+    from sam_medft.train.data_pipeline import build_train_data, transform_on_accelerator
+
+    n = s.batch * (s.warmup + s.steps)
+    labels = dict(SYNTHETIC_LABELS) if s.num_classes == 3 else None
+    recipe = Recipe(
+        data={"source": "folder", "folder": ".", "labels": labels, "binary": labels is None},
+        train={"batch_size": s.batch, "num_workers": s.num_workers, "seed": s.seed,
+               "transform_device": s.transform_device},
+    )
+    label_map = LabelMap(labels) if labels else LabelMap(binary=True)
+    spec = ModelFrameSpec(model_geometry(model), "sam", label_map)
+    with tempfile.TemporaryDirectory(prefix="sam-medft-bench-") as tmp:
+        # written small (quick on any machine) and resized up once by the preprocessing:
+        # every epoch reads input-size uint8 from the store either way
+        write_synthetic(tmp, n_train=n, n_val=0, n_test=0, size=min(size, 256), seed=s.seed)
+        recipe.data.folder = Path(tmp)
+        recipe.data.val_fraction = 0
+        splits = build_splits(recipe.data)
+        t0 = time.perf_counter()
+        from sam_medft.data.preprocessed import PreprocessedStore
+
+        store = PreprocessedStore.build(splits["train"], spec.geometry, label_map,
+                                        num_workers=s.num_workers)
+        preprocess_s = time.perf_counter() - t0
+        on_accelerator = transform_on_accelerator(recipe, device)
+        data = build_train_data(recipe, {"train": splits["train"]}, spec,
+                                stores={"train": store}, num_processes=1,
+                                on_accelerator=on_accelerator)
+
+        def step(batch: dict) -> None:
+            batch = send_to_device(batch, device, non_blocking=True)
+            batch = data.finish_train(batch)
+            update(batch["pixel_values"], batch["labels"])
+
+        batches = iter(data.train_dl)
+        for _ in range(s.warmup):
+            step(next(batches))
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(s.steps):
+            step(next(batches))
+        _sync(device)
+        total = time.perf_counter() - t0
+    return {
+        "images_per_s": s.batch * s.steps / total,
+        "step_mean_s": total / s.steps,
+        "preprocess_s": preprocess_s,
+        "preprocessed_images": n,
+        "num_workers": s.num_workers,
+        "transform_device": "accelerator" if on_accelerator else "loader",
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _predict_step(model, pixels, autocast) -> _Step:
@@ -467,6 +565,15 @@ def result_table(r: BenchResult):
     ]
     if r.cache is not None:
         rows.append(("embedding cache", ", ".join(f"{k} {v}" for k, v in r.cache.items())))
+    if r.epoch is not None:
+        e = r.epoch
+        rows.append((
+            "end to end (data included)",
+            f"{e['images_per_s']:.2f} images/s = {e['ratio']:.2f} x the step's "
+            f"{e['step_images_per_s']:.2f}; transforms in the {e['transform_device']}, "
+            f"{e['num_workers']} workers; {e['preprocessed_images']} images preprocessed "
+            f"once in {e['preprocess_s']:.1f} s",
+        ))
     if r.final_loss is not None:
         rows.append(("last loss", f"{r.final_loss:.4f}"))
     for k, v in rows:

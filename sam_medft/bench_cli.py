@@ -36,7 +36,8 @@ def bench_command(
     mode: Annotated[
         str,
         typer.Option(
-            help="train | predict | decoder-cached (decoder-only scopes, embeddings from the cache)",
+            help="train | predict | decoder-cached (decoder-only scopes, embeddings from the "
+            "cache) | epoch (train, then fed by the real data pipeline: the end-to-end ratio)",
         ),
     ] = "train",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON record")] = False,
@@ -82,6 +83,17 @@ def bench_command(
         typer.Option(help="fast attention: pad v to the q/k width so flash applies: auto, on, off"),
     ] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="--mode epoch: data-loader workers (default: the recipe's, else 0)"),
+    ] = None,
+    transform_device: Annotated[
+        str | None,
+        typer.Option(
+            help="--mode epoch: where batches are normalised and augmented: auto, "
+            "accelerator, loader (default: the recipe's, else auto)"
+        ),
+    ] = None,
 ) -> None:
     """Measure images/s and peak memory of a recipe's training or prediction step
     (random weights, synthetic data, nothing downloaded)."""
@@ -116,6 +128,8 @@ def bench_command(
         ),
         device=device,
         pad_value=pads[pad_value],
+        num_workers=workers if workers is not None else (t.num_workers if t is not None else 0),
+        transform_device=transform_device or (t.transform_device if t is not None else "auto"),
     )
     result = run_bench(settings)
     if as_json:

@@ -185,6 +185,20 @@ class TrainConfig(_Section):
     # training only without augmentation (augmented pixels never repeat), always for validation
     cache_embeddings: bool | Literal["auto"] = "auto"
     cache_max_items: int = Field(2048, ge=1)  # kept in CPU memory (ViT-B: 4 MiB per image)
+    # decode, map and resize every train/val image once per run (uint8 at the input size:
+    # 4 MiB per 1024 px image); auto: in memory when all processes' copies fit
+    # preprocess_cache_gib, else memory-mapped .npy files in the run folder
+    preprocess_cache: Literal["auto", "memory", "disk", "off"] = "auto"
+    preprocess_cache_gib: float = Field(16.0, gt=0)
+    # where normalisation + augmentation run: auto = on the accelerator when it is a GPU
+    # (batched, no CPU cost), in the loader workers otherwise and always in prompt modes
+    transform_device: Literal["auto", "accelerator", "loader"] = "auto"
+
+    @field_validator("preprocess_cache", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads a bare `off` as false: `preprocess_cache: off` means "off"."""
+        return "off" if value is False else value
     log_with: Literal["tensorboard", "trackio", "none"] = "tensorboard"
     preset: Literal["auto", "none"] = "none"
     seed: int = 0

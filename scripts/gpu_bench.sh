@@ -84,6 +84,7 @@ for attn in plain fast; do
   bench "predict/$attn" $R/lora_encdec --mode predict --$attn
 done
 bench "lora_decoder/cached" $R/lora_decoder --mode decoder-cached
+bench "lora_encdec/epoch" $R/lora_encdec --mode epoch --fast --workers 8
 bench "lora_encdec/fast-unpadded-v" $R/lora_encdec --fast --pad-value off
 if [ "$COMPILE" = 1 ]; then
   for attn in fast plain; do
@@ -101,10 +102,12 @@ echo "done: $n_ok ok, $n_fail failed, $n_skip skipped in $(($(date +%s) - START)
 $PY - "$JSONL" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print(f"{'run':34} {'img/s':>8} {'median ms':>10} {'peak GiB':>9}")
+print(f"{'run':34} {'img/s':>8} {'median ms':>10} {'peak GiB':>9}  end-to-end")
 for r in rows:
     mem = r["peak_gpu_mem_gib"]
     mem = f"{mem:9.2f}" if mem is not None else f"{r['peak_rss_mib'] / 1024:8.2f}R"
-    print(f"{r['label']:34} {r['images_per_s']:8.2f} {r['step_median_s'] * 1000:10.1f} {mem}")
+    e = r.get("epoch")
+    e = f"  {e['images_per_s']:.2f} img/s ({e['ratio']:.2f} x step)" if e else ""
+    print(f"{r['label']:34} {r['images_per_s']:8.2f} {r['step_median_s'] * 1000:10.1f} {mem}{e}")
 EOF
 [ "$n_fail" = 0 ]

@@ -1,7 +1,9 @@
 """Training-only joint augmentation in the model frame, on tensors (CPU or GPU).
 
 Runs after resize + normalisation + padding, so it can run batched on the accelerator and
-preprocessed tensors can be cached. Flip, rotation and scale are one affine per sample
+preprocessed tensors can be cached. The random parameters are drawn per sample on the CPU
+(`draw_params`, seeded by sample) and applied to a whole batch on any device
+(`apply_augment`): the result does not depend on where or in which batch it runs. Flip, rotation and scale are one affine per sample
 (bilinear for the image, nearest for the mask; the study used nearest for images too),
 about the centre of the valid (un-padded) window, which stays where it is: padding stays
 bottom/right, zero in the image and IGNORE_INDEX in the mask, exactly as at inference.
@@ -35,42 +37,20 @@ def augment_batch(
     Deterministic given the generator's state; identity when cfg.enabled is False."""
     if not cfg.enabled:
         return images, masks
-    b = images.shape[0]
-    p = _draw(cfg, b, generator, images.device)
-    images, masks = images.clone(), masks.clone()
-    hm, wm = _valid_window(masks)
-    s, sm = images.shape[-1], masks.shape[-1]
-    hi = torch.round(hm * s / sm).long()
-    wi = torch.round(wm * s / sm).long()
-
-    spatial = p["apply"] & (hm > 0) & (wm > 0)
-    pure_flip = spatial & (p["angle"] == 0) & (p["scale"] == 1)
-    for k in torch.nonzero(pure_flip).flatten().tolist():  # exact, no resampling
-        dims = [d for d, on in ((-1, p["hflip"][k]), (-2, p["vflip"][k])) if on]
-        if dims:
-            h, w, mh, mw = int(hi[k]), int(wi[k]), int(hm[k]), int(wm[k])
-            images[k, :, :h, :w] = images[k, :, :h, :w].flip(dims)
-            masks[k, :mh, :mw] = masks[k, :mh, :mw].flip(dims)
-    warp = torch.nonzero(spatial & ~pure_flip).flatten()
-    if len(warp):
-        a = _linear(p, warp)
-        images[warp] = _warp_image(images[warp], a, hi[warp], wi[warp])
-        masks[warp] = _warp_mask(masks[warp], a, hm[warp], wm[warp])
-    valid = masks != IGNORE_INDEX
-    if sm != s:
-        valid = F.interpolate(valid[:, None].float(), size=(s, s), mode="nearest")[:, 0] > 0.5
-    images = _intensity(images, valid, p, cfg)
-    return images, masks
+    return apply_augment(images, masks, cfg, draw_params(cfg, images.shape[0], generator))
 
 
-def _draw(cfg: AugmentConfig, b: int, g: torch.Generator, device: torch.device) -> dict:
-    """All random parameters at once (the stream never depends on branches taken)."""
+def draw_params(cfg: AugmentConfig, b: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """All random parameters of `b` samples at once, on the generator's device (the stream
+    never depends on branches taken). The data loader draws them per sample from a
+    (seed, epoch, index) generator, so a batch augmented later on the GPU gets exactly the
+    parameters the worker would have used."""
 
     def u(lo: float, hi: float) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(b, generator=g, device=g.device)
 
     rot = math.radians(cfg.rotate_degrees)
-    out = {
+    return {
         "apply": u(0, 1) < cfg.p,
         "hflip": u(0, 1) < cfg.hflip,
         "vflip": u(0, 1) < cfg.vflip,
@@ -80,7 +60,51 @@ def _draw(cfg: AugmentConfig, b: int, g: torch.Generator, device: torch.device) 
         "contrast": 1 + u(-cfg.contrast, cfg.contrast),
         "brightness": u(-cfg.brightness, cfg.brightness),
     }
-    return {k: v.to(device) for k, v in out.items()}
+
+
+def apply_augment(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    cfg: AugmentConfig,
+    params: dict[str, torch.Tensor],
+    valid_hw: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The augmentation that `params` ([B] tensors from `draw_params`) describe, batched, on
+    the images' device. `valid_hw` ([B, 2], on the CPU): the un-padded window of each mask,
+    when known; with it and CPU `params`, nothing here waits for the GPU (no host sync)."""
+    host = {k: v.cpu() for k, v in params.items()}  # decisions are made on the host
+    if valid_hw is None:
+        hm, wm = (t.cpu() for t in _valid_window(masks))
+    else:
+        hm, wm = valid_hw[:, 0].cpu().long(), valid_hw[:, 1].cpu().long()
+    images, masks = images.clone(), masks.clone()
+    s, sm = images.shape[-1], masks.shape[-1]
+    hi = torch.round(hm * s / sm).long()
+    wi = torch.round(wm * s / sm).long()
+
+    spatial = host["apply"] & (hm > 0) & (wm > 0)
+    pure_flip = spatial & (host["angle"] == 0) & (host["scale"] == 1)
+    for k in torch.nonzero(pure_flip).flatten().tolist():  # exact, no resampling
+        dims = [d for d, on in ((-1, host["hflip"][k]), (-2, host["vflip"][k])) if on]
+        if dims:
+            h, w, mh, mw = int(hi[k]), int(wi[k]), int(hm[k]), int(wm[k])
+            images[k, :, :h, :w] = images[k, :, :h, :w].flip(dims)
+            masks[k, :mh, :mw] = masks[k, :mh, :mw].flip(dims)
+    warp = torch.nonzero(spatial & ~pure_flip).flatten()
+    dev = images.device
+    if len(warp):
+        a = _linear(host, warp).to(dev)
+        w_dev = warp.to(dev)
+        hi_w, wi_w = hi[warp].to(dev), wi[warp].to(dev)
+        hm_w, wm_w = hm[warp].to(dev), wm[warp].to(dev)
+        images[w_dev] = _warp_image(images[w_dev], a, hi_w, wi_w)
+        masks[w_dev] = _warp_mask(masks[w_dev], a, hm_w, wm_w)
+    valid = masks != IGNORE_INDEX
+    if sm != s:
+        valid = F.interpolate(valid[:, None].float(), size=(s, s), mode="nearest")[:, 0] > 0.5
+    p = {k: v.to(dev, non_blocking=True) for k, v in host.items()}
+    images = _intensity(images, valid, p, cfg)
+    return images, masks
 
 
 def _valid_window(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,10 +1,14 @@
-"""The torch Dataset the trainer and evaluator iterate: source sample -> model tensors.
+"""The torch Dataset the trainer and evaluator iterate: source sample -> model-frame batch.
 
-Each item is one image in the model frame: normalised, resized, padded pixels; the label
-map on the low-res grid (padding = IGNORE_INDEX); and the sizes needed to go back to the
-original frame. Augmentation (train only) runs in the model frame, seeded by
-(seed, epoch, index) so the data order and the augmentations replay exactly on resume and
-under any number of workers or processes.
+Each item is one image in the model frame, from the `PreprocessedStore` when the run keeps
+one (decoded once per run) or decoded now: uint8 pixels resized and padded to the input
+size, class masks at the input size and on the low-res grid, and the sizes needed to go
+back to the original frame. Normalisation, augmentation and the int64 labels are made by
+`model_frame.finish_batch`, either on the accelerator for a whole batch
+(`finish_in_loader=False`) or here, per item (prompt modes simulate prompts from the
+augmented mask, so they always finish here). Augmentation parameters are drawn per item,
+seeded by (seed, epoch, index), so the data order and the augmentations replay exactly on
+resume and under any number of workers, processes or finishing devices.
 """
 
 from __future__ import annotations
@@ -13,14 +17,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from sam_medft.config import AugmentConfig
 from sam_medft.data.labels import LabelMap
+from sam_medft.data.model_frame import UINT8_KEYS, HostMeta, finish_batch
+from sam_medft.data.preprocessed import (
+    PreprocessedStore,
+    image_key,
+    mask_dtype,
+    preprocess_sample,
+)
 from sam_medft.data.prompts import PromptSettings
 from sam_medft.data.sources import SampleSource
-from sam_medft.data.transforms import IGNORE_INDEX, SamGeometry, to_model_input
+from sam_medft.data.transforms import IGNORE_INDEX, SamGeometry
 
 
 @dataclass
@@ -31,17 +41,26 @@ class ModelFrameSpec:
 
 
 class SamSegmentationDataset(Dataset):
-    """Items: pixel_values (3,S,S), labels (M,M) int64, original_size, index."""
+    """Finished items: pixel_values (3,S,S), labels (M,M) int64, original_size, index.
+    Unfinished items (`finish_in_loader=False`): image_u8, mask_input, mask_lowres and a
+    `host` HostMeta instead of pixel_values and labels."""
 
     def __init__(self, source: SampleSource, spec: ModelFrameSpec,
                  augment: AugmentConfig | None = None, seed: int = 0,
-                 prompts: PromptSettings | None = None):
+                 prompts: PromptSettings | None = None, store: PreprocessedStore | None = None,
+                 finish_in_loader: bool = True, cache_keys: bool = False):
         self.source = source
         self.spec = spec
         self.augment = augment if augment is not None and augment.enabled else None
         self.seed = seed
         self.epoch = 0
         self.prompts = prompts  # prompt modes: simulated from the (augmented) model-frame mask
+        self.store = store
+        if prompts is not None and not finish_in_loader:
+            raise ValueError("prompt modes finish items in the loader (prompts need the mask)")
+        self.finish_in_loader = finish_in_loader
+        self.cache_keys = cache_keys  # embedding-cache keys of the uint8 images in `host`
+        self.pad = mask_dtype(spec.label_map.num_classes)[1]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -50,24 +69,32 @@ class SamSegmentationDataset(Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int) -> dict:
-        sample = self.source.load(index)
-        g = self.spec.geometry
-        classes = self.spec.label_map.apply(sample.raw_mask, source=sample.name)
-        pixels, original, _ = to_model_input(sample.image, g, self.spec.normalization)
-        item = {"index": index, "original_size": torch.tensor(original)}
-        if self.augment is None and self.prompts is None:
-            item["labels"] = g.mask_to_lowres(classes)
+        if self.store is not None:
+            s = self.store[index]
+            key = self.store.keys[index] if self.cache_keys else None
         else:
-            mask = g.mask_to_input(classes)
-            if self.augment is not None:
-                from sam_medft.data.augment import augment_sample
+            s = preprocess_sample(self.source.load(index), self.spec.geometry, self.spec.label_map)
+            key = image_key(s.image) if self.cache_keys else None
+        params = None
+        if self.augment is not None:
+            from sam_medft.data.augment import draw_params
 
-                gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch, index))
-                pixels, mask = augment_sample(pixels, mask, self.augment, gen)
-            item["labels"] = input_to_lowres(mask, g)
-            if self.prompts is not None:
-                item["prompts"] = self._simulate(mask, item["labels"], index)
-        item["pixel_values"] = pixels
+            gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch, index))
+            params = draw_params(self.augment, 1, gen)
+        host = HostMeta(torch.tensor([s.resized]), self.pad, params,
+                        None if key is None else [key])
+        item = {"index": index, "original_size": torch.tensor(s.original), "image_u8": s.image,
+                "mask_input": s.mask, "mask_lowres": s.lowres, "host": host}
+        if not self.finish_in_loader:
+            return item
+        g = self.spec.geometry
+        batch = {k: (v[None] if k in UINT8_KEYS else v) for k, v in item.items()}
+        done = finish_batch(batch, g, self.spec.normalization, self.augment,
+                            keep_input_mask=self.prompts is not None)
+        item = {"index": index, "original_size": item["original_size"], "host": host,
+                "pixel_values": done["pixel_values"][0], "labels": done["labels"][0]}
+        if self.prompts is not None:
+            item["prompts"] = self._simulate(done["mask_input"][0], item["labels"], index)
         return item
 
     def _simulate(self, mask: torch.Tensor, lowres: torch.Tensor, index: int):
@@ -84,15 +111,12 @@ class SamSegmentationDataset(Dataset):
         return ps
 
 
-def input_to_lowres(mask: torch.Tensor, g: SamGeometry) -> torch.Tensor:
-    """Model-frame (S,S) labels -> low-res (M,M) by nearest sampling (padding stays ignored)."""
-    m = F.interpolate(mask[None, None].float(), size=(g.mask_size, g.mask_size), mode="nearest-exact")
-    return m[0, 0].long()
-
-
 def collate(items: list[dict]) -> dict:
-    out = {k: torch.stack([it[k] for it in items]) for k in ("pixel_values", "labels", "original_size")}
+    """Items (finished or uint8) -> one batch; `host` metadata is merged, not stacked."""
+    tensors = [k for k in ("pixel_values", "labels", "original_size", *UINT8_KEYS) if k in items[0]]
+    out = {k: torch.stack([it[k] for it in items]) for k in tensors}
     out["index"] = torch.tensor([it["index"] for it in items])
+    out["host"] = HostMeta.collate([it["host"] for it in items])
     if "prompts" in items[0]:
         from sam_medft.data.prompts import collate_prompts
 

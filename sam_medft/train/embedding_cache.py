@@ -17,9 +17,10 @@ What a key covers, and so what invalidates an entry:
   the model id, the normalisation preset and the compute precision (bf16 autocast and fp32
   embeddings differ).
 
-Hashing a 1024 x 1024 float image takes ~10 ms on one core: compute the keys where the
-tensor is made (dataset / collate in the data-loader workers) when possible; `content_keys`
-on the batch is the fallback.
+Hashing a 1024 x 1024 float image takes ~10 ms on one core, so the trainer's keys are made
+once per image where the image is made: `preprocessed.image_key` hashes the stored uint8
+image (input size, before normalisation, which the model key covers), and the keys travel
+with the batch (`HostMeta.keys`). `content_keys` on a float batch is the fallback.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 from transformers import SamModel
 
 from sam_medft.config import Recipe
@@ -74,7 +73,7 @@ def attach_log_file(path: Path) -> logging.Handler:
 
 
 def build_accelerator(recipe: Recipe, run_dir: Path, model: torch.nn.Module | None = None):
-    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
     from accelerate.utils import ProjectConfiguration
 
     t = recipe.train
@@ -84,8 +83,12 @@ def build_accelerator(recipe: Recipe, run_dir: Path, model: torch.nn.Module | No
     unused = trains_prompt_encoder(model) if model is not None else (
         recipe.peft.method == "vanilla" and recipe.peft.scope == "encdec")
     log_with = None if t.log_with == "none" else t.log_with
+    # pinned batches are copied to the GPU without blocking the host (a blocking copy would
+    # wait for the queued step and stall the pipeline once per batch)
+    loader_config = DataLoaderConfiguration(non_blocking=torch.cuda.is_available())
     return Accelerator(
         mixed_precision=mp,
+        dataloader_config=loader_config,
         gradient_accumulation_steps=t.grad_accum,
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
@@ -228,15 +231,17 @@ def embedding_cache(recipe: Recipe, model, frozen_encoder: bool, base_id: str, n
     return EmbeddingCache(key, device="cpu", max_items=recipe.train.cache_max_items)
 
 
-def cached_embeddings(cache, model, pixel_values: torch.Tensor):
-    """Embeddings from the cache (computed once per image), or None without a cache."""
+def cached_embeddings(cache, model, pixel_values: torch.Tensor, keys: list[str] | None = None):
+    """Embeddings from the cache (computed once per image), or None without a cache. `keys`:
+    the batch's precomputed keys (`HostMeta.keys`); without them the pixels are hashed."""
     if cache is None:
         return None
     from sam_medft.models.forward import image_embeddings
     from sam_medft.train.embedding_cache import content_keys
 
-    emb = cache.get_or_compute(content_keys(pixel_values), pixel_values,
-                               lambda px: image_embeddings(model, px))
+    if keys is None:
+        keys = content_keys(pixel_values)
+    emb = cache.get_or_compute(keys, pixel_values, lambda px: image_embeddings(model, px))
     return emb.to(pixel_values.device, non_blocking=True)
 
 
@@ -298,10 +303,15 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
 
 
 def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map, splits, *, resume):
-    from sam_medft.data.dataset import EpochSampler, ModelFrameSpec, SamSegmentationDataset, collate
+    from sam_medft.data.dataset import ModelFrameSpec
     from sam_medft.models.artifact import AdapterMeta
     from sam_medft.models.loading import model_geometry
     from sam_medft.peft.methods import encoder_is_frozen
+    from sam_medft.train.data_pipeline import (
+        build_stores,
+        build_train_data,
+        transform_on_accelerator,
+    )
 
     t = recipe.train
     geometry = model_geometry(model)
@@ -314,23 +324,15 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
         from sam_medft.train.prompted import prompt_settings
 
         prompts = prompt_settings(recipe.prompt)
-    train_ds = SamSegmentationDataset(splits["train"], spec, recipe.augment, seed=t.seed,
-                                      prompts=prompts)
-    sampler = EpochSampler(len(train_ds), seed=t.seed)
-    pin = torch.cuda.is_available()
-    # drop the incomplete last global batch (every step then sees batch_size x processes
-    # images, as one process with the whole batch would). Workers are not persistent: a
-    # persistent worker keeps the dataset copy of its first epoch, and the augmentation
-    # seed (seed, epoch, index) would then stay at that epoch.
-    global_batch = t.batch_size * accelerator.num_processes
-    train_dl = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, collate_fn=collate,
-                          num_workers=t.num_workers, pin_memory=pin,
-                          drop_last=len(train_ds) > global_batch)
-    val_dl = None
-    if "val" in splits and len(splits["val"]):
-        val_ds = SamSegmentationDataset(splits["val"], spec, None, seed=t.seed, prompts=prompts)
-        val_dl = DataLoader(val_ds, batch_size=t.batch_size, shuffle=False, collate_fn=collate,
-                            num_workers=t.num_workers, pin_memory=pin)
+    stores = build_stores(recipe, splits, spec, run_dir=run_dir, accelerator=accelerator)
+    on_accelerator = transform_on_accelerator(recipe, accelerator.device)
+    data = build_train_data(recipe, splits, spec, stores=stores,
+                            num_processes=accelerator.num_processes,
+                            on_accelerator=on_accelerator, prompts=prompts,
+                            train_keys=train_cache is not None, val_keys=cache is not None)
+    log.info("normalisation and augmentation %s", "on the accelerator, per batch"
+             if on_accelerator else "in the data loader, per image")
+    train_ds, sampler, train_dl, val_dl = data.train_ds, data.sampler, data.train_dl, data.val_dl
 
     optimizer = build_optimizer(model, recipe)
     scheduler = build_scheduler(optimizer, warmup=t.warmup_steps, total=t.max_steps, kind=t.schedule)
@@ -387,6 +389,7 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
                 dl = accelerator.skip_first_batches(train_dl, state["batches_in_epoch"])
                 dl.set_epoch(epoch)
             for batch in dl:
+                batch = data.finish_train(batch)
                 with accelerator.accumulate(model):
                     with accelerator.autocast():  # also covers the no-grad encoder call
                         loss = _loss(model, batch, recipe, frozen_encoder, train_cache)
@@ -415,7 +418,8 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
                 last_step = step >= t.max_steps
                 if val_dl is not None and (step % t.eval_every == 0 or last_step):
                     stop = _evaluate_and_select(accelerator, model, val_dl, frozen_encoder, recipe,
-                                                state, step, meta, run_dir, cache)
+                                                state, step, meta, run_dir, cache,
+                                                data.finish_val)
                 # a SIGTERM during the last step (or an early stop) changes nothing: finish
                 interrupted = sigterm.agreed(accelerator) and not (last_step or stop)
                 if step % t.save_every == 0 or last_step or stop or interrupted:
@@ -442,6 +446,9 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - t0
     if accelerator.is_main_process:
+        from sam_medft.train.data_pipeline import remove_disk_stores
+
+        remove_disk_stores(run_dir)
         summary = {"best_val_dice": state["best_dice"], "best_step": state["best_step"],
                    "steps": state["step"], "train_seconds": round(seconds, 2),
                    "history": state["history"]}
@@ -522,7 +529,7 @@ def _loss(model, batch, recipe: Recipe, frozen_encoder: bool, cache=None) -> tor
         return prompt_loss(logits, iou, batch["targets"], batch["prompt_valid"], recipe.loss)["loss"]
     from sam_medft.models.forward import automatic_forward
 
-    embeddings = cached_embeddings(cache, model, batch["pixel_values"])
+    embeddings = cached_embeddings(cache, model, batch["pixel_values"], batch_keys(batch))
     logits, iou = automatic_forward(model, batch["pixel_values"], embeddings=embeddings,
                                     frozen_encoder=frozen_encoder)
     loss = segmentation_loss(logits, batch["labels"], recipe.loss)["loss"]
@@ -533,12 +540,18 @@ def _loss(model, batch, recipe: Recipe, frozen_encoder: bool, cache=None) -> tor
     return loss
 
 
+def batch_keys(batch: dict) -> list[str] | None:
+    """The embedding-cache keys the loader computed for this batch, if any."""
+    host = batch.get("host")
+    return None if host is None else host.keys
+
+
 def _evaluate_and_select(accelerator, model, val_dl, frozen_encoder, recipe, state, step, meta,
-                         run_dir, cache=None) -> bool:
+                         run_dir, cache=None, finish=None) -> bool:
     """Validate, keep the best adapter, and say whether early stopping triggers."""
 
     metrics = validate(model, val_dl, accelerator, frozen_encoder=frozen_encoder,
-                       prompt=recipe.prompt, cache=cache)
+                       prompt=recipe.prompt, cache=cache, finish=finish)
     dice = metrics["dice"]
     state["history"].append({"step": step, "val_dice": dice, "per_class": metrics.get("per_class"),
                              "n_images": metrics["n_images"]})

@@ -36,14 +36,18 @@ def dice_from_counts(counts: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def validate(model, loader, accelerator, *, frozen_encoder: bool, prompt=None, cache=None) -> dict:
+def validate(model, loader, accelerator, *, frozen_encoder: bool, prompt=None, cache=None,
+             finish=None) -> dict:
     """Automatic mode: per-image per-class Dice. Prompt modes: per-prompt Dice of the mask
-    with the highest predicted IoU (prompts simulated from the ground truth, seeded)."""
+    with the highest predicted IoU (prompts simulated from the ground truth, seeded).
+    `finish`: makes pixels and labels of uint8 batches (`model_frame.finish_batch`)."""
     was_training = model.training
     model.eval()
     gathered = []
     prompted = prompt is not None and prompt.mode != "none"
     for batch in loader:
+        if finish is not None:
+            batch = finish(batch)
         if prompted:
             from sam_medft.train.prompted import prompt_counts, prompted_forward
 
@@ -54,10 +58,10 @@ def validate(model, loader, accelerator, *, frozen_encoder: bool, prompt=None, c
             # one row per image: pad prompts so gather_for_metrics sees the batch dimension
             counts = _per_image(counts, batch["prompt_valid"], prompt.max_objects_per_image)
         else:
-            from sam_medft.train.trainer import cached_embeddings
+            from sam_medft.train.trainer import batch_keys, cached_embeddings
 
             with accelerator.autocast():
-                emb = cached_embeddings(cache, model, batch["pixel_values"])
+                emb = cached_embeddings(cache, model, batch["pixel_values"], batch_keys(batch))
                 logits, _ = automatic_forward(model, batch["pixel_values"], embeddings=emb,
                                               frozen_encoder=frozen_encoder)
             counts = confusion_counts(logits, batch["labels"])

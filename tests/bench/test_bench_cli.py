@@ -107,6 +107,25 @@ def test_decoder_cached_mode_reads_embeddings_from_the_cache() -> None:
     assert record["cache"] == {"items": 2, "hits": 2 * 3, "disk_hits": 0, "misses": 2}
 
 
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [((), "loader"), (("--transform-device", "accelerator", "--workers", "1"), "accelerator")],
+)
+def test_epoch_mode_feeds_the_step_from_the_data_pipeline(extra, where) -> None:
+    """The end-to-end figure: synthetic slices preprocessed once, batches through the real
+    DataLoader and finishing step; the ratio is end-to-end over step-only images/s."""
+    result = _invoke("--mode", "epoch", "--classes", "3", "--json", *extra)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output.strip().splitlines()[-1])
+    epoch = record["epoch"]
+    assert epoch["transform_device"] == where
+    assert epoch["preprocessed_images"] == 2 * (1 + 2)  # batch x (warm-up + steps)
+    assert epoch["images_per_s"] > 0 and epoch["preprocess_s"] > 0
+    assert epoch["step_images_per_s"] == pytest.approx(record["images_per_s"])
+    assert epoch["ratio"] == pytest.approx(epoch["images_per_s"] / record["images_per_s"])
+    assert math.isfinite(record["final_loss"])
+
+
 def test_vanilla_full_training_from_a_recipe() -> None:
     result = _invoke("sam-vit-base/vanilla_encdec", "--json", "--activation-checkpointing")
     assert result.exit_code == 0, result.output
@@ -124,6 +143,9 @@ def test_vanilla_full_training_from_a_recipe() -> None:
         (BenchSettings(model="tiny", steps=0), "--steps 0 is too small"),
         (BenchSettings(model="facebook/unknown"), "has no built-in architecture"),
         (BenchSettings(model="tiny", precision="fp8"), "--precision 'fp8' is unknown"),
+        (BenchSettings(model="tiny", mode="epoch", num_classes=5), "2 or 3 classes"),
+        (BenchSettings(model="tiny", transform_device="gpu"), "auto, accelerator or loader"),
+        (BenchSettings(model="tiny", num_workers=-1), "--workers -1"),
     ],
 )
 def test_mistakes_fail_before_any_work(settings: BenchSettings, message: str) -> None:

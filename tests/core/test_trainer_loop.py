@@ -68,3 +68,36 @@ def test_cache_on_a_trained_encoder_is_refused(tmp_path):
                                           "peft.scope=encdec", "train.cache_embeddings=true"])
     with pytest.raises(SamMedftError, match="cache_embeddings"):
         train(r)
+
+
+@pytest.mark.parametrize(
+    "pipeline",
+    [
+        ["train.transform_device=accelerator", "train.preprocess_cache=disk",
+         "train.num_workers=2"],
+        ["train.preprocess_cache=off"],
+    ],
+    ids=["batch-finish+disk-store+workers", "no-store"],
+)
+def test_data_pipelines_train_identically(tmp_path, pipeline):
+    """uint8 store + augmentation per batch on the accelerator (here the CPU), a disk store
+    read by 2 workers, or decoding every time: the same weights as the default pipeline
+    (memory store, finished per item in the loader), bit for bit on the CPU."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for name, extra in (("default", []), ("other", pipeline)):
+        r = load_recipe("recipes/demo.yaml", [
+            *SMALL, f"output_dir={tmp_path}", f"name={name}", "augment.enabled=true",
+            "augment.vflip=0.5", "augment.gamma=0.2", "peft.scope=encdec",
+            "train.max_steps=4", "train.eval_every=2", *extra])
+        result = train(r)
+        weights[name] = load_file(str(result.run_dir / "checkpoints" / "checkpoint-00000004"
+                                      / "trainable.safetensors"))
+        assert not (result.run_dir / "cache").exists()  # disk stores are per-run scratch
+        log = (result.run_dir / "logs" / "train.log").read_text()
+        stored = "train.preprocess_cache=off" not in extra
+        assert ("preprocessed 8 train images once" in log) == stored
+    assert weights["default"].keys() == weights["other"].keys()
+    for k in weights["default"]:
+        assert torch.equal(weights["default"][k], weights["other"][k]), k
