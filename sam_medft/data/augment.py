@@ -77,28 +77,30 @@ def apply_augment(
         hm, wm = (t.cpu() for t in _valid_window(masks))
     else:
         hm, wm = valid_hw[:, 0].cpu().long(), valid_hw[:, 1].cpu().long()
-    images, masks = images.clone(), masks.clone()
     s, sm = images.shape[-1], masks.shape[-1]
     hi = torch.round(hm * s / sm).long()
     wi = torch.round(wm * s / sm).long()
 
     spatial = host["apply"] & (hm > 0) & (wm > 0)
     pure_flip = spatial & (host["angle"] == 0) & (host["scale"] == 1)
-    for k in torch.nonzero(pure_flip).flatten().tolist():  # exact, no resampling
-        dims = [d for d, on in ((-1, host["hflip"][k]), (-2, host["vflip"][k])) if on]
-        if dims:
-            h, w, mh, mw = int(hi[k]), int(wi[k]), int(hm[k]), int(wm[k])
-            images[k, :, :h, :w] = images[k, :, :h, :w].flip(dims)
-            masks[k, :mh, :mw] = masks[k, :mh, :mw].flip(dims)
     warp = torch.nonzero(spatial & ~pure_flip).flatten()
     dev = images.device
-    if len(warp):
-        a = _linear(host, warp).to(dev)
-        w_dev = warp.to(dev)
-        hi_w, wi_w = hi[warp].to(dev), wi[warp].to(dev)
-        hm_w, wm_w = hm[warp].to(dev), wm[warp].to(dev)
-        images[w_dev] = _warp_image(images[w_dev], a, hi_w, wi_w)
-        masks[w_dev] = _warp_mask(masks[w_dev], a, hm_w, wm_w)
+    if len(warp) == len(images):  # the common case: warp the whole batch, no copies
+        images, masks = _warp_pair(images, masks, _linear(host, warp).to(dev),
+                                   hi.to(dev), wi.to(dev), hm.to(dev), wm.to(dev))
+    elif spatial.any():
+        images, masks = images.clone(), masks.clone()
+        for k in torch.nonzero(pure_flip).flatten().tolist():  # exact, no resampling
+            dims = [d for d, on in ((-1, host["hflip"][k]), (-2, host["vflip"][k])) if on]
+            if dims:
+                h, w, mh, mw = int(hi[k]), int(wi[k]), int(hm[k]), int(wm[k])
+                images[k, :, :h, :w] = images[k, :, :h, :w].flip(dims)
+                masks[k, :mh, :mw] = masks[k, :mh, :mw].flip(dims)
+        if len(warp):
+            w_dev = warp.to(dev)
+            images[w_dev], masks[w_dev] = _warp_pair(
+                images[w_dev], masks[w_dev], _linear(host, warp).to(dev), hi[warp].to(dev),
+                wi[warp].to(dev), hm[warp].to(dev), wm[warp].to(dev))
     valid = masks != IGNORE_INDEX
     if sm != s:
         valid = F.interpolate(valid[:, None].float(), size=(s, s), mode="nearest")[:, 0] > 0.5
@@ -140,22 +142,42 @@ def _outside(h: torch.Tensor, w: torch.Tensor, size: int, device) -> torch.Tenso
     return (r[None, :, None] >= h[:, None, None]) | (r[None, None, :] >= w[:, None, None])
 
 
-def _warp_image(x: torch.Tensor, a: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def _warp_pair(images, masks, a, hi, wi, hm, wm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp images and masks; one sampling grid and padding mask serve both when they have
+    the same size (at 1024 px the grid costs as much as the bilinear sampling)."""
+    shared = None
+    if images.shape[-1] == masks.shape[-1] and images.dtype == torch.float32:
+        size = images.shape[-1]
+        grid = F.affine_grid(_theta(a, hi, wi, size), [len(images), 1, size, size],
+                             align_corners=False)
+        shared = (grid, _outside(hi, wi, size, images.device))
+    return _warp_image(images, a, hi, wi, shared), _warp_mask(masks, a, hm, wm, shared)
+
+
+def _warp_image(x: torch.Tensor, a: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
+                shared: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     size = x.shape[-1]
-    theta = _theta(a, h, w, size).to(x.dtype if x.is_floating_point() else torch.float32)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if shared is None:
+        theta = _theta(a, h, w, size).to(x.dtype if x.is_floating_point() else torch.float32)
+        shared = (F.affine_grid(theta, list(x.shape), align_corners=False),
+                  _outside(h, w, size, x.device))
+    grid, outside = shared
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.masked_fill(_outside(h, w, size, x.device)[:, None], 0.0)
+    return out.masked_fill_(outside[:, None], 0.0)
 
 
-def _warp_mask(m: torch.Tensor, a: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def _warp_mask(m: torch.Tensor, a: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
+               shared: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Nearest resampling of (label - IGNORE_INDEX), so zeros padding becomes IGNORE_INDEX."""
     size = m.shape[-1]
     shifted = (m - IGNORE_INDEX).float()[:, None]
-    grid = F.affine_grid(_theta(a, h, w, size), list(shifted.shape), align_corners=False)
+    if shared is None:
+        shared = (F.affine_grid(_theta(a, h, w, size), list(shifted.shape), align_corners=False),
+                  _outside(h, w, size, m.device))
+    grid, outside = shared
     out = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     out = out[:, 0].round().long() + IGNORE_INDEX
-    return out.masked_fill(_outside(h, w, size, m.device), IGNORE_INDEX)
+    return out.masked_fill_(outside, IGNORE_INDEX)
 
 
 def _intensity(x: torch.Tensor, valid: torch.Tensor, p: dict, cfg: AugmentConfig) -> torch.Tensor:
