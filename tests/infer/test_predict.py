@@ -85,3 +85,18 @@ def test_prompt_run_without_prompts_says_what_to_do(untrained_run, image_tree, t
     with pytest.raises(SamMedftError, match="prompt.mode=box"):
         predict_paths(predictor, [image_tree[0]], tmp_path / "out", show_progress=False)
     assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_prediction_runs_the_fast_attention_and_matches_the_plain_path(demo_run, image_tree):
+    """`sam_medft.load` turns the fast vision attention on; the plain path (transformers' own
+    attention with the materialised rel-pos bias) gives the same probabilities."""
+    from sam_medft.models.fast_attention import is_fast_attention
+
+    fast = sam_medft.load(demo_run, device="cpu")
+    plain = sam_medft.load(demo_run, device="cpu", fast_attention=False)
+    assert is_fast_attention(fast.model) and not is_fast_attention(plain.model)
+    root, sizes = image_tree
+    images = [root / rel for rel in sizes]
+    for got, want in zip(fast.predict_proba(images), plain.predict_proba(images), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        assert (got.argmax(0) == want.argmax(0)).mean() > 0.999
