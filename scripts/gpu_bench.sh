@@ -5,10 +5,13 @@
 #
 #   scripts/gpu_bench.sh                   # on the GPU machine (~8 min on an H100)
 #   SMALL=1 scripts/gpu_bench.sh           # dry run anywhere: 128 px, 2 steps, no compile
+#   BENCH_ARGS="--image-size 256 --batch 2 --steps 4 --warmup 1" scripts/gpu_bench.sh
+#                                          # the same rows at a size of your choice (CPU table)
 #
 # Env: OUT (default runs/bench), BUDGET_S (stop starting runs after this many seconds,
 # default 420), RUN_TIMEOUT_S (per run, default 120), COMPILE=0/1 (compile rows; default 1,
-# 0 when SMALL=1), PYTHON (default python3). If a folder .whl/ holds wheels (e.g. pydantic
+# 0 when SMALL=1 or BENCH_ARGS is set), EPOCH_WORKERS (loader workers of the epoch row,
+# default 8), PYTHON (default python3). If a folder .whl/ holds wheels (e.g. pydantic
 # for a bare image), they are installed to /tmp/site first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +34,10 @@ fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
 export PYTHONWARNINGS=ignore
 
-if [ "${SMALL:-0}" = 1 ]; then
+if [ -n "${BENCH_ARGS:-}" ]; then
+  read -r -a SIZE <<<"$BENCH_ARGS"
+  COMPILE=${COMPILE:-0}
+elif [ "${SMALL:-0}" = 1 ]; then
   SIZE=(--image-size 128 --batch 2 --steps 2 --warmup 1)
   COMPILE=${COMPILE:-0}
 else
@@ -84,7 +90,7 @@ for attn in plain fast; do
   bench "predict/$attn" $R/lora_encdec --mode predict --$attn
 done
 bench "lora_decoder/cached" $R/lora_decoder --mode decoder-cached
-bench "lora_encdec/epoch" $R/lora_encdec --mode epoch --fast --workers 8
+bench "lora_encdec/epoch" $R/lora_encdec --mode epoch --fast --workers "${EPOCH_WORKERS:-8}"
 bench "lora_encdec/fast-unpadded-v" $R/lora_encdec --fast --pad-value off
 if [ "$COMPILE" = 1 ]; then
   for attn in fast plain; do
