@@ -437,8 +437,29 @@ def plan_table(recipe: Recipe):
     else:
         lines.append("no CUDA GPU here: the plan is for the GPU you will train on")
     lines.append(preset_summary(recipe, plan))
+    lines.append(host_memory_line(recipe, plan.image_size, plan.num_classes))
     lines += plan.notes
     return Group(head, table, Text("\n".join(lines)))
+
+
+def host_memory_line(recipe: Recipe, image_size: int, num_classes: int) -> str:
+    """What the preprocessed store costs in host memory, per image (no data is read)."""
+    from sam_medft.data.preprocessed import estimate_bytes
+    from sam_medft.data.transforms import SamGeometry
+
+    t = recipe.train
+    if t.preprocess_cache == "off":
+        return "train.preprocess_cache=off: every image is decoded and resized every epoch"
+    per_image = estimate_bytes(1, SamGeometry(image_size, image_size // 4), num_classes)
+    where = {
+        "memory": "all in shared memory",
+        "disk": f"memory-mapped under runs/{recipe.name}/cache/",
+        "auto": f"in shared memory up to {int(t.preprocess_cache_gib * GiB // per_image)} "
+        f"images (train.preprocess_cache_gib={t.preprocess_cache_gib:g}, shared by the "
+        f"processes of a machine), memory-mapped from runs/{recipe.name}/cache/ above that",
+    }[t.preprocess_cache]
+    return (f"host memory: train and val images are preprocessed once, "
+            f"{per_image / 2**20:.2f} MiB each at {image_size} px, {where}")
 
 
 def _gib(n: int) -> str:

@@ -86,6 +86,22 @@ def test_dry_run_vit_b_lora(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    ("cache", "expected"),
+    [
+        ("auto", "4.06 MiB each at 1024 px, in shared memory up to 4032 images"),
+        ("disk", "memory-mapped under runs/sam-vit-base-lora_encdec/cache/"),
+        ("off", "every image is decoded and resized every epoch"),
+    ],
+)
+def test_dry_run_says_what_the_preprocessed_images_cost(cache, expected):
+    from sam_medft.train.plan import host_memory_line
+
+    r = load_recipe(RECIPES / "sam-vit-base/lora_encdec.yaml", [f"train.preprocess_cache={cache}"])
+    # 1024^2 x (3 image bytes + 1 mask byte) + 256^2 low-res mask bytes + 16 = 4.06 MiB
+    assert expected in host_memory_line(r, 1024, 2)
+
+
 def test_plan_matches_parameter_counts_and_scales_with_batch():
     r = bf16_b4("sam-vit-base/lora_encdec")
     plan = estimate(r)
