@@ -86,8 +86,7 @@ def apply_augment(
     warp = torch.nonzero(spatial & ~pure_flip).flatten()
     dev = images.device
     if len(warp) == len(images):  # the common case: warp the whole batch, no copies
-        images, masks = _warp_pair(images, masks, _linear(host, warp).to(dev),
-                                   hi.to(dev), wi.to(dev), hm.to(dev), wm.to(dev))
+        images, masks = _warp_pair(images, masks, *_on(dev, _linear(host, warp), hi, wi, hm, wm))
     elif spatial.any():
         images, masks = images.clone(), masks.clone()
         for k in torch.nonzero(pure_flip).flatten().tolist():  # exact, no resampling
@@ -97,16 +96,22 @@ def apply_augment(
                 images[k, :, :h, :w] = images[k, :, :h, :w].flip(dims)
                 masks[k, :mh, :mw] = masks[k, :mh, :mw].flip(dims)
         if len(warp):
-            w_dev = warp.to(dev)
+            (w_dev,) = _on(dev, warp)
             images[w_dev], masks[w_dev] = _warp_pair(
-                images[w_dev], masks[w_dev], _linear(host, warp).to(dev), hi[warp].to(dev),
-                wi[warp].to(dev), hm[warp].to(dev), wm[warp].to(dev))
+                images[w_dev], masks[w_dev],
+                *_on(dev, _linear(host, warp), hi[warp], wi[warp], hm[warp], wm[warp]))
     valid = masks != IGNORE_INDEX
     if sm != s:
         valid = F.interpolate(valid[:, None].float(), size=(s, s), mode="nearest")[:, 0] > 0.5
-    p = {k: v.to(dev, non_blocking=True) for k, v in host.items()}
+    p = dict(zip(host, _on(dev, *host.values()), strict=True))
     images = _intensity(images, valid, p, cfg)
     return images, masks
+
+
+def _on(device: torch.device, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Host tensors to `device` without a host sync: a blocking copy to a GPU waits for
+    every kernel queued before it (the training step), a non-blocking one does not."""
+    return [t.to(device, non_blocking=True) for t in tensors]
 
 
 def _valid_window(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

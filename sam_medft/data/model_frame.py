@@ -57,8 +57,10 @@ def normalize_batch(images_u8: torch.Tensor, valid: torch.Tensor, preset: str) -
     `transforms.normalize` then `pad` give for one image)."""
     x = images_u8.float()
     if preset == "sam":
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1) * 255
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1) * 255
+        # built on the host, copied without blocking (torch.tensor(..., device=cuda) would
+        # wait for the queued training step)
+        mean = (torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255).to(x.device, non_blocking=True)
+        std = (torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255).to(x.device, non_blocking=True)
         x = (x - mean) / std
     elif preset == "medsam":
         v = valid.expand_as(x)

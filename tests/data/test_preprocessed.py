@@ -186,8 +186,9 @@ def test_workers_read_the_shared_store(source, label_map):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_finish_on_the_gpu_matches_the_cpu(source, label_map):
-    """The accelerator path on a real GPU: the same pixels up to float rounding of the
-    resampling, the same labels but for nearest-neighbour ties (< 0.1% of pixels)."""
+    """The accelerator path on a real GPU: no host sync (the step queued before it keeps
+    running), the same pixels up to float rounding of the resampling, the same labels but
+    for nearest-neighbour ties (< 0.1% of pixels)."""
     from accelerate.utils import send_to_device
 
     store = PreprocessedStore.build(source, GEOM, label_map)
@@ -195,7 +196,13 @@ def test_finish_on_the_gpu_matches_the_cpu(source, label_map):
                                  finish_in_loader=False)
     batch = collate([raw[i] for i in range(len(raw))])
     on_cpu = finish_batch(batch, GEOM, "sam", AUG)
-    on_gpu = finish_batch(send_to_device(batch, "cuda"), GEOM, "sam", AUG)
+    batch = send_to_device(batch, "cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # a host sync in finishing would raise here
+    try:
+        on_gpu = finish_batch(batch, GEOM, "sam", AUG)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
     assert on_gpu["pixel_values"].is_cuda and on_gpu["labels"].is_cuda
     torch.testing.assert_close(on_gpu["pixel_values"].cpu(), on_cpu["pixel_values"],
                                atol=1e-4, rtol=1e-4)
