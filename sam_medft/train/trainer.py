@@ -420,8 +420,12 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
                     stop = _evaluate_and_select(accelerator, model, val_dl, frozen_encoder, recipe,
                                                 state, step, meta, run_dir, cache,
                                                 data.finish_val)
-                # a SIGTERM during the last step (or an early stop) changes nothing: finish
-                interrupted = sigterm.agreed(accelerator) and not (last_step or stop)
+                # a SIGTERM during the last step (or an early stop) changes nothing: finish.
+                # Several processes agree at steps that sync the host anyway (logging,
+                # checkpoints), so the flag costs the step no extra host sync.
+                check = (accelerator.num_processes == 1 or step % log_every == 0
+                         or step % t.save_every == 0)
+                interrupted = check and sigterm.agreed(accelerator) and not (last_step or stop)
                 if step % t.save_every == 0 or last_step or stop or interrupted:
                     state["accelerator_step"] = accelerator.step
                     save_checkpoint(accelerator, ckpt_root, step, model, optimizer, scheduler,
@@ -468,8 +472,9 @@ class _SigtermFlag:
         self.received = True
 
     def agreed(self, accelerator) -> bool:
-        """True on every rank once any rank got SIGTERM (one scalar all-reduce per step), so
-        all ranks stop after the same step and write the checkpoint together."""
+        """True on every rank once any rank got SIGTERM (one scalar all-reduce), so all ranks
+        stop after the same step and write the checkpoint together. Called by every rank at
+        the same steps (every step for one process, every log/save step for several)."""
         if accelerator.num_processes == 1:
             return self.received
         flag = torch.tensor([1.0 if self.received else 0.0], device=accelerator.device)

@@ -24,6 +24,7 @@ Tolerances, measured (max |diff| of the final trainable tensors, 14 AdamW steps,
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -299,3 +300,24 @@ def test_fsdp2_checkpoint_roundtrip_on_cpu(tmp_path):
     params = dict(model.named_parameters())
     assert state["step"] == 2 and sched.last_epoch == 2 and len(opt.state) == len(saved)
     assert all(torch.equal(params[k], v) for k, v in saved.items())
+
+
+def test_sigterm_of_a_two_process_run_checkpoints_then_resume(tmp_path, reference_ddp):
+    """Pre-emption of a whole DDP job (SIGTERM to every process, as a scheduler sends it):
+    the ranks agree at the next logging/checkpoint step, stop together after it with a
+    checkpoint, and the resumed run ends where an uninterrupted one does."""
+    run_dir = tmp_path / "ddp_term"
+    args = overrides(tmp_path, "ddp_term", 2)
+    log = tmp_path / "stopped.log"
+    proc = start_and_wait_for_checkpoint(two_process_cmd(args, "--overwrite"), run_dir, log)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=120)
+    text = log.read_text()
+    assert "stopped by SIGTERM" in text and "--resume" in text
+    done = checkpoint_steps(run_dir)
+    assert done and done[-1] < MAX_STEPS, f"the run finished before SIGTERM ({done})"
+    assert done[-1] % 3 == 0 or done[-1] % 10 == 0  # a save or log step: no extra host sync
+    assert f"after step {done[-1]} " in text
+    run(two_process_cmd(args, "--resume"))
+    diff = max_diff(final_weights(run_dir), reference_ddp)
+    assert diff < ATOL_DDP, f"stopped at step {done[-1]} + resumed vs uninterrupted: {diff:.2e}"
