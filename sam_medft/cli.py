@@ -72,6 +72,8 @@ def predict(
     inputs: Annotated[list[Path], typer.Argument(help="image files, folders or .txt/.csv lists")],
     out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("predictions"),
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    workers: Annotated[int, typer.Option(min=0, help="processes decoding and resizing the "
+                                         "next images while the model runs")] = 0,
     probs: Annotated[bool, typer.Option(help="also save per-class probabilities (.npy)")] = False,
     overlays: Annotated[bool, typer.Option(help="also save colour overlays")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace existing predictions")] = False,
@@ -94,7 +96,7 @@ def predict(
     else:
         predictor = FineTunedSam.load(model, device=device, revision=revision)
         written = predict_paths(predictor, inputs, out_dir, batch_size=batch_size, save_probs=probs,
-                                overlays=overlays, overwrite=overwrite)
+                                overlays=overlays, overwrite=overwrite, num_workers=workers)
     out.print(f"wrote {len(written)} label map(s) to {out_dir} (legend: {out_dir / 'legend.json'})")
 
 

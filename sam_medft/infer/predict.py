@@ -87,12 +87,23 @@ class FineTunedSam:
         them), so evaluation and prediction share one path and cannot drift apart."""
         require_automatic(self.meta)
         batch, originals = self.pixel_batch(arrays)
+        return [p.cpu().numpy() for p in self._proba_on_device(batch, originals)]
+
+    def _proba_on_device(self, pixels: torch.Tensor, originals: Sequence[tuple]) -> list:
+        """(B,3,S,S) model batch -> per-image (C,H,W) probabilities, on the model's device."""
         with self.autocast:
-            logits, _ = automatic_forward(self.model, batch)
-        out = []
-        for lg, original in zip(logits.float(), originals, strict=True):
-            out.append(self.geometry.logits_to_original(lg, original).softmax(0).cpu().numpy())
-        return out
+            logits, _ = automatic_forward(self.model, pixels.to(self.device, non_blocking=True))
+        return [self.geometry.logits_to_original(lg, tuple(original)).softmax(0)
+                for lg, original in zip(logits.float(), originals, strict=True)]
+
+    @torch.inference_mode()
+    def labels_from_pixels(self, pixels: torch.Tensor, originals: Sequence[tuple], *,
+                           probs: bool = False) -> tuple[list[np.ndarray], list | None]:
+        """Label maps (uint8, argmax taken on the device: only H x W bytes come back) and,
+        when asked, float16 probabilities, for a model batch from `pixel_batch`."""
+        on_device = self._proba_on_device(pixels, originals)
+        labels = [p.argmax(0).to(torch.uint8).cpu().numpy() for p in on_device]
+        return labels, ([p.half().cpu().numpy() for p in on_device] if probs else None)
 
     def predict(self, image, prompts: list[dict] | None = None) -> np.ndarray:
         """One image (path or array) -> HxW uint8 class-index map at its original size."""
@@ -189,10 +200,42 @@ def write_legend(meta: AdapterMeta, out_dir: Path) -> Path:
     return path
 
 
+class _PredictInputs(torch.utils.data.Dataset):
+    """Input paths -> model-frame pixels, decoded and resized in loader workers."""
+
+    def __init__(self, paths: Sequence[Path], predictor: FineTunedSam):
+        self.paths = list(paths)
+        self.intensity = predictor.intensity
+        self.geometry = predictor.geometry
+        self.normalization = predictor.meta.normalization
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from sam_medft.data.io import read_image
+
+        image = read_image(Path(self.paths[i]), self.intensity)
+        pixels, original, _ = to_model_input(image, self.geometry, self.normalization)
+        return i, pixels, original
+
+
+def _collate_inputs(items):
+    return ([i for i, _, _ in items], torch.stack([p for _, p, _ in items]),
+            [o for _, _, o in items])
+
+
 def predict_paths(predictor: FineTunedSam, inputs: Sequence[str | Path], out_dir: Path, *,
                   batch_size: int = 8, save_probs: bool = False, overlays: bool = False,
-                  overwrite: bool = False, show_progress: bool = True) -> list[Path]:
-    """Predict every input image; returns the written label PNGs."""
+                  overwrite: bool = False, show_progress: bool = True,
+                  num_workers: int = 0) -> list[Path]:
+    """Predict every input image; returns the written label PNGs.
+
+    A pipeline, so a GPU is not left waiting: loader workers decode and resize the next
+    batches while the model runs, the argmax is taken on the device, and PNGs are written by
+    a thread pool while the next batch is predicted."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     require_automatic(predictor.meta)
@@ -205,20 +248,33 @@ def predict_paths(predictor: FineTunedSam, inputs: Sequence[str | Path], out_dir
                             f"{existing[0]}); pass --overwrite or choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_legend(predictor.meta, out_dir)
+    loader = torch.utils.data.DataLoader(
+        _PredictInputs([p for p, _ in pairs], predictor), batch_size=batch_size,
+        num_workers=num_workers, collate_fn=_collate_inputs,
+        pin_memory=predictor.device.type == "cuda")
     bar = tqdm(total=len(pairs), desc="predict", unit="img", disable=not show_progress)
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        probs = predictor.predict_proba([p for p, _ in chunk])
-        for (src, _), prob, target in zip(chunk, probs, targets[start:start + batch_size], strict=True):
-            labels = prob.argmax(0).astype(np.uint8)
-            save_label_png(labels, target)
-            if save_probs:
-                np.save(target.with_suffix(".probs.npy"), prob.astype(np.float16))
-            if overlays:
-                _save_overlay(predictor, src, labels, target.with_suffix(".overlay.png"))
-        bar.update(len(chunk))
+    with ThreadPoolExecutor(max_workers=2) as writer:
+        pending = []
+        for indices, pixels, originals in loader:
+            labels, probs = predictor.labels_from_pixels(pixels, originals, probs=save_probs)
+            for k, i in enumerate(indices):
+                pending.append(writer.submit(
+                    _write_outputs, predictor, pairs[i][0], labels[k],
+                    None if probs is None else probs[k], targets[i], overlays))
+            bar.update(len(indices))
+        for job in pending:
+            job.result()  # re-raise the first write error, if any
     bar.close()
     return targets
+
+
+def _write_outputs(predictor: FineTunedSam, src: Path, labels: np.ndarray,
+                   probs: np.ndarray | None, target: Path, overlay: bool) -> None:
+    save_label_png(labels, target)
+    if probs is not None:
+        np.save(target.with_suffix(".probs.npy"), probs)
+    if overlay:
+        _save_overlay(predictor, src, labels, target.with_suffix(".overlay.png"))
 
 
 def _save_overlay(predictor: FineTunedSam, src: Path, labels: np.ndarray, path: Path) -> None:

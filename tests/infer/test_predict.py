@@ -53,6 +53,22 @@ def test_predict_round_trip_keeps_names_sizes_and_structure(predictor, image_tre
     assert legend["2"]["raw_value"] == 255
 
 
+def test_pipelined_predict_writes_what_the_python_api_predicts(predictor, image_tree, tmp_path):
+    """Loader workers, argmax on the device and threaded writes change nothing: every PNG is
+    `predictor.predict(path)` and every .probs.npy is `predict_proba` in float16."""
+    root, sizes = image_tree
+    out = tmp_path / "out"
+    predict_paths(predictor, [root], out, batch_size=2, num_workers=2, save_probs=True,
+                  overlays=True, show_progress=False)
+    for rel in sizes:
+        want = predictor.predict(root / rel)
+        assert np.array_equal(np.asarray(Image.open(out / rel)), want), rel
+        probs = np.load((out / rel).with_suffix(".probs.npy"))
+        assert probs.dtype == np.float16
+        np.testing.assert_allclose(probs, predictor.predict_proba([root / rel])[0], atol=1e-3)
+        assert (out / rel).with_suffix(".overlay.png").is_file()
+
+
 def test_existing_outputs_are_not_overwritten_silently(predictor, image_tree, tmp_path):
     root, _ = image_tree
     out = tmp_path / "out"
