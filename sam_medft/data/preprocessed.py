@@ -17,7 +17,8 @@ Masks are uint8 with 255 as padding (int16 with -1 above 254 classes): a quarter
 int64 labels' size. Normalisation, augmentation and the int64 labels are made from these on
 the accelerator (`sam_medft.data.model_frame`), or in the loader workers.
 
-`memory` keeps the arrays in shared memory (loader workers read them without copies);
+`memory` keeps the arrays in this process's memory (loader workers forked from it read the
+same pages, copy-on-write; no /dev/shm is used, which containers often keep small);
 `disk` writes them as .npy files in the run folder and memory-maps them (for data sets
 larger than RAM; the page cache shares them between processes). `auto` picks memory when
 the estimate fits `limit_gib` per process.
@@ -178,8 +179,6 @@ class PreprocessedStore:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
-        for a in arrays.values():
-            a.share_memory_()  # workers (fork or spawn) read it without a copy
         return cls(arrays, keys, pad)
 
     @classmethod

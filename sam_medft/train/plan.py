@@ -452,9 +452,9 @@ def host_memory_line(recipe: Recipe, image_size: int, num_classes: int) -> str:
         return "train.preprocess_cache=off: every image is decoded and resized every epoch"
     per_image = estimate_bytes(1, SamGeometry(image_size, image_size // 4), num_classes)
     where = {
-        "memory": "all in shared memory",
+        "memory": "all in memory",
         "disk": f"memory-mapped under runs/{recipe.name}/cache/",
-        "auto": f"in shared memory up to {int(t.preprocess_cache_gib * GiB // per_image)} "
+        "auto": f"in memory up to {int(t.preprocess_cache_gib * GiB // per_image)} "
         f"images (train.preprocess_cache_gib={t.preprocess_cache_gib:g}, shared by the "
         f"processes of a machine), memory-mapped from runs/{recipe.name}/cache/ above that",
     }[t.preprocess_cache]

@@ -89,7 +89,7 @@ def test_dry_run_vit_b_lora(tmp_path):
 @pytest.mark.parametrize(
     ("cache", "expected"),
     [
-        ("auto", "4.06 MiB each at 1024 px, in shared memory up to 4032 images"),
+        ("auto", "4.06 MiB each at 1024 px, in memory up to 4032 images"),
         ("disk", "memory-mapped under runs/sam-vit-base-lora_encdec/cache/"),
         ("off", "every image is decoded and resized every epoch"),
     ],
