@@ -68,7 +68,10 @@ class SamSegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """`key`: an index (this dataset's epoch applies) or (epoch, index) from
+        `EpochSampler`, so a persistent worker's copy never augments with a stale epoch."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         if self.store is not None:
             s = self.store[index]
             key = self.store.keys[index] if self.cache_keys else None
@@ -79,7 +82,7 @@ class SamSegmentationDataset(Dataset):
         if self.augment is not None:
             from sam_medft.data.augment import draw_params
 
-            gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch, index))
+            gen = torch.Generator().manual_seed(_mix(self.seed, epoch, index))
             params = draw_params(self.augment, 1, gen)
         host = HostMeta(torch.tensor([s.resized]), self.pad, params,
                         None if key is None else [key])
@@ -94,16 +97,16 @@ class SamSegmentationDataset(Dataset):
         item = {"index": index, "original_size": item["original_size"], "host": host,
                 "pixel_values": done["pixel_values"][0], "labels": done["labels"][0]}
         if self.prompts is not None:
-            item["prompts"] = self._simulate(done["mask_input"][0], item["labels"], index)
+            item["prompts"] = self._simulate(done["mask_input"][0], item["labels"], epoch, index)
         return item
 
-    def _simulate(self, mask: torch.Tensor, lowres: torch.Tensor, index: int):
+    def _simulate(self, mask: torch.Tensor, lowres: torch.Tensor, epoch: int, index: int):
         """Prompts from the model-frame mask: coordinates need no further transform."""
         from sam_medft.data.prompts import simulate_prompts, to_model_frame
 
         g = self.spec.geometry
         label_map = mask.clamp(min=0).numpy()
-        rng = np.random.default_rng(_mix(self.seed, self.epoch, index, 7))
+        rng = np.random.default_rng(_mix(self.seed, epoch, index, 7))
         classes = list(range(1, self.spec.label_map.num_classes))
         ps = simulate_prompts(label_map, self.prompts, rng, class_ids=classes)
         ps = to_model_frame(ps, g, (g.input_size, g.input_size))
@@ -125,8 +128,10 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
-class EpochSampler(Sampler[int]):
-    """A seeded permutation per epoch: the same order in every process and after resume."""
+class EpochSampler(Sampler[tuple[int, int]]):
+    """A seeded permutation per epoch: the same order in every process and after resume.
+    Yields (epoch, index): the item's augmentation seed travels with the key, so loader
+    workers can persist across epochs."""
 
     def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
@@ -135,10 +140,11 @@ class EpochSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self):
-        if not self.shuffle:
-            return iter(range(self.n))
-        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, -1))
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = range(self.n)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, -1))
+            order = torch.randperm(self.n, generator=g).tolist()
+        return iter([(self.epoch, i) for i in order])
 
     def __len__(self) -> int:
         return self.n

@@ -103,12 +103,13 @@ def build_train_data(recipe: Recipe, splits: dict[str, SampleSource], spec: Mode
     sampler = EpochSampler(len(train_ds), seed=t.seed)
     pin = torch.cuda.is_available()
     # drop the incomplete last global batch (every step then sees batch_size x processes
-    # images, as one process with the whole batch would). Workers are not persistent: a
-    # persistent worker keeps the dataset copy of its first epoch, and the augmentation
-    # seed (seed, epoch, index) would then stay at that epoch.
+    # images, as one process with the whole batch would). Workers persist across epochs
+    # (few-shot epochs are a batch or two: restarting them each epoch would cost more than
+    # the epoch); the sampler's (epoch, index) keys keep their augmentation seeds current.
     global_batch = t.batch_size * num_processes
     train_dl = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, collate_fn=collate,
                           num_workers=t.num_workers, pin_memory=pin,
+                          persistent_workers=t.num_workers > 0,
                           drop_last=len(train_ds) > global_batch)
     val_dl = None
     if "val" in splits and len(splits["val"]):
@@ -116,7 +117,8 @@ def build_train_data(recipe: Recipe, splits: dict[str, SampleSource], spec: Mode
             splits["val"], spec, None, seed=t.seed, prompts=prompts, store=stores.get("val"),
             finish_in_loader=not on_accelerator, cache_keys=val_keys)
         val_dl = DataLoader(val_ds, batch_size=t.batch_size, shuffle=False, collate_fn=collate,
-                            num_workers=t.num_workers, pin_memory=pin)
+                            num_workers=t.num_workers, pin_memory=pin,
+                            persistent_workers=t.num_workers > 0)
     finish = partial(finish_batch, geometry=spec.geometry, normalization=spec.normalization)
     return TrainData(train_ds, sampler, train_dl, val_dl,
                      finish_train=partial(finish, augment=recipe.augment),

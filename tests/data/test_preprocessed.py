@@ -183,6 +183,27 @@ def test_workers_read_the_shared_store(source, label_map):
 
 
 
+def test_persistent_workers_augment_with_the_current_epoch(source, label_map):
+    """Workers keep their dataset copy across epochs; the sampler's (epoch, index) keys,
+    not the copy's epoch, seed the augmentation (a stale copy would repeat epoch 0)."""
+    from sam_medft.data.dataset import EpochSampler
+
+    store = PreprocessedStore.build(source, GEOM, label_map)
+    ds = SamSegmentationDataset(source, _spec(label_map), AUG, seed=4, store=store)
+    sampler = EpochSampler(len(ds), seed=4)
+    loader = torch.utils.data.DataLoader(ds, batch_size=5, sampler=sampler, num_workers=2,
+                                         persistent_workers=True, collate_fn=collate)
+    seen = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)  # the trainer also sets the main copy's epoch; not needed
+        got = torch.cat([b["pixel_values"] for b in loader])
+        keys = list(sampler)
+        assert {e for e, _ in keys} == {epoch}
+        assert torch.equal(got, torch.stack([ds[k]["pixel_values"] for k in keys]))
+        seen.append(dict(zip([i for _, i in keys], got, strict=True)))
+    assert not torch.equal(seen[0][3], seen[1][3])  # a new augmentation in the new epoch
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_finish_on_the_gpu_matches_the_cpu(source, label_map):
     """The accelerator path on a real GPU: no host sync (the step queued before it keeps
