@@ -128,7 +128,7 @@ def bench_command(
         ),
         device=device,
         pad_value=pads[pad_value],
-        num_workers=workers if workers is not None else (t.num_workers if t is not None else 0),
+        num_workers=_workers(workers, r),
         transform_device=transform_device or (t.transform_device if t is not None else "auto"),
     )
     result = run_bench(settings)
@@ -136,6 +136,17 @@ def bench_command(
         typer.echo(json.dumps(result.as_dict()))
     else:
         stdout_console().print(result_table(result))
+
+
+def _workers(flag: int | None, recipe) -> int:
+    """--workers, else the recipe's train.num_workers (auto resolved), else 0."""
+    if flag is not None:
+        return flag
+    if recipe is None:
+        return 0
+    from sam_medft.train.data_pipeline import loader_workers
+
+    return loader_workers(recipe)
 
 
 def _pick(flag: bool | None, recipe_value: bool | None, default: bool) -> bool:

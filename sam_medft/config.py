@@ -176,7 +176,9 @@ class TrainConfig(_Section):
     save_every: int = Field(100, ge=1)
     keep_last: int = Field(2, ge=1)
     patience: int | None = None  # evaluations without improvement before stopping
-    num_workers: int = Field(0, ge=0)
+    # data-loader processes; auto: 0 without a GPU (the model step dominates), else up to 4
+    # per process (they persist across epochs)
+    num_workers: int | Literal["auto"] = "auto"
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
     activation_checkpointing: bool = False
     compile: bool = False
@@ -193,6 +195,22 @@ class TrainConfig(_Section):
     # where normalisation + augmentation run: auto = on the accelerator when it is a GPU
     # (batched, no CPU cost), in the loader workers otherwise and always in prompt modes
     transform_device: Literal["auto", "accelerator", "loader"] = "auto"
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> int | str:
+        """One message for every bad value (not one per member of the union)."""
+        if value == "auto":
+            return value
+        ok = isinstance(value, int | str) and not isinstance(value, bool)
+        try:
+            n = int(value) if ok else -1
+        except ValueError:
+            n = -1
+        if n < 0:
+            raise ValueError(f"{value!r} is not a number of worker processes; use 0 (load in "
+                             f"the training process), a positive number, or auto")
+        return n
 
     @field_validator("preprocess_cache", mode="before")
     @classmethod

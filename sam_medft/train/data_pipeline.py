@@ -44,6 +44,18 @@ class TrainData:
     on_accelerator: bool = False
 
 
+def loader_workers(recipe: Recipe) -> int:
+    """`train.num_workers`, with `auto` resolved: none without a GPU (the step dominates and
+    the cores are better spent in torch), else up to 4 per process, leaving a core for it."""
+    value = recipe.train.num_workers
+    if value != "auto":
+        return value
+    if not torch.cuda.is_available():
+        return 0
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(4, (os.cpu_count() or 1) // max(1, local) - 1))
+
+
 def transform_on_accelerator(recipe: Recipe, device: torch.device) -> bool:
     """Whether batches are normalised and augmented on the accelerator (see TrainConfig)."""
     if recipe.prompt.mode != "none":
@@ -70,11 +82,12 @@ def build_stores(recipe: Recipe, splits: dict[str, SampleSource], spec: ModelFra
         folder = run_dir / "cache" / "preprocessed" / split
         if mode == "memory":
             store = PreprocessedStore.build(source, spec.geometry, spec.label_map,
-                                            num_workers=t.num_workers, desc=f"preprocess {split}")
+                                            num_workers=loader_workers(recipe),
+                                            desc=f"preprocess {split}")
         else:
             if accelerator.is_main_process:
                 PreprocessedStore.build(source, spec.geometry, spec.label_map, mode="disk",
-                                        folder=folder, num_workers=t.num_workers,
+                                        folder=folder, num_workers=loader_workers(recipe),
                                         desc=f"preprocess {split}")
             accelerator.wait_for_everyone()
             store = PreprocessedStore.open(folder, mask_dtype(nc)[1])
@@ -97,6 +110,7 @@ def build_train_data(recipe: Recipe, splits: dict[str, SampleSource], spec: Mode
                      val_keys: bool = False) -> TrainData:
     """Datasets, the seeded epoch sampler and the loaders (not yet `accelerator.prepare`d)."""
     t = recipe.train
+    workers = loader_workers(recipe)
     train_ds = SamSegmentationDataset(
         splits["train"], spec, recipe.augment, seed=t.seed, prompts=prompts,
         store=stores.get("train"), finish_in_loader=not on_accelerator, cache_keys=train_keys)
@@ -108,8 +122,7 @@ def build_train_data(recipe: Recipe, splits: dict[str, SampleSource], spec: Mode
     # the epoch); the sampler's (epoch, index) keys keep their augmentation seeds current.
     global_batch = t.batch_size * num_processes
     train_dl = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, collate_fn=collate,
-                          num_workers=t.num_workers, pin_memory=pin,
-                          persistent_workers=t.num_workers > 0,
+                          num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
                           drop_last=len(train_ds) > global_batch)
     val_dl = None
     if "val" in splits and len(splits["val"]):
@@ -117,8 +130,7 @@ def build_train_data(recipe: Recipe, splits: dict[str, SampleSource], spec: Mode
             splits["val"], spec, None, seed=t.seed, prompts=prompts, store=stores.get("val"),
             finish_in_loader=not on_accelerator, cache_keys=val_keys)
         val_dl = DataLoader(val_ds, batch_size=t.batch_size, shuffle=False, collate_fn=collate,
-                            num_workers=t.num_workers, pin_memory=pin,
-                            persistent_workers=t.num_workers > 0)
+                            num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
     finish = partial(finish_batch, geometry=spec.geometry, normalization=spec.normalization)
     return TrainData(train_ds, sampler, train_dl, val_dl,
                      finish_train=partial(finish, augment=recipe.augment),

@@ -35,6 +35,29 @@ def test_bad_number_and_bad_override_syntax():
         load_recipe("recipes/demo.yaml", ["train.max_steps"])
 
 
+@pytest.mark.parametrize("value", ["-1", "many", "true"])
+def test_bad_worker_count_is_one_message(value):
+    with pytest.raises(SamMedftError) as e:
+        load_recipe("recipes/demo.yaml", [f"train.num_workers={value}"])
+    lines = str(e.value).splitlines()
+    assert len(lines) == 2 and "train.num_workers" in lines[1]
+    assert "a positive number, or auto" in lines[1]
+
+
+def test_speed_settings_accept_their_yaml_spellings():
+    import torch
+
+    from sam_medft.train.data_pipeline import loader_workers
+
+    r = load_recipe("recipes/demo.yaml", ["train.preprocess_cache=off", "train.num_workers=3"])
+    assert r.train.preprocess_cache == "off"  # YAML reads a bare off as false
+    assert loader_workers(r) == 3
+    auto = load_recipe("recipes/demo.yaml")
+    assert auto.train.num_workers == "auto"
+    if not torch.cuda.is_available():
+        assert loader_workers(auto) == 0  # no GPU: the model step dominates
+
+
 def test_missing_recipe_file_and_source_requirements(tmp_path):
     with pytest.raises(SamMedftError, match="not found"):
         load_recipe(tmp_path / "nope.yaml")
