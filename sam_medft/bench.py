@@ -171,9 +171,9 @@ def build_bench_model(
     The vision input size, its position-embedding grid and the prompt encoder's embedding
     grid (size / 16) are changed together, so a small image size is a consistent model.
     """
-    from transformers import SamHQConfig, SamHQModel, SamModel
+    from transformers import SamHQModel, SamModel
 
-    from sam_medft.models.registry import ARCH_OF, architecture_config, lookup
+    from sam_medft.models.registry import ARCH_OF, architecture_config, lookup, sam_hq_config
 
     try:
         cfg = architecture_config(name)
@@ -193,14 +193,7 @@ def build_bench_model(
     entry = lookup(name)
     cls = SamModel
     if entry is not None and entry.family == "sam_hq":
-        decoder = cfg.mask_decoder_config.to_dict()
-        decoder["vit_dim"] = cfg.vision_config.hidden_size
-        cfg = SamHQConfig(
-            vision_config=cfg.vision_config.to_dict(),
-            prompt_encoder_config=cfg.prompt_encoder_config.to_dict(),
-            mask_decoder_config=decoder,
-            initializer_range=0.02,
-        )
+        cfg = sam_hq_config(cfg)
         cls = SamHQModel
     with torch.random.fork_rng(devices=[]), torch.device(device):  # init on the GPU: fast
         torch.manual_seed(seed)

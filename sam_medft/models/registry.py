@@ -78,6 +78,20 @@ ARCH_OF = {
 }
 
 
+def sam_hq_config(cfg: SamConfig, initializer_range: float = 0.02):
+    """The SAM-HQ config with `cfg`'s shapes (its decoder also reads the ViT's width)."""
+    from transformers import SamHQConfig
+
+    decoder = cfg.mask_decoder_config.to_dict()
+    decoder["vit_dim"] = cfg.vision_config.hidden_size
+    return SamHQConfig(
+        vision_config=cfg.vision_config.to_dict(),
+        prompt_encoder_config=cfg.prompt_encoder_config.to_dict(),
+        mask_decoder_config=decoder,
+        initializer_range=initializer_range,
+    )
+
+
 def architecture_config(name: str) -> SamConfig:
     """A SamConfig with the named checkpoint's shapes (no weights needed)."""
     if name == "tiny":

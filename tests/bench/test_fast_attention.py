@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import SamConfig, SamHQConfig, SamHQModel, SamModel
+from transformers import SamConfig, SamHQModel, SamModel
 
 from sam_medft.config import LossConfig, PeftSettings
 from sam_medft.models.fast_attention import (
@@ -17,7 +17,7 @@ from sam_medft.models.fast_attention import (
     is_fast_attention,
 )
 from sam_medft.models.forward import automatic_forward
-from sam_medft.models.registry import TINY_CONFIG, architecture_config, build_tiny
+from sam_medft.models.registry import TINY_CONFIG, architecture_config, build_tiny, sam_hq_config
 from sam_medft.peft.methods import apply_method
 from sam_medft.train.losses import iou_head_loss, segmentation_loss
 
@@ -192,14 +192,7 @@ def test_bf16_autocast_matches_within_bf16_precision() -> None:
 
 def test_sam_hq_vision_attention_matches() -> None:
     cfg = SamConfig(**TINY_CONFIG)
-    decoder = cfg.mask_decoder_config.to_dict()
-    decoder["vit_dim"] = cfg.vision_config.hidden_size
-    hq_cfg = SamHQConfig(
-        vision_config=cfg.vision_config.to_dict(),
-        prompt_encoder_config=cfg.prompt_encoder_config.to_dict(),
-        mask_decoder_config=decoder,
-        initializer_range=0.02,
-    )
+    hq_cfg = sam_hq_config(cfg)
     torch.manual_seed(0)
     plain, fast = _pair(_random_rel_pos(SamHQModel(hq_cfg).eval()))
     x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
