@@ -209,7 +209,7 @@ def run_bench(s: BenchSettings) -> BenchResult:
 
     from sam_medft.models.fast_attention import enable_fast_attention, enable_regional_compile
     from sam_medft.models.loading import unwrap
-    from sam_medft.peft.methods import apply_method, encoder_is_frozen
+    from sam_medft.adapters.methods import apply_method, encoder_is_frozen
 
     s.check()
     rss0 = _rss_mib()

@@ -63,7 +63,7 @@ def count_parameters(recipe: Recipe, num_classes: int = 2) -> ParamCount:
     The mask-output count follows the trainer: one per class in automatic mode, SAM's 3
     multimask outputs in prompt modes.
     """
-    from sam_medft.peft.methods import apply_method
+    from sam_medft.adapters.methods import apply_method
 
     name = recipe.model.name
     try:

@@ -62,7 +62,7 @@ def untrained_run(tmp_path_factory):
     from sam_medft.config import PeftSettings
     from sam_medft.models.artifact import AdapterMeta, save_adapter
     from sam_medft.models.registry import build_tiny
-    from sam_medft.peft.methods import apply_method
+    from sam_medft.adapters.methods import apply_method
 
     def make(prompt_mode: str = "none") -> Path:
         run = tmp_path_factory.mktemp(f"untrained_{prompt_mode}")

@@ -73,7 +73,7 @@ def save_adapter(model: torch.nn.Module, meta: AdapterMeta, out_dir: Path, *,
             model.save_pretrained(tmp, state_dict=state_dict)
             (tmp / "README.md").unlink(missing_ok=True)  # PEFT's stub card; `push` writes ours
         else:
-            from sam_medft.peft.methods import trainable_state_dict
+            from sam_medft.adapters.methods import trainable_state_dict
 
             tensors = trainable_state_dict(model) if state_dict is None else {
                 n: state_dict[n].detach().cpu().contiguous()
@@ -108,14 +108,14 @@ def load_adapter_model(folder: Path, *, is_trainable: bool = False,
                                 f"{meta.base_model} lacks: {sorted(missing)[:5]}")
         base.load_state_dict(state, strict=False)
         if is_trainable:
-            from sam_medft.peft.methods import _apply_vanilla
+            from sam_medft.adapters.methods import _apply_vanilla
 
             _apply_vanilla(base, meta.scope)
         else:
             base.requires_grad_(False)  # inference: same kernels as a frozen PEFT model
         return base, meta
     if meta.method == "adapter":
-        from sam_medft.peft.bottleneck import load_bottleneck
+        from sam_medft.adapters.bottleneck import load_bottleneck
 
         return load_bottleneck(base, folder, is_trainable=is_trainable), meta
     return PeftModel.from_pretrained(base, str(folder), is_trainable=is_trainable), meta

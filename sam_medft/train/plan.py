@@ -310,7 +310,7 @@ def estimate(recipe: Recipe) -> MemoryPlan:
     """The memory plan of `recipe` at its batch size, traced on the meta device."""
     from transformers import SamModel
 
-    from sam_medft.peft.methods import apply_method, encoder_is_frozen
+    from sam_medft.adapters.methods import apply_method, encoder_is_frozen
 
     cfg = model_config(recipe)
     if getattr(cfg, "model_type", "sam") not in ("sam", "sam_hq"):

@@ -146,7 +146,7 @@ def check_launch(recipe: Recipe) -> None:
 def build_model(recipe: Recipe, label_map):
     """Base model + method, or a shared adapter to continue (its base and classes win)."""
     from sam_medft.models.loading import load_base_model, resolve_model_name
-    from sam_medft.peft.methods import apply_method
+    from sam_medft.adapters.methods import apply_method
 
     m = recipe.model
     if m.adapter:
@@ -192,7 +192,7 @@ def build_model(recipe: Recipe, label_map):
 def _check_method_before_loading(recipe: Recipe) -> None:
     """A bad method or block list fails before a multi-GB download, not after it."""
     from sam_medft.models.registry import architecture_config
-    from sam_medft.peft.methods import check_settings
+    from sam_medft.adapters.methods import check_settings
 
     try:
         depth = architecture_config(recipe.model.name).vision_config.num_hidden_layers
@@ -306,7 +306,7 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
     from sam_medft.data.dataset import ModelFrameSpec
     from sam_medft.models.artifact import AdapterMeta
     from sam_medft.models.loading import model_geometry
-    from sam_medft.peft.methods import encoder_is_frozen
+    from sam_medft.adapters.methods import encoder_is_frozen
     from sam_medft.train.data_pipeline import (
         build_stores,
         build_train_data,

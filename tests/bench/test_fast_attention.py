@@ -18,7 +18,7 @@ from sam_medft.models.fast_attention import (
 )
 from sam_medft.models.forward import automatic_forward
 from sam_medft.models.registry import TINY_CONFIG, architecture_config, build_tiny, sam_hq_config
-from sam_medft.peft.methods import apply_method
+from sam_medft.adapters.methods import apply_method
 from sam_medft.train.losses import iou_head_loss, segmentation_loss
 
 

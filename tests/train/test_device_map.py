@@ -107,7 +107,7 @@ def _loss(model, x):
 def test_hooks_keep_forward_and_backward_exact_on_one_device():
     """The split's machinery (block moves, AlignDevicesHooks, PEFT applied after placement)
     with every entry on the CPU: same outputs and gradients as the plain model."""
-    from sam_medft.peft.methods import apply_method
+    from sam_medft.adapters.methods import apply_method
 
     x = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     settings = PeftSettings(method="lora", scope="encdec", extra={"init_lora_weights": "gaussian"})

@@ -3,7 +3,7 @@ PEFT methods by name, and the errors a recipe can cause.
 
 The study's six method/scope pairs (training, which parameters change, save -> load) run
 for every shipped recipe in tests/test_recipes_matrix.py; the bottleneck adapter itself
-(identity at init, placement, round trip) in tests/peft/test_bottleneck.py.
+(identity at init, placement, round trip) in tests/adapters/test_bottleneck.py.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from sam_medft.errors import SamMedftError
 from sam_medft.models.artifact import AdapterMeta, load_adapter_model, save_adapter
 from sam_medft.models.forward import automatic_forward
 from sam_medft.models.registry import architecture_config, build_tiny
-from sam_medft.peft.methods import (
+from sam_medft.adapters.methods import (
     KNOWN_BROKEN,
     apply_method,
     check_settings,

@@ -218,7 +218,7 @@ class _BottleneckLayer(nn.Module, LoraLayer):
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         raise SamMedftError(
             "bottleneck adapters are non-linear and cannot be merged into the base weights; "
-            "keep the adapter and load it with sam_medft.peft.bottleneck.load_bottleneck()"
+            "keep the adapter and load it with sam_medft.adapters.bottleneck.load_bottleneck()"
         )
 
     def unmerge(self) -> None:  # nothing is ever merged

@@ -13,7 +13,7 @@ from transformers import Sam2Config, Sam2Model, SamConfig, SamHQConfig, SamHQMod
 
 from sam_medft.errors import SamMedftError
 from sam_medft.models.registry import TINY_CONFIG, build_tiny
-from sam_medft.peft.bottleneck import (
+from sam_medft.adapters.bottleneck import (
     BottleneckAttention,
     BottleneckMLP,
     BottleneckNorm,

@@ -25,7 +25,7 @@ from sam_medft.models.loading import unwrap
 
 # PEFT methods that are known not to work on SAM (checked on the tiny model, PEFT 0.21):
 # the SAM vision linears see 4-D (B, H, W, C) inputs and the decoder 3-D ones.
-# tests/peft/test_methods.py checks that they still fail, so a PEFT fix shows up there.
+# tests/adapters/test_methods.py checks that they still fail, so a PEFT fix shows up there.
 KNOWN_BROKEN = {
     "oft": "OFT treats 4-D inputs as convolution inputs; SAM's vision linears get (B,H,W,C)",
     "gralora": "GraLoRA assumes 3-D (batch, tokens, features) inputs",
@@ -154,7 +154,7 @@ def apply_method(
     if method == "vanilla":
         model = _apply_vanilla(model, settings.scope)
     elif method == "adapter":
-        from sam_medft.peft.bottleneck import BottleneckSettings, apply_bottleneck
+        from sam_medft.adapters.bottleneck import BottleneckSettings, apply_bottleneck
 
         layers = encoder_layer_ids(model, settings.layers) if settings.scope == "encdec" else []
         bs = BottleneckSettings(
