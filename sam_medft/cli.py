@@ -195,4 +195,4 @@ def main() -> None:
         app()
     except SamMedftError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        sys.exit(e.exit_code)

@@ -22,7 +22,7 @@ import torch
 from transformers import SamModel
 
 from sam_medft.config import Recipe
-from sam_medft.errors import SamMedftError
+from sam_medft.errors import Interrupted, SamMedftError
 from sam_medft.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from sam_medft.train.losses import iou_head_loss, segmentation_loss
 from sam_medft.train.schedules import build_scheduler
@@ -31,7 +31,7 @@ from sam_medft.train.validate import validate
 log = logging.getLogger("sam_medft.train")
 
 
-class TrainingInterrupted(SamMedftError):
+class TrainingInterrupted(Interrupted):
     """SIGTERM arrived: the step finished, a checkpoint was written, the run can be resumed."""
 
 
