@@ -46,6 +46,14 @@ def record(out: Path) -> None:
                  str(out / name / "pred"), "--probs")
 
 
+def _weights(adapter: Path) -> dict[str, np.ndarray]:
+    """The adapter's saved tensors (PEFT's file, or the vanilla method's trainable tensors)."""
+    out: dict[str, np.ndarray] = {}
+    for f in sorted(adapter.glob("*.safetensors")):
+        out.update({f"{f.name}:{k}": v for k, v in load_file(str(f)).items()})
+    return out
+
+
 def _rows(path: Path) -> list[dict]:
     with path.open() as f:
         return list(csv.DictReader(f))
@@ -64,8 +72,7 @@ def _numeric_diff(a: str, b: str) -> float:
 def compare(a: Path, b: Path) -> int:
     worst: dict[str, float] = {}
     for name in RUNS:
-        ta = load_file(str(a / name / "adapter" / "adapter_model.safetensors"))
-        tb = load_file(str(b / name / "adapter" / "adapter_model.safetensors"))
+        ta, tb = _weights(a / name / "adapter"), _weights(b / name / "adapter")
         if set(ta) != set(tb):
             worst[f"{name}: adapter tensor names"] = float("inf")
         else:
@@ -77,12 +84,14 @@ def compare(a: Path, b: Path) -> int:
             default=0.0)
         worst[f"{name}: eval per_case.csv"] = d
     pa, pb = a / "auto" / "pred", b / "auto" / "pred"
-    pngs = sorted(p.name for p in pa.glob("*.png"))
+    pngs = sorted(str(p.relative_to(pa)) for p in pa.rglob("*.png"))
+    if not pngs:
+        worst["auto: no predictions found"] = float("inf")
     worst["auto: predicted label maps (pixels differing)"] = float(sum(
         int((np.asarray(Image.open(pa / n)) != np.asarray(Image.open(pb / n))).sum()) for n in pngs))
     worst["auto: predicted probabilities"] = max(
-        float(np.abs(np.load(p).astype(np.float64) - np.load(pb / p.name)).max())
-        for p in pa.glob("*.npy"))
+        float(np.abs(np.load(p).astype(np.float64) - np.load(pb / p.relative_to(pa))).max())
+        for p in pa.rglob("*.npy"))
     bad = 0
     for what, d in worst.items():
         ok = d <= TOL
