@@ -34,6 +34,8 @@ import torch
 
 from sam_medft.config import LossConfig, PeftSettings
 from sam_medft.errors import SamMedftError
+from sam_medft.tasks import AutomaticTask
+from sam_medft.train.step import optimizer_step
 
 Mode = Literal["train", "predict", "decoder-cached", "epoch"]
 MODES: tuple[str, ...] = ("train", "predict", "decoder-cached", "epoch")
@@ -207,9 +209,9 @@ def run_bench(s: BenchSettings) -> BenchResult:
     """Build, prepare and time the step that `s` describes."""
     import transformers
 
+    from sam_medft.adapters.methods import apply_method, encoder_is_frozen
     from sam_medft.models.fast_attention import enable_fast_attention, enable_regional_compile
     from sam_medft.models.loading import unwrap
-    from sam_medft.adapters.methods import apply_method, encoder_is_frozen
 
     s.check()
     rss0 = _rss_mib()
@@ -328,24 +330,14 @@ def _update_fn(
     frozen,
     embeddings_fn: Callable[[], torch.Tensor] | None,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """One optimizer update on (pixels, labels): the trainer's loss, backward and AdamW."""
-    from sam_medft.models.forward import automatic_forward
-    from sam_medft.train.losses import iou_head_loss, segmentation_loss
-
-    loss_cfg = LossConfig()
+    """One optimizer update on (pixels, labels): the trainer's own step (automatic task,
+    default loss), so the timed step is the trained one."""
+    task = AutomaticTask(loss=LossConfig())
 
     def update(pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        with autocast():
-            if embeddings_fn is not None:
-                logits, iou = automatic_forward(model, embeddings=embeddings_fn())
-            else:
-                logits, iou = automatic_forward(model, pixels, frozen_encoder=frozen)
-            loss = segmentation_loss(logits, labels, loss_cfg)["loss"]
-            loss = loss + loss_cfg.iou_weight * iou_head_loss(iou, logits.detach(), labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        embeddings = embeddings_fn() if embeddings_fn is not None else None
+        return optimizer_step(task, model, {"pixel_values": pixels, "labels": labels}, optimizer,
+                              frozen_encoder=frozen, embeddings=embeddings, autocast=autocast)
 
     return update
 
@@ -387,7 +379,7 @@ def _time_epoch(s: BenchSettings, model, update, size: int, device: torch.device
         store = PreprocessedStore.build(splits["train"], spec.geometry, label_map,
                                         num_workers=s.num_workers)
         preprocess_s = time.perf_counter() - t0
-        on_accelerator = transform_on_accelerator(recipe, device)
+        on_accelerator = transform_on_accelerator(recipe.train, AutomaticTask(), device)
         data = build_train_data(recipe, {"train": splits["train"]}, spec,
                                 stores={"train": store}, num_processes=1,
                                 on_accelerator=on_accelerator)

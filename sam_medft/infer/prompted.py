@@ -37,7 +37,7 @@ from sam_medft.data.prompts import (
 )
 from sam_medft.errors import SamMedftError
 from sam_medft.models.forward import embedding_kwargs, image_embeddings
-from sam_medft.train.prompted import select_masks
+from sam_medft.tasks.prompted import select_masks
 
 if TYPE_CHECKING:
     from sam_medft.infer.predict import FineTunedSam

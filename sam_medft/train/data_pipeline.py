@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from sam_medft.config import Recipe
+from sam_medft.config import Recipe, TrainConfig
 from sam_medft.data.dataset import EpochSampler, ModelFrameSpec, SamSegmentationDataset, collate
 from sam_medft.data.model_frame import finish_batch
 from sam_medft.data.preprocessed import PreprocessedStore, choose_mode, estimate_bytes, mask_dtype
 from sam_medft.data.sources import SampleSource
+from sam_medft.tasks import Task
 
 log = logging.getLogger("sam_medft.train")
 
@@ -56,11 +57,11 @@ def loader_workers(recipe: Recipe) -> int:
     return max(0, min(4, (os.cpu_count() or 1) // max(1, local) - 1))
 
 
-def transform_on_accelerator(recipe: Recipe, device: torch.device) -> bool:
+def transform_on_accelerator(train: TrainConfig, task: Task, device: torch.device) -> bool:
     """Whether batches are normalised and augmented on the accelerator (see TrainConfig)."""
-    if recipe.prompt.mode != "none":
-        return False  # prompts are simulated from the augmented mask, in the workers
-    choice = recipe.train.transform_device
+    if not task.finishes_on_accelerator:
+        return False  # e.g. prompts are simulated from the augmented mask, in the workers
+    choice = train.transform_device
     return choice == "accelerator" or (choice == "auto" and device.type != "cpu")
 
 

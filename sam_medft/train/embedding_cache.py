@@ -34,8 +34,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from transformers import SamModel
 
+from sam_medft.config import TrainConfig
 from sam_medft.errors import SamMedftError
+from sam_medft.models.forward import image_embeddings
+from sam_medft.models.loading import unwrap
+from sam_medft.tasks import Task
 
 
 def content_key(image: torch.Tensor) -> str:
@@ -204,3 +209,38 @@ class EmbeddingCache:
 
     def _path(self, key: str) -> Path | None:
         return None if self.folder is None else self.folder / f"{key}.safetensors"
+
+
+def embedding_cache(train: TrainConfig, task: Task, model, frozen_encoder: bool, base_id: str,
+                    normalization: str) -> EmbeddingCache | None:
+    """An embedding cache for frozen-encoder scopes of tasks whose embeddings hold no prompt
+    (None otherwise, or with `train.cache_embeddings: false`)."""
+    want = train.cache_embeddings
+    if want is True and not frozen_encoder:
+        raise SamMedftError("train.cache_embeddings: true needs a frozen encoder "
+                            "(peft.scope=decoder); set it to auto or false")
+    cacheable = frozen_encoder and task.caches_embeddings and isinstance(
+        unwrap(model), SamModel)  # SAM-HQ also needs its intermediate embeddings
+    if want is False or not cacheable:
+        return None
+    key = model_key(model, model_id=base_id, normalization=normalization,
+                    precision=train.mixed_precision)
+    return EmbeddingCache(key, device="cpu", max_items=train.cache_max_items)
+
+
+def cached_embeddings(cache: EmbeddingCache | None, model, pixel_values: torch.Tensor,
+                      keys: list[str] | None = None):
+    """Embeddings from the cache (computed once per image), or None without a cache. `keys`:
+    the batch's precomputed keys (`HostMeta.keys`); without them the pixels are hashed."""
+    if cache is None:
+        return None
+    if keys is None:
+        keys = content_keys(pixel_values)
+    emb = cache.get_or_compute(keys, pixel_values, lambda px: image_embeddings(model, px))
+    return emb.to(pixel_values.device, non_blocking=True)
+
+
+def batch_keys(batch: dict) -> list[str] | None:
+    """The embedding-cache keys the loader computed for this batch, if any."""
+    host = batch.get("host")
+    return None if host is None else host.keys

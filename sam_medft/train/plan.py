@@ -27,6 +27,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from sam_medft.config import Recipe
 from sam_medft.errors import SamMedftError
+from sam_medft.tasks import AutomaticTask, task_for
+from sam_medft.train.step import training_loss
 
 GiB = 2**30
 BYTES = {"bf16": 2, "fp16": 2, "no": 4}
@@ -212,8 +214,8 @@ def trace_step(
     dtype: torch.dtype,
     frozen_encoder: bool,
 ) -> dict:
-    """Trace one automatic-mode forward of a meta-device model; returns byte counts."""
-    from sam_medft.models.forward import automatic_forward
+    """Trace the forward + loss of the trainer's step (automatic task) on a meta-device
+    model; returns byte counts of what autograd saves for the backward."""
     from sam_medft.models.loading import unwrap
 
     params = {id(p) for p in model.parameters()}
@@ -244,10 +246,13 @@ def trace_step(
 
         handles += [layer.register_forward_pre_hook(pre), layer.register_forward_hook(post)]
     x = torch.empty(batch_size, 3, image_size, image_size, device="meta", dtype=dtype)
+    mask_size = unwrap(model).config.prompt_encoder_config.image_embedding_size * 4
+    labels = torch.zeros(batch_size, mask_size, mask_size, device="meta", dtype=torch.int64)
     mode = _LargestOutput()
     try:
         with _patched_sdpa(), mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            automatic_forward(model, x, frozen_encoder=frozen_encoder)
+            training_loss(AutomaticTask(), model, {"pixel_values": x, "labels": labels},
+                          frozen_encoder=frozen_encoder)
     finally:
         for h in handles:
             h.remove()
@@ -297,12 +302,11 @@ def model_config(recipe: Recipe):
 
 def recipe_classes(recipe: Recipe) -> tuple[int, str | None]:
     """Mask outputs the model gets, and a note when the class count is a guess."""
-    if recipe.prompt.mode != "none":
-        return 3, None
+    task = task_for(recipe.prompt)
     if recipe.data.labels:
-        return len(recipe.data.labels), None
-    if recipe.data.binary:
-        return 2, None
+        return task.mask_outputs(len(recipe.data.labels)), None
+    if recipe.data.binary or task.prompted:
+        return task.mask_outputs(2), None
     return 2, "classes: 2 assumed (set data.labels for the exact count; it changes little)"
 
 
@@ -339,11 +343,7 @@ def estimate(recipe: Recipe) -> MemoryPlan:
     b = recipe.train.batch_size
     traced = trace_step(model, b, cfg.vision_config.image_size, dtype, frozen)
     notes = [n for n in [note] if n]
-    if recipe.prompt.mode != "none":
-        notes.append(
-            "prompt mode: traced without prompts (the decoder part grows with objects per "
-            "image; the encoder dominates)"
-        )
+    notes += task_for(recipe.prompt).plan_notes()
     if recipe.model.adapter:
         notes.append(f"model.adapter is set: planned for model.name={recipe.model.name}")
     return MemoryPlan(

@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import SamModel
 
 from sam_medft.config import Recipe
 from sam_medft.errors import Interrupted, SamMedftError
+from sam_medft.tasks import Task, task_for
 from sam_medft.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from sam_medft.train.losses import iou_head_loss, segmentation_loss
+from sam_medft.train.embedding_cache import embedding_cache
 from sam_medft.train.schedules import build_scheduler
+from sam_medft.train.step import optimizer_step
 from sam_medft.train.validate import validate
 
 log = logging.getLogger("sam_medft.train")
@@ -145,8 +146,8 @@ def check_launch(recipe: Recipe) -> None:
 
 def build_model(recipe: Recipe, label_map):
     """Base model + method, or a shared adapter to continue (its base and classes win)."""
-    from sam_medft.models.loading import load_base_model, resolve_model_name
     from sam_medft.adapters.methods import apply_method
+    from sam_medft.models.loading import load_base_model, resolve_model_name
 
     m = recipe.model
     if m.adapter:
@@ -167,7 +168,8 @@ def build_model(recipe: Recipe, label_map):
         return model, meta.base_model, meta.normalization
     spec = resolve_model_name(m.name, m.normalization)
     _check_method_before_loading(recipe)
-    base = load_base_model(spec, mask_outputs(recipe, label_map), revision=m.revision,
+    base = load_base_model(spec, task_for(recipe.prompt).mask_outputs(label_map.num_classes),
+                           revision=m.revision,
                            attn_implementation=m.attn_implementation)
     if m.device_map:
         from sam_medft.models.device_map import (
@@ -191,8 +193,8 @@ def build_model(recipe: Recipe, label_map):
 
 def _check_method_before_loading(recipe: Recipe) -> None:
     """A bad method or block list fails before a multi-GB download, not after it."""
-    from sam_medft.models.registry import architecture_config
     from sam_medft.adapters.methods import check_settings
+    from sam_medft.models.registry import architecture_config
 
     try:
         depth = architecture_config(recipe.model.name).vision_config.num_hidden_layers
@@ -210,45 +212,6 @@ def enable_speedups(model, recipe: Recipe) -> None:
         log.info("fast vision attention in %d modules", enable_fast_attention(model))
     if recipe.train.compile:
         log.info("compiled %d vision layers", enable_regional_compile(model))
-
-
-def embedding_cache(recipe: Recipe, model, frozen_encoder: bool, base_id: str, normalization: str):
-    """An embedding cache for frozen-encoder scopes in automatic mode (None otherwise)."""
-    want = recipe.train.cache_embeddings
-    if want is True and not frozen_encoder:
-        raise SamMedftError("train.cache_embeddings: true needs a frozen encoder "
-                            "(peft.scope=decoder); set it to auto or false")
-    from sam_medft.models.loading import unwrap
-
-    cacheable = frozen_encoder and recipe.prompt.mode == "none" and isinstance(
-        unwrap(model), SamModel)  # SAM-HQ also needs its intermediate embeddings
-    if want is False or not cacheable:
-        return None
-    from sam_medft.train.embedding_cache import EmbeddingCache, model_key
-
-    key = model_key(model, model_id=base_id, normalization=normalization,
-                    precision=recipe.train.mixed_precision)
-    return EmbeddingCache(key, device="cpu", max_items=recipe.train.cache_max_items)
-
-
-def cached_embeddings(cache, model, pixel_values: torch.Tensor, keys: list[str] | None = None):
-    """Embeddings from the cache (computed once per image), or None without a cache. `keys`:
-    the batch's precomputed keys (`HostMeta.keys`); without them the pixels are hashed."""
-    if cache is None:
-        return None
-    from sam_medft.models.forward import image_embeddings
-    from sam_medft.train.embedding_cache import content_keys
-
-    if keys is None:
-        keys = content_keys(pixel_values)
-    emb = cache.get_or_compute(keys, pixel_values, lambda px: image_embeddings(model, px))
-    return emb.to(pixel_values.device, non_blocking=True)
-
-
-def mask_outputs(recipe: Recipe, label_map) -> int:
-    """Automatic mode: one mask token per class. Prompt modes keep SAM's 3 multimask tokens
-    (pretrained), and the class comes from the prompt."""
-    return label_map.num_classes if recipe.prompt.mode == "none" else 3
 
 
 def build_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -303,10 +266,10 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
 
 
 def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map, splits, *, resume):
+    from sam_medft.adapters.methods import encoder_is_frozen
     from sam_medft.data.dataset import ModelFrameSpec
     from sam_medft.models.artifact import AdapterMeta
     from sam_medft.models.loading import model_geometry
-    from sam_medft.adapters.methods import encoder_is_frozen
     from sam_medft.train.data_pipeline import (
         build_stores,
         build_train_data,
@@ -317,18 +280,14 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
     geometry = model_geometry(model)
     spec = ModelFrameSpec(geometry, normalization, label_map)
     frozen_encoder = encoder_is_frozen(model)
-    cache = embedding_cache(recipe, model, frozen_encoder, base_id, normalization)
+    task = task_for(recipe.prompt, recipe.loss)
+    cache = embedding_cache(t, task, model, frozen_encoder, base_id, normalization)
     train_cache = None if recipe.augment.enabled else cache
-    prompts = None
-    if recipe.prompt.mode != "none":
-        from sam_medft.train.prompted import prompt_settings
-
-        prompts = prompt_settings(recipe.prompt)
     stores = build_stores(recipe, splits, spec, run_dir=run_dir, accelerator=accelerator)
-    on_accelerator = transform_on_accelerator(recipe, accelerator.device)
+    on_accelerator = transform_on_accelerator(t, task, accelerator.device)
     data = build_train_data(recipe, splits, spec, stores=stores,
                             num_processes=accelerator.num_processes,
-                            on_accelerator=on_accelerator, prompts=prompts,
+                            on_accelerator=on_accelerator, prompts=task.prompt_settings(),
                             train_keys=train_cache is not None, val_keys=cache is not None)
     log.info("normalisation and augmentation %s", "on the accelerator, per batch"
              if on_accelerator else "in the data loader, per image")
@@ -348,7 +307,7 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
         base_model=base_id, num_classes=label_map.num_classes, class_names=label_map.class_names,
         method=recipe.peft.method, scope=recipe.peft.scope, normalization=normalization,
         input_size=geometry.input_size, mask_size=geometry.mask_size,
-        mask_outputs=mask_outputs(recipe, label_map),
+        mask_outputs=task.mask_outputs(label_map.num_classes),
         labels=label_map.to_dict()["values"],
         binary=recipe.data.binary, prompt_mode=recipe.prompt.mode,
         intensity=recipe.data.intensity.model_dump(mode="json"),
@@ -369,6 +328,10 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
         (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
     if recipe.train.log_with != "none":
         accelerator.init_trackers("train", config=_flat(recipe.model_dump(mode="json")))
+
+    def clip() -> None:
+        if accelerator.sync_gradients and t.grad_clip:
+            accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
 
     progress = _progress(accelerator, t.max_steps, state["step"])
     t0, seen, log_every = time.perf_counter(), 0, 10
@@ -391,13 +354,10 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
             for batch in dl:
                 batch = data.finish_train(batch)
                 with accelerator.accumulate(model):
-                    with accelerator.autocast():  # also covers the no-grad encoder call
-                        loss = _loss(model, batch, recipe, frozen_encoder, train_cache)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and t.grad_clip:
-                        accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    loss = optimizer_step(
+                        task, model, batch, optimizer, frozen_encoder=frozen_encoder,
+                        cache=train_cache, autocast=accelerator.autocast,
+                        backward=accelerator.backward, before_update=clip)
                 state["batches_in_epoch"] += 1
                 seen += batch["pixel_values"].shape[0] * accelerator.num_processes
                 running = loss.detach() if running is None else running + loss.detach()
@@ -417,8 +377,8 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
                 progress.update(1)
                 last_step = step >= t.max_steps
                 if val_dl is not None and (step % t.eval_every == 0 or last_step):
-                    stop = _evaluate_and_select(accelerator, model, val_dl, frozen_encoder, recipe,
-                                                state, step, meta, run_dir, cache,
+                    stop = _evaluate_and_select(accelerator, model, val_dl, task, frozen_encoder,
+                                                recipe, state, step, meta, run_dir, cache,
                                                 data.finish_val)
                 # a SIGTERM during the last step (or an early stop) changes nothing: finish.
                 # Several processes agree at steps that sync the host anyway (logging,
@@ -524,39 +484,11 @@ def _save_adapter(accelerator, model, meta, out_dir: Path) -> None:
         save_adapter(inner, meta, out_dir)
 
 
-def _loss(model, batch, recipe: Recipe, frozen_encoder: bool, cache=None) -> torch.Tensor:
-    """The training loss of one batch, automatic or prompted."""
-    if recipe.prompt.mode != "none":
-        from sam_medft.train.prompted import prompt_loss, prompted_forward
-
-        logits, iou = prompted_forward(model, batch, multimask=recipe.prompt.multimask,
-                                       frozen_encoder=frozen_encoder)
-        return prompt_loss(logits, iou, batch["targets"], batch["prompt_valid"], recipe.loss)["loss"]
-    from sam_medft.models.forward import automatic_forward
-
-    embeddings = cached_embeddings(cache, model, batch["pixel_values"], batch_keys(batch))
-    logits, iou = automatic_forward(model, batch["pixel_values"], embeddings=embeddings,
-                                    frozen_encoder=frozen_encoder)
-    loss = segmentation_loss(logits, batch["labels"], recipe.loss)["loss"]
-    if recipe.loss.iou_weight:
-        loss = loss + recipe.loss.iou_weight * iou_head_loss(iou, logits.detach(), batch["labels"])
-    else:
-        loss = loss + 0.0 * iou.sum()  # keeps the (trainable) IoU head in the graph for DDP
-    return loss
-
-
-def batch_keys(batch: dict) -> list[str] | None:
-    """The embedding-cache keys the loader computed for this batch, if any."""
-    host = batch.get("host")
-    return None if host is None else host.keys
-
-
-def _evaluate_and_select(accelerator, model, val_dl, frozen_encoder, recipe, state, step, meta,
-                         run_dir, cache=None, finish=None) -> bool:
+def _evaluate_and_select(accelerator, model, val_dl, task: Task, frozen_encoder, recipe, state,
+                         step, meta, run_dir, cache=None, finish=None) -> bool:
     """Validate, keep the best adapter, and say whether early stopping triggers."""
-
-    metrics = validate(model, val_dl, accelerator, frozen_encoder=frozen_encoder,
-                       prompt=recipe.prompt, cache=cache, finish=finish)
+    metrics = validate(model, val_dl, accelerator, task=task, frozen_encoder=frozen_encoder,
+                       cache=cache, finish=finish)
     dice = metrics["dice"]
     state["history"].append({"step": step, "val_dice": dice, "per_class": metrics.get("per_class"),
                              "n_images": metrics["n_images"]})

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sam_medft.adapters.methods import apply_method, encoder_is_frozen
 from sam_medft.config import LossConfig, PeftSettings
 from sam_medft.errors import SamMedftError
 from sam_medft.models.forward import automatic_forward, image_embeddings
 from sam_medft.models.registry import build_tiny
-from sam_medft.adapters.methods import apply_method, encoder_is_frozen
+from sam_medft.tasks.losses import iou_head_loss, segmentation_loss
 from sam_medft.train.embedding_cache import EmbeddingCache, content_key, content_keys, model_key
-from sam_medft.train.losses import iou_head_loss, segmentation_loss
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import SamConfig, SamHQModel, SamModel
 
+from sam_medft.adapters.methods import apply_method
 from sam_medft.config import LossConfig, PeftSettings
 from sam_medft.models.fast_attention import (
     disable_fast_attention,
@@ -18,8 +19,7 @@ from sam_medft.models.fast_attention import (
 )
 from sam_medft.models.forward import automatic_forward
 from sam_medft.models.registry import TINY_CONFIG, architecture_config, build_tiny, sam_hq_config
-from sam_medft.adapters.methods import apply_method
-from sam_medft.train.losses import iou_head_loss, segmentation_loss
+from sam_medft.tasks.losses import iou_head_loss, segmentation_loss
 
 
 def _random_rel_pos(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:

@@ -32,7 +32,7 @@ def test_mixed_object_counts_in_one_batch_train(tmp_path):
     from sam_medft.data.dataset import ModelFrameSpec, SamSegmentationDataset, collate
     from sam_medft.data.sources import build_splits
     from sam_medft.models.registry import build_tiny
-    from sam_medft.train.prompted import prompt_loss, prompt_settings, prompted_forward
+    from sam_medft.tasks.prompted import prompt_loss, prompt_settings, prompted_forward
 
     r = load_recipe("recipes/demo.yaml", [*SMALL, "prompt.mode=box", "augment.enabled=false"])
     label_map = check_dataset(r.data).label_map
@@ -65,7 +65,8 @@ def test_box_training_improves_box_dice(tmp_path):
     from sam_medft.data.sources import build_splits
     from sam_medft.data.transforms import SamGeometry
     from sam_medft.models.registry import build_tiny
-    from sam_medft.train.prompted import prompt_settings
+    from sam_medft.tasks import task_for
+    from sam_medft.tasks.prompted import prompt_settings
     from sam_medft.train.validate import validate
 
     r = load_recipe("recipes/demo.yaml", [*SMALL, f"output_dir={tmp_path}", "name=box",
@@ -76,6 +77,6 @@ def test_box_training_improves_box_dice(tmp_path):
     val = SamSegmentationDataset(build_splits(r.data)["val"], spec, None, seed=r.train.seed,
                                  prompts=prompt_settings(r.prompt))
     before = validate(build_tiny(3), DataLoader(val, batch_size=4, collate_fn=collate),
-                      Accelerator(cpu=True), frozen_encoder=False, prompt=r.prompt)["dice"]
+                      Accelerator(cpu=True), task=task_for(r.prompt), frozen_encoder=False)["dice"]
     after = train(r).best_dice
     assert after > before + 0.1, (before, after)

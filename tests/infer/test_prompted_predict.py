@@ -78,7 +78,7 @@ def test_box_geometry_matches_transformers_processor(box_run, case):
 
     from sam_medft.data.prompts import prompt_sets_from_entries
     from sam_medft.infer.prompted import decode, embed_image
-    from sam_medft.train.prompted import select_masks
+    from sam_medft.tasks.prompted import select_masks
 
     folder, ref, boxes = case
     predictor = sam_medft.load(box_run, device="cpu")
@@ -226,7 +226,7 @@ def test_decode_equals_a_plain_forward(family):
     from sam_medft.infer.prompted import decode, embed_image
     from sam_medft.models.artifact import AdapterMeta
     from sam_medft.models.registry import TINY_CONFIG
-    from sam_medft.train.prompted import select_masks
+    from sam_medft.tasks.prompted import select_masks
 
     torch.manual_seed(0)
     if family == "sam_hq":  # its HQ head reads the 64-wide tiny encoder features

@@ -1,9 +1,10 @@
-"""Prompt-based training (points, boxes, hybrid): one binary mask per prompt.
+"""Prompt modes (points, boxes, hybrid): one binary mask per prompt.
 
 Every object of every class gets its own prompt set on the `point_batch` axis, so one image
 trains several objects at once and never merges them. With multimask output the loss takes
 the best of SAM's 3 masks per prompt (as SAM was trained), and the IoU head learns the real
-IoU of every mask, which also keeps it in the graph for DDP.
+IoU of every mask, which also keeps it in the graph for DDP. At inference the mask with the
+highest predicted IoU is kept.
 """
 
 from __future__ import annotations
@@ -14,7 +15,53 @@ import torch.nn.functional as F
 from sam_medft.config import LossConfig, PromptConfig
 from sam_medft.data.prompts import PROMPT_KEYS, PromptSettings
 from sam_medft.data.transforms import IGNORE_INDEX
+from sam_medft.errors import SamMedftError
 from sam_medft.models.forward import embedding_kwargs, image_embeddings
+from sam_medft.tasks.base import Outputs, Task, dice_from_counts
+
+#: SAM's multimask outputs: prompt modes keep the 3 pretrained mask tokens
+PROMPT_MASK_OUTPUTS = 3
+
+
+class PromptedTask(Task):
+    prompted = True
+
+    def mask_outputs(self, num_classes: int) -> int:
+        return PROMPT_MASK_OUTPUTS
+
+    def forward(self, model, batch, *, frozen_encoder, embeddings=None) -> Outputs:
+        logits, iou = prompted_forward(model, batch, multimask=self.prompt.multimask,
+                                       frozen_encoder=frozen_encoder)
+        return Outputs(logits, iou)
+
+    def loss(self, outputs: Outputs, batch: dict) -> torch.Tensor:
+        return prompt_loss(outputs.logits, outputs.iou, batch["targets"], batch["prompt_valid"],
+                           self.loss_cfg)["loss"]
+
+    def score(self, outputs: Outputs, batch: dict) -> torch.Tensor:
+        counts = prompt_counts(outputs.logits, outputs.iou, batch["targets"], batch["prompt_valid"])
+        # one row per image: pad prompts so gather_for_metrics sees the batch dimension
+        return _per_image(counts, batch["prompt_valid"], self.prompt.max_objects_per_image)
+
+    def summarize(self, counts: torch.Tensor) -> dict:
+        rows = counts.flatten(0, 1)
+        rows = rows[rows[:, 0] >= 0]  # drop padding rows
+        return dice_from_counts(rows[:, None]) | {"n_images": int(counts.shape[0])}
+
+    def prompt_settings(self, *, jitter: bool = True) -> PromptSettings:
+        return prompt_settings(self.prompt, jitter=jitter)
+
+    def plan_notes(self) -> list[str]:
+        return ["prompt mode: traced without prompts (the decoder part grows with objects per "
+                "image; the encoder dominates)"]
+
+    def check_prediction(self, has_prompts: bool) -> None:
+        if not has_prompts:
+            raise SamMedftError(
+                f"this model was fine-tuned with prompt.mode={self.mode}: it segments one "
+                "object per prompt and has no class outputs; pass prompts "
+                "(predict(image, prompts=[{'label': 1, 'box': [x0, y0, x1, y1]}]) or "
+                "`sam-medft predict --prompts prompts.json` / --box / --point)")
 
 
 def prompt_settings(cfg: PromptConfig, *, jitter: bool = True) -> PromptSettings:
@@ -87,3 +134,10 @@ def prompt_counts(logits: torch.Tensor, iou_pred: torch.Tensor, targets: torch.T
     counts = torch.stack([(p & t).flatten(2).sum(-1), (p & ~t).flatten(2).sum(-1),
                           (~p & t).flatten(2).sum(-1)], dim=-1)
     return counts[valid]
+
+
+def _per_image(counts: torch.Tensor, valid: torch.Tensor, width: int) -> torch.Tensor:
+    """(N_valid,3) -> (B, width, 3) with -1 rows for padded prompts (same shape on every rank)."""
+    out = torch.full((valid.shape[0], width, 3), -1, dtype=counts.dtype, device=counts.device)
+    out[:, : valid.shape[1]][valid] = counts
+    return out
