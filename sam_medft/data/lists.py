@@ -2,9 +2,15 @@
 
 The study's lists are `image_rel_path,mask_rel_path` per line, no header, joined onto
 `img_folder`/`mask_folder`; its own demo lists write mask paths with a leading `/`, which
-its loader stripped. We accept that (with one warning), tabs as well as commas, an optional
-header row and comments, and report every missing file at once instead of failing on the
-first one in the middle of an epoch.
+its loader stripped. We accept that (with one warning), tabs as well as commas, comments,
+and report every missing file at once instead of failing on the first one in the middle of
+an epoch.
+
+Columns: a list without a header has exactly two (image, mask). A third column used to be
+dropped silently (a stray comma in a path, or a spacing column the user expected to be
+read), so more columns are an error unless a header row names them: the header picks the
+image and mask columns by name (`image`/`mask` and the aliases below, in any order) and
+every other named column (`case_id`, `spacing`, ...) is allowed and ignored.
 """
 
 from __future__ import annotations
@@ -21,6 +27,31 @@ from sam_medft.errors import SamMedftError
 
 _COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_ \-]*$")  # no dot, no slash: not a path
 _SHOW = 5  # how many offending lines/files an error lists
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # what editors count as lines (not str.splitlines)
+
+# header names (lower case, spaces/hyphens as underscores) that mark the two path columns
+IMAGE_COLUMNS = (
+    "image",
+    "image_path",
+    "img",
+    "img_path",
+    "image_file",
+    "file_name",
+    "image_rel_path",
+    "img_rel_path",
+)
+MASK_COLUMNS = (
+    "mask",
+    "mask_path",
+    "label",
+    "label_path",
+    "mask_file",
+    "mask_file_name",
+    "mask_rel_path",
+    "seg",
+    "segmentation",
+    "gt",
+)
 
 
 @dataclass(frozen=True)
@@ -43,32 +74,44 @@ def read_pair_list(
     (default: the list's own folder). `must_exist=False` skips the existence check (the
     dataset checker reports missing files itself)."""
     list_path = Path(list_path)
-    if not list_path.is_file():
+    if not _is_file(list_path):
         raise SamMedftError(
             f"pair list {list_path} not found; check data.train_list/val_list/test_list"
         )
     img_root = Path(img_folder) if img_folder is not None else list_path.parent
     mask_root = Path(mask_folder) if mask_folder is not None else list_path.parent
 
-    rows = _rows(list_path)
+    rows, delimiter = _rows(list_path)
+    columns = (0, 1)
+    width = None  # the most fields a row may have: the header's column count, else 2
     if rows and _is_header(rows[0][1], img_root, mask_root):
+        lineno, header = rows[0]
+        columns, width = _header_columns(list_path, lineno, header, delimiter), len(header)
         rows = rows[1:]
     if not rows:
         raise SamMedftError(
             f"pair list {list_path} has no image/mask rows; add lines like "
             "`images/case1.png,masks/case1.png`"
         )
+    _check_widths(list_path, rows, width, delimiter)
     stripped = 0
     pairs: list[Pair] = []
     missing: list[str] = []
     for lineno, fields in rows:
-        img, s1 = _resolve(fields[0], img_root)
-        mask, s2 = _resolve(fields[1], mask_root)
+        texts = [fields[c] if c < len(fields) else "" for c in columns]
+        for kind, text in zip(("image", "mask"), texts, strict=True):
+            if not text:
+                raise SamMedftError(
+                    f"{list_path} line {lineno}: the {kind} path is empty; give both paths "
+                    f"(`image_path{delimiter}mask_path`) or delete the line"
+                )
+        img, s1 = _resolve(texts[0], img_root)
+        mask, s2 = _resolve(texts[1], mask_root)
         stripped += s1 + s2
         pairs.append(Pair(img, mask))
         if must_exist:
             for kind, p in (("image", img), ("mask", mask)):
-                if not p.is_file():
+                if not _is_file(p):
                     missing.append(f"line {lineno}: {kind} {p}")
     if stripped:
         warnings.warn(
@@ -88,38 +131,134 @@ def read_pair_list(
     return pairs
 
 
-def _rows(list_path: Path) -> list[tuple[int, list[str]]]:
-    """(line number, [image, mask, ...]) for each non-blank, non-comment line."""
+def _rows(list_path: Path) -> tuple[list[tuple[int, list[str]]], str]:
+    """(line number, fields) for each non-blank, non-comment line, and the delimiter (a tab
+    if the first such line has one, else a comma). Fields are stripped; empty fields at the
+    end of a line (a trailing delimiter) are dropped."""
     try:
-        lines = list_path.read_text(encoding="utf-8-sig").splitlines()
+        text = list_path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
-        raise SamMedftError(f"pair list {list_path} is not a UTF-8 text file") from None
+        raise SamMedftError(
+            f"pair list {list_path} is not a UTF-8 text file; save it as UTF-8 CSV"
+        ) from None
+    except OSError as e:
+        raise SamMedftError(f"pair list {list_path} cannot be read ({e.strerror})") from None
+    lines = _LINE_BREAK.split(text)
     numbered = [
-        (i, ln) for i, ln in enumerate(lines, 1) if ln.strip() and not ln.lstrip().startswith("#")
+        (i, ln.lstrip("\ufeff"))  # a BOM mid-file: lists concatenated from Excel exports
+        for i, ln in enumerate(lines, 1)
     ]
+    numbered = [(i, ln) for i, ln in numbered if ln.strip() and not ln.lstrip().startswith("#")]
     if not numbered:
-        return []
+        return [], ","
     delimiter = "\t" if "\t" in numbered[0][1] else ","
     out: list[tuple[int, list[str]]] = []
-    for (lineno, _), fields in zip(
-        numbered, csv.reader([ln for _, ln in numbered], delimiter=delimiter), strict=True
-    ):
-        fields = [f.strip() for f in fields if f.strip()]
+    for lineno, line in numbered:
+        if "\x00" in line:
+            raise SamMedftError(
+                f"{list_path} line {lineno} contains a NUL byte: this is not a text list; "
+                "give a CSV/TSV file of image_path,mask_path lines"
+            )
+        try:
+            (fields,) = csv.reader([line], delimiter=delimiter, strict=True)
+        except csv.Error:
+            raise SamMedftError(
+                f"{list_path} line {lineno}: unbalanced or misplaced quote in {line!r}; quote "
+                'a whole path that contains a comma ("a,b.png") and double a quote inside '
+                'quotes (""), or remove the quotes'
+            ) from None
+        fields = [f.strip() for f in fields]
+        while fields and not fields[-1]:
+            fields.pop()
         if len(fields) < 2:
             sep = "a tab" if delimiter == "\t" else "a comma"
             raise SamMedftError(
                 f"{list_path} line {lineno}: expected `image_path{delimiter}mask_path` "
-                f"(two paths separated by {sep}), got {lines[lineno - 1]!r}"
+                f"(two paths separated by {sep}), got {line!r}"
             )
         out.append((lineno, fields))
-    return out
+    return out, delimiter
 
 
 def _is_header(fields: list[str], img_root: Path, mask_root: Path) -> bool:
     img, mask = fields[0], fields[1]
-    if (img_root / img).exists() or (mask_root / mask).exists():
+    if _exists(img_root / img) or _exists(mask_root / mask):
         return False
     return bool(_COLUMN_NAME.match(img) and _COLUMN_NAME.match(mask))
+
+
+def _column_key(name: str) -> str:
+    return re.sub(r"[\s\-]+", "_", name.strip().lower())
+
+
+def _header_columns(
+    list_path: Path, lineno: int, header: list[str], delimiter: str
+) -> tuple[int, int]:
+    """(image index, mask index) named by a header row. Two columns with other names keep
+    the study's order (image first); with more, the image and mask must be named."""
+    keys = [_column_key(h) for h in header]
+    where = f"{list_path} line {lineno} (the header {delimiter.join(header)!r})"
+    empty = [i + 1 for i, k in enumerate(keys) if not k]
+    if empty:
+        raise SamMedftError(
+            f"{where}: column {empty[0]} has no name; name every column (e.g. "
+            f"`image{delimiter}mask{delimiter}case_id`) or remove the empty one"
+        )
+    dupes = sorted({h for h, k in zip(header, keys, strict=True) if keys.count(k) > 1})
+    if dupes:
+        raise SamMedftError(f"{where}: column name(s) {dupes} appear twice; name each once")
+    found = {}
+    for role, aliases in (("image", IMAGE_COLUMNS), ("mask", MASK_COLUMNS)):
+        hits = [i for i, k in enumerate(keys) if k in aliases]
+        if len(hits) > 1:
+            names = ", ".join(header[i] for i in hits)
+            raise SamMedftError(f"{where}: {names} all name the {role} column; keep one of them")
+        found[role] = hits[0] if hits else None
+    img, mask = found["image"], found["mask"]
+    if len(keys) == 2:
+        if img is None and mask is None:
+            return 0, 1  # any two names: the study's order
+        if img is None:
+            img = 1 - mask
+        if mask is None:
+            mask = 1 - img
+        return img, mask
+    if img is None or mask is None:
+        role = "image" if img is None else "mask"
+        aliases = ", ".join(IMAGE_COLUMNS if img is None else MASK_COLUMNS)
+        raise SamMedftError(
+            f"{where}: with {len(keys)} columns the header must say which one is the {role}; "
+            f"name it one of: {aliases} (other columns, e.g. case_id or spacing, are "
+            "allowed and ignored)"
+        )
+    return img, mask
+
+
+def _check_widths(
+    list_path: Path, rows: list[tuple[int, list[str]]], width: int | None, delimiter: str
+) -> None:
+    """More fields than the header declares (`width`; None: no header, 2) is an error: a
+    stray delimiter or an undeclared column, never silently dropped."""
+    wide = [(lineno, fields) for lineno, fields in rows if len(fields) > (width or 2)]
+    if not wide:
+        return
+    lineno, fields = wide[0]
+    more = f" (and {len(wide) - 1} more line(s))" if len(wide) > 1 else ""
+    sep = "tab" if delimiter == "\t" else "comma"
+    shown = delimiter.join(fields)
+    if width is None:
+        raise SamMedftError(
+            f"{list_path} line {lineno}{more}: {len(fields)} columns ({shown!r}) but a list "
+            f"without a header has two, image_path{delimiter}mask_path. If the extra columns "
+            f"are meant (e.g. case_id, spacing), add a header row naming every column, e.g. "
+            f"`image{delimiter}mask{delimiter}case_id` (other columns are then ignored); if a "
+            f'path contains a {sep}, quote it ("a{delimiter}b.png")'
+        )
+    raise SamMedftError(
+        f"{list_path} line {lineno}{more}: {len(fields)} columns ({shown!r}) but the header "
+        f"names {width}; name the extra column(s) in the header, or remove the stray "
+        f"{sep}(s) (quote a path that contains a {sep})"
+    )
 
 
 def _resolve(text: str, root: Path) -> tuple[Path, int]:
@@ -128,12 +267,28 @@ def _resolve(text: str, root: Path) -> tuple[Path, int]:
     p = Path(text)
     if not p.is_absolute():
         return root / p, 0
-    if p.exists():
+    if _exists(p):
         return p, 0
     rel = root / text.lstrip("/\\")
-    if rel.exists():
+    if _exists(rel):
         return rel, 1
     return p, 0
+
+
+def _exists(p: Path) -> bool:
+    """`Path.exists` that says False (not OSError) for names the OS cannot even look up
+    (too long, NUL bytes): such a path is simply not there."""
+    try:
+        return p.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_file(p: Path) -> bool:
+    try:
+        return p.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 # ---- folder layout ---------------------------------------------------------------------------

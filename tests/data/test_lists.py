@@ -120,3 +120,71 @@ def test_folder_unmatched_files_are_listed(tmp_path):
     with pytest.raises(SamMedftError) as e:
         folder_pairs(ds, 0.2, 0.0, 0)
     assert "orphan.png" in str(e.value) and "stray.png" in str(e.value)
+
+
+# ---- columns: extra ones are an error unless a header names them --------------------------
+
+
+def test_third_column_without_header_is_an_error_naming_line_and_fix(root):
+    (root / "l.csv").write_text(
+        "MRI/images/a.png,MRI/masks/a.png\nMRI/images/b.png,MRI/masks/b.png,0.7\n"
+        "MRI/images/c.png,MRI/masks/c.png,0.7\n"
+    )
+    with pytest.raises(SamMedftError) as e:
+        read_pair_list(root / "l.csv", root, root)
+    msg = str(e.value)
+    assert "l.csv line 2 (and 1 more line(s)): 3 columns" in msg
+    assert "add a header row naming every column" in msg and "image,mask,case_id" in msg
+
+
+def test_a_trailing_delimiter_is_not_a_column(root):
+    (root / "l.csv").write_text("MRI/images/a.png,MRI/masks/a.png,\n")
+    (pair,) = read_pair_list(root / "l.csv", root, root)
+    assert pair.mask == root / "MRI/masks/a.png"
+
+
+def test_header_declares_extra_columns_in_any_order(root):
+    (root / "l.tsv").write_text(
+        "case_id\tMask_Path\tspacing\timage_path\n"
+        "p1\tMRI/masks/a.png\t0.7\tMRI/images/a.png\n"
+        "p2\tMRI/masks/b.png\t\tMRI/images/b.png\n"
+    )
+    pairs = read_pair_list(root / "l.tsv", root, root)
+    assert pairs == [
+        Pair(root / "MRI/images/a.png", root / "MRI/masks/a.png"),
+        Pair(root / "MRI/images/b.png", root / "MRI/masks/b.png"),
+    ]
+    (root / "swapped.csv").write_text("mask,image\nMRI/masks/a.png,MRI/images/a.png\n")
+    (pair,) = read_pair_list(root / "swapped.csv", root, root)
+    assert pair.image.name == "a.png" and pair.image.parent.name == "images"
+
+
+def test_header_errors_name_the_header_and_the_fix(root):
+    (root / "l.csv").write_text("first,second,case_id\nMRI/images/a.png,MRI/masks/a.png,p1\n")
+    with pytest.raises(SamMedftError) as e:
+        read_pair_list(root / "l.csv", root, root)
+    assert "line 1 (the header 'first,second,case_id')" in str(e.value)
+    assert "which one is the image" in str(e.value) and "image_path" in str(e.value)
+    (root / "l.csv").write_text("image,mask\nMRI/images/a.png,MRI/masks/a.png,p1\n")
+    with pytest.raises(SamMedftError, match=r"line 2: 3 columns .* the header names 2"):
+        read_pair_list(root / "l.csv", root, root)
+    (root / "l.csv").write_text("image,img_path,mask\nMRI/images/a.png,x.png,MRI/masks/a.png\n")
+    with pytest.raises(SamMedftError, match="image, img_path all name the image column"):
+        read_pair_list(root / "l.csv", root, root)
+
+
+def test_quotes_nul_and_empty_paths_are_clear_errors(root):
+    (root / "q.csv").write_text('"MRI/images/a.png,MRI/masks/a.png\nMRI/images/b.png,x.png\n')
+    with pytest.raises(SamMedftError, match=r"q\.csv line 1: unbalanced or misplaced quote"):
+        read_pair_list(root / "q.csv", root, root)
+    (root / "quoted.csv").write_text('"MRI/images/a.png","MRI/masks/a.png"\n')
+    assert read_pair_list(root / "quoted.csv", root, root)[0].image.name == "a.png"
+    (root / "nul.csv").write_bytes(b"MRI/images/a.png,MRI/masks/a\x00.png\n")
+    with pytest.raises(SamMedftError, match="NUL byte"):
+        read_pair_list(root / "nul.csv", root, root)
+    (root / "e.csv").write_text(",MRI/masks/a.png\n")
+    with pytest.raises(SamMedftError, match=r"e\.csv line 1: the image path is empty"):
+        read_pair_list(root / "e.csv", root, root)
+    (root / "long.csv").write_text("x" * 300 + ".png,m.png\n")  # name too long for the OS
+    with pytest.raises(SamMedftError, match="do not exist"):
+        read_pair_list(root / "long.csv", root, root)
