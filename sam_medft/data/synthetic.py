@@ -8,16 +8,23 @@ in about a minute. Both organs are brighter than the body: a dark organ (between
 outside and the body) was not learned at all by the tiny SAM in the demo's step budget. The layout (CSV lists with `images/x.png,masks/x.png`, 8-bit label maps with raw
 values 0/128/255) is the study's, so the demo also exercises the label mapping.
 Everything is a pure function of the seed: two runs write byte-identical files.
+
+The user's files are never replaced: the folder must be new or empty, or hold a data set this
+module wrote (its `sam_medft_synth.json` lists the files; `overwrite=True` replaces those).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
+
+from sam_medft.errors import SamMedftError
 
 SYNTHETIC_LABELS: dict[int, str] = {0: "background", 128: "organ_a", 255: "organ_b"}
 SYNTHETIC_VERSION = 2  # bump when the images change (part of the cache key)
@@ -25,6 +32,36 @@ SYNTHETIC_VERSION = 2  # bump when the images change (part of the cache key)
 # layout schedule by global index (deterministic, so every split gets its share)
 _EMPTY = {5}  # i % 10 in _EMPTY: no foreground (about 10%)
 _ONLY_A, _ONLY_B = {2}, {8}  # one class only (about 20%)
+
+
+MANIFEST = "sam_medft_synth.json"  # the files `write_synthetic` wrote in a folder
+MIN_SIZE = 16  # below this the organs (radius 0.12-0.22 x size) are a pixel or two
+MAX_SIZE = 4096  # a typo such as 12800 would need tens of GB before the first file
+_OURS = re.compile(r"(images|masks)/(train|val|test)_\d{3,}\.png|(train|val|test)\.csv|dataset\.json")
+
+
+def check_synthetic_settings(n_train: int, n_val: int, n_test: int, size: int, seed: int) -> None:
+    """One SamMedftError for a count or size the generator cannot honour, before any file."""
+    for name, value, low in (("n_train", n_train, 1), ("n_val", n_val, 0), ("n_test", n_test, 0),
+                             ("seed", seed, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise SamMedftError(
+                f"synthetic data: {name} {value!r} is not allowed; use a whole number >= {low} "
+                f"(`data synth --{name.replace('_', '-')}`, data.synthetic.{name} in a recipe)")
+    if not isinstance(size, int) or isinstance(size, bool) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise SamMedftError(
+            f"synthetic data: size {size!r} is not allowed; use {MIN_SIZE} to {MAX_SIZE} pixels "
+            f"(below {MIN_SIZE} the organs are a pixel or two) (`data synth --size`, "
+            f"data.synthetic.size in a recipe)")
+
+
+def synthetic_files(n_train: int, n_val: int, n_test: int) -> list[str]:
+    """The relative paths `write_synthetic` writes for these counts (the manifest excluded)."""
+    files = []
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        files += [f"{sub}/{split}_{k:03d}.png" for k in range(n) for sub in ("images", "masks")]
+        files.append(f"{split}.csv")
+    return files + ["dataset.json"]
 
 
 def write_synthetic(
@@ -35,11 +72,27 @@ def write_synthetic(
     size: int = 128,
     seed: int = 0,
     non_square: bool = True,
+    *,
+    overwrite: bool = False,
+    notes: list[str] | None = None,
 ) -> dict:
     """Write images/, masks/, train.csv, val.csv, test.csv and dataset.json into `out_dir`;
     returns the dataset.json content. `non_square`: every 4th image is 0.75*size high (and
-    every 8th, counting from the 8th, 0.75*size wide) so aspect-ratio handling gets tested."""
+    every 8th, counting from the 8th, 0.75*size wide) so aspect-ratio handling gets tested.
+
+    The folder must be new or empty. `overwrite=True` replaces only the files an earlier call
+    wrote there (listed in its `sam_medft_synth.json`) and leaves every other file alone (a
+    line about them is appended to `notes`); a foreign file where one of ours would go stops
+    the call before anything is written."""
+    check_synthetic_settings(n_train, n_val, n_test, size, seed)
     out = Path(out_dir)
+    planned = synthetic_files(n_train, n_val, n_test)
+    previous = _prepare_folder(out, planned, overwrite, notes)
+    # the manifest lists every file of ours before the first is written: an interrupted call
+    # leaves a folder that `--overwrite` can still clean up
+    _write_manifest(out, sorted(set(planned) | previous))
+    for rel in sorted(previous - set(planned)):  # a larger earlier set: drop its extra slices
+        (out / rel).unlink(missing_ok=True)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     counts = {"train": n_train, "val": n_val, "test": n_test}
@@ -72,7 +125,65 @@ def write_synthetic(
         "lists": {split: f"{split}.csv" for split in counts},
     }
     (out / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
+    _write_manifest(out, planned)
     return info
+
+
+def _prepare_folder(out: Path, planned: list[str], overwrite: bool,
+                    notes: list[str] | None) -> set[str]:
+    """Check `out` may receive the files; returns the files an earlier call wrote there."""
+    if out.exists() and not out.is_dir():
+        raise SamMedftError(f"{out} is a file: give `data synth` a new or empty folder")
+    entries = sorted(out.iterdir()) if out.is_dir() else []
+    if not entries:
+        return set()
+    previous = _read_manifest(out)
+    if not overwrite:
+        more = f" and {len(entries) - 1} more" if len(entries) > 1 else ""
+        fix = (f", or pass --overwrite to replace the data set an earlier `data synth` wrote "
+               f"there (listed in {MANIFEST}; other files are left alone)" if previous else "")
+        raise SamMedftError(
+            f"{out} is not empty (it holds {entries[0].name}{more}): nothing was written; give "
+            f"`data synth` a new or empty folder{fix}")
+    clashes = [d for d in ("images", "masks") if (out / d).exists() and not (out / d).is_dir()]
+    clashes += [rel for rel in [*planned, MANIFEST] if (out / rel).is_dir()
+                or ((out / rel).exists() and rel not in previous | {MANIFEST})]
+    if clashes:
+        raise SamMedftError(
+            f"{out / clashes[0]} was not written by `data synth` (it is not listed in "
+            f"{out / MANIFEST}), and the data set would replace it: nothing was written; move "
+            f"it away or give `data synth` a new or empty folder")
+    mine = previous | set(planned) | {MANIFEST}
+    foreign = [p for p in sorted(out.rglob("*"))
+               if p.is_file() and p.relative_to(out).as_posix() not in mine]
+    if foreign and notes is not None:
+        notes.append(f"{out} holds {len(foreign)} file(s) `data synth` did not write (e.g. "
+                     f"{foreign[0].relative_to(out).as_posix()}); they were left as they are")
+    return previous
+
+
+def _read_manifest(out: Path) -> set[str]:
+    """Files an earlier call wrote in `out` (only names of the generator's own pattern)."""
+    path = out / MANIFEST
+    if not path.is_file():
+        return set()
+    try:
+        files = json.loads(path.read_text())["files"]
+        return {f for f in files if isinstance(f, str) and _OURS.fullmatch(f)}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SamMedftError(
+            f"{path} cannot be read ({e.__class__.__name__}), so which files `data synth` wrote "
+            f"there is unknown: give `data synth` a new or empty folder") from None
+
+
+def _write_manifest(out: Path, files: list[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    body = {"written_by": "sam-medft data synth",
+            "about": "`sam-medft data synth --overwrite` replaces these files and no others",
+            "files": sorted(files)}
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(body, indent=1) + "\n")
+    os.replace(tmp, out / MANIFEST)
 
 
 def _shape(i: int, size: int, non_square: bool) -> tuple[int, int]:
