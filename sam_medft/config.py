@@ -268,6 +268,23 @@ class Recipe(_Section):
     eval: EvalConfig = EvalConfig()
     hub: HubConfig = HubConfig()
 
+    @field_validator("name", mode="before")
+    @classmethod
+    def _one_folder_name(cls, v: Any) -> Any:
+        """The run is written to output_dir/name and `--overwrite` empties it: a name that is
+        not one plain folder name could reach (and empty) a folder that is not a run."""
+        if v is None:  # `name=` on the command line
+            v = ""
+        if not isinstance(v, str):
+            return v  # the type check names it
+        bad = (v.strip() in ("", ".", "..") or any(c in v for c in "/\\\0")
+               or Path(v).is_absolute())
+        if bad:
+            raise ValueError(f"name {v!r} must be one folder name inside output_dir (not empty, "
+                             f"not '.' or '..', without '/' or '\\'), e.g. name=prostate_lora; "
+                             f"to write elsewhere set output_dir")
+        return v
+
     @property
     def run_dir(self) -> Path:
         return self.output_dir / self.name

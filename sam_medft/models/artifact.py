@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from sam_medft import __version__
 from sam_medft.errors import SamMedftError
+from sam_medft.files import apply_umask_modes, disk_error, make_temp_dir
 from sam_medft.models.loading import load_base_model, resolve_model_name, unwrap
 
 META_FILE = "sam_medft.json"
@@ -62,13 +62,17 @@ class AdapterMeta:
 
 def save_adapter(model: torch.nn.Module, meta: AdapterMeta, out_dir: Path, *,
                  state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write the adapter folder atomically (temp folder, then rename over the old one).
+    """Write the adapter folder atomically (temp folder, then rename over the old one), with
+    the modes the user's umask gives. A full disk or an unwritable folder is one
+    SamMedftError; the temporary folder is removed and the previous adapter stays as it was.
 
     `state_dict`: the model's full state when its parameters are sharded (FSDP2 gathers it)."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    old = out_dir.with_name(out_dir.name + ".old")
+    tmp = None
     try:
+        _finish_interrupted_swap(out_dir, old)
+        tmp = make_temp_dir(out_dir.parent, prefix=f".{out_dir.name}.tmp-")
         if isinstance(model, PeftModel):
             model.save_pretrained(tmp, state_dict=state_dict)
             (tmp / "README.md").unlink(missing_ok=True)  # PEFT's stub card; `push` writes ours
@@ -81,15 +85,36 @@ def save_adapter(model: torch.nn.Module, meta: AdapterMeta, out_dir: Path, *,
             save_file(tensors, str(tmp / VANILLA_FILE))
         (tmp / META_FILE).write_text(meta.to_json())
         _write_processor_config(tmp, meta)
-        old = out_dir.with_name(out_dir.name + ".old")
+        apply_umask_modes(tmp)  # safetensors writes 0600 files
         if out_dir.exists():
             os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
+        try:
+            os.replace(tmp, out_dir)
+        except BaseException:
+            if old.exists() and not out_dir.exists():
+                os.replace(old, out_dir)
+            raise
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        friendly = disk_error(e, tmp or out_dir, f"the adapter {out_dir}") if isinstance(
+            e, OSError) else None
+        if friendly is not None:
+            raise friendly from e
         raise
     return out_dir
+
+
+def _finish_interrupted_swap(out_dir: Path, old: Path) -> None:
+    """A kill between the two renames of a save leaves `adapter.old` (the previous adapter)
+    and maybe no `adapter`: put it back, or drop it when the new one is in place."""
+    if not old.exists():
+        return
+    if out_dir.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(old, out_dir)
 
 
 def load_adapter_model(folder: Path, *, is_trainable: bool = False,

@@ -2,7 +2,8 @@
 
 Order matters for users: the run folder, the data check and the model load all happen
 before the first step, so every mistake a user can make fails in seconds and leaves only
-the log behind. Only the main process writes files (adapter, checkpoints, logs).
+the log behind. Only the main process writes files (adapter, checkpoints, logs), and it
+holds the run folder's lock (`sam_medft.runs`) from the first check to the end of the run.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import contextlib
 import json
 import logging
 import math
-import shutil
 import signal
 import threading
 import time
@@ -22,8 +22,10 @@ import torch
 
 from sam_medft.config import Recipe
 from sam_medft.errors import Interrupted, SamMedftError
+from sam_medft.files import disk_errors, write_text_atomic
+from sam_medft.runs import RunFolder, RunLock
 from sam_medft.tasks import Task, task_for
-from sam_medft.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from sam_medft.train.checkpoint import list_checkpoints, resume_checkpoint, save_checkpoint
 from sam_medft.train.embedding_cache import embedding_cache
 from sam_medft.train.schedules import build_scheduler
 from sam_medft.train.step import optimizer_step
@@ -33,7 +35,8 @@ log = logging.getLogger("sam_medft.train")
 
 
 class TrainingInterrupted(Interrupted):
-    """SIGTERM arrived: the step finished, a checkpoint was written, the run can be resumed."""
+    """SIGTERM or Ctrl-C arrived: the step finished, a checkpoint was written, the run can be
+    resumed (exit status 3)."""
 
 
 @dataclass
@@ -49,24 +52,32 @@ class TrainResult:
 # ---- set-up -----------------------------------------------------------------------------
 
 
-def prepare_run_dir(recipe: Recipe, *, resume: bool, overwrite: bool, is_main: bool) -> Path:
-    run_dir = recipe.run_dir
-    has_content = run_dir.is_dir() and any(p.name != "logs" for p in run_dir.iterdir())
-    if has_content and not (resume or overwrite):
-        raise SamMedftError(f"run folder {run_dir} already exists; pass --resume to continue it, "
-                            f"--overwrite to start again, or change `name`")
-    if resume and not list_checkpoints(run_dir / "checkpoints"):
-        raise SamMedftError(f"--resume: no checkpoint in {run_dir / 'checkpoints'} (train without "
-                            f"--resume to start the run)")
-    if is_main:
-        if overwrite and not resume and run_dir.exists():
-            shutil.rmtree(run_dir)
-        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    return run_dir
+def prepare_run_dir(recipe: Recipe, *, resume: bool, overwrite: bool,
+                    state) -> tuple[RunFolder, RunLock | None]:
+    """The run folder, ready and locked (main process; the lock is None elsewhere). The main
+    process decides and tells the others, so every process stops with the same message."""
+    run = RunFolder.for_recipe(recipe)
+    lock, failure = None, None
+    if state.is_main_process:
+        try:
+            lock = run.open_for_training(resume=resume, overwrite=overwrite)
+        except BaseException as e:
+            failure = e
+    message = None if failure is None else str(failure)
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        message = broadcast_object_list([message])[0]
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise SamMedftError(message)
+    return run, lock
 
 
 def attach_log_file(path: Path) -> logging.Handler:
-    handler = logging.FileHandler(path)
+    with disk_errors(path, "the training log"):
+        handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("sam_medft").addHandler(handler)
     logging.getLogger("sam_medft").setLevel(logging.INFO)
@@ -240,10 +251,11 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     state = init_state()
     is_main = state.is_main_process
     check_launch(recipe)
-    run_dir = prepare_run_dir(recipe, resume=resume, overwrite=overwrite, is_main=is_main)
-    state.wait_for_everyone()
-    handler = attach_log_file(run_dir / "logs" / "train.log") if is_main else None
+    run, lock = prepare_run_dir(recipe, resume=resume, overwrite=overwrite, state=state)
+    handler = None
     try:
+        state.wait_for_everyone()
+        handler = attach_log_file(run.train_log) if is_main else None
         recipe, preset_note = apply_preset(recipe)
         if preset_note:
             log.info("%s", preset_note)
@@ -256,16 +268,19 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
         set_seed(recipe.train.seed)
         model, base_id, normalization = build_model(recipe, label_map)
         enable_speedups(model, recipe)
-        accelerator = build_accelerator(recipe, run_dir, model)
-        return _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
+        accelerator = build_accelerator(recipe, run.root, model)
+        return _run(recipe, run, accelerator, model, base_id, normalization, label_map,
                     splits, resume=resume)
     finally:
         if handler is not None:
             logging.getLogger("sam_medft").removeHandler(handler)
             handler.close()
+        if lock is not None:
+            lock.release()
 
 
-def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map, splits, *, resume):
+def _run(recipe, run: RunFolder, accelerator, model, base_id, normalization, label_map, splits,
+         *, resume):
     from sam_medft.adapters.methods import encoder_is_frozen
     from sam_medft.data.dataset import ModelFrameSpec
     from sam_medft.models.artifact import AdapterMeta
@@ -277,6 +292,7 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
     )
 
     t = recipe.train
+    run_dir = run.root
     geometry = model_geometry(model)
     spec = ModelFrameSpec(geometry, normalization, label_map)
     frozen_encoder = encoder_is_frozen(model)
@@ -316,16 +332,17 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_dice": -1.0, "best_step": 0,
              "bad_evals": 0, "accelerator_step": 0, "history": [],
              "num_processes": accelerator.num_processes, "batch_size": t.batch_size}
-    ckpt_root = run_dir / "checkpoints"
+    ckpt_root = run.checkpoints
     if resume:
-        last = list_checkpoints(ckpt_root)[-1]
-        state.update(load_checkpoint(accelerator, last, model, optimizer, scheduler))
+        last, loaded = resume_checkpoint(accelerator, ckpt_root, model, optimizer, scheduler)
+        state.update(loaded)
         accelerator.step = state["accelerator_step"]
         _check_resume_layout(state, accelerator.num_processes, t.batch_size, last)
         log.info("resumed from %s (step %d)", last, state["step"])
 
     if accelerator.is_main_process:
-        (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+        with disk_errors(run.recipe_file, "the resolved recipe"):
+            write_text_atomic(run.recipe_file, recipe.to_yaml())
     if recipe.train.log_with != "none":
         accelerator.init_trackers("train", config=_flat(recipe.model_dump(mode="json")))
 
@@ -339,7 +356,7 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
     model.train()
     stop = state["step"] >= t.max_steps
     interrupted = None
-    with graceful_sigterm() as sigterm:
+    with graceful_stop() as stop_request:
         while not stop:
             epoch = state["epoch"]
             sampler.set_epoch(epoch)
@@ -385,7 +402,8 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
                 # checkpoints), so the flag costs the step no extra host sync.
                 check = (accelerator.num_processes == 1 or step % log_every == 0
                          or step % t.save_every == 0)
-                interrupted = check and sigterm.agreed(accelerator) and not (last_step or stop)
+                interrupted = (check and stop_request.agreed(accelerator)
+                               and not (last_step or stop))
                 if step % t.save_every == 0 or last_step or stop or interrupted:
                     state["accelerator_step"] = accelerator.step
                     save_checkpoint(accelerator, ckpt_root, step, model, optimizer, scheduler,
@@ -400,12 +418,13 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
     if interrupted:
         accelerator.end_training()
         ckpt = list_checkpoints(ckpt_root)[-1]
-        log.warning("SIGTERM: stopped after step %d; checkpoint %s written", state["step"], ckpt)
+        why = stop_request.signal_name or "a stop request"
+        log.warning("%s: stopped after step %d; checkpoint %s written", why, state["step"], ckpt)
         raise TrainingInterrupted(
-            f"training stopped by SIGTERM after step {state['step']} of {t.max_steps}; checkpoint "
+            f"training stopped by {why} after step {state['step']} of {t.max_steps}; checkpoint "
             f"{ckpt} written. Continue with the same command plus --resume")
     if val_dl is None:
-        _save_adapter(accelerator, model, meta, run_dir / "adapter")
+        _save_adapter(accelerator, model, meta, run.adapter)
         state["best_step"] = state["step"]
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - t0
@@ -416,25 +435,37 @@ def _run(recipe, run_dir, accelerator, model, base_id, normalization, label_map,
         summary = {"best_val_dice": state["best_dice"], "best_step": state["best_step"],
                    "steps": state["step"], "train_seconds": round(seconds, 2),
                    "history": state["history"]}
-        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        with disk_errors(run.summary, "the training summary"):
+            write_text_atomic(run.summary, json.dumps(summary, indent=2))
     accelerator.end_training()
     return TrainResult(run_dir, state["best_dice"], state["best_step"], state["step"], seconds,
                        state["history"])
 
 
-class _SigtermFlag:
-    """Set by the SIGTERM handler; read once per optimizer step."""
+class _StopFlag:
+    """Set by the SIGTERM/SIGINT handler; read once per optimizer step."""
+
+    NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C (SIGINT)"}
 
     def __init__(self) -> None:
         self.received = False
+        self.signal_name: str | None = None
+        self.previous_sigint = None
 
     def __call__(self, signum, frame) -> None:
         self.received = True
+        self.signal_name = self.signal_name or self.NAMES.get(signum, f"signal {signum}")
+        if signum == signal.SIGINT:
+            # the next Ctrl-C gets the handler from before (Python's: KeyboardInterrupt, at once)
+            signal.signal(signal.SIGINT, self.previous_sigint or signal.default_int_handler)
+            log.warning("Ctrl-C: finishing the current step, then writing a checkpoint and "
+                        "stopping; press Ctrl-C again to abort at once (without a checkpoint of "
+                        "this step: --resume then continues from the last one written)")
 
     def agreed(self, accelerator) -> bool:
-        """True on every rank once any rank got SIGTERM (one scalar all-reduce), so all ranks
-        stop after the same step and write the checkpoint together. Called by every rank at
-        the same steps (every step for one process, every log/save step for several)."""
+        """True on every rank once any rank got SIGTERM/SIGINT (one scalar all-reduce), so all
+        ranks stop after the same step and write the checkpoint together. Called by every rank
+        at the same steps (every step for one process, every log/save step for several)."""
         if accelerator.num_processes == 1:
             return self.received
         flag = torch.tensor([1.0 if self.received else 0.0], device=accelerator.device)
@@ -442,18 +473,21 @@ class _SigtermFlag:
 
 
 @contextlib.contextmanager
-def graceful_sigterm():
-    """SIGTERM (a scheduler's pre-emption, `kill`, torchrun forwarding it) finishes the step,
-    writes a checkpoint and raises TrainingInterrupted, instead of dying mid-step."""
-    flag = _SigtermFlag()
+def graceful_stop():
+    """SIGTERM (a scheduler's pre-emption, `kill`, torchrun forwarding it) and the first
+    Ctrl-C finish the step, write a checkpoint and raise TrainingInterrupted, instead of
+    dying mid-step. A second Ctrl-C aborts at once (the handler from before is back)."""
+    flag = _StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
-    previous = signal.signal(signal.SIGTERM, flag)
+    previous_term = signal.signal(signal.SIGTERM, flag)
+    flag.previous_sigint = signal.signal(signal.SIGINT, flag)
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, flag.previous_sigint)
 
 
 def _check_resume_layout(state: dict, num_processes: int, batch_size: int, ckpt: Path) -> None:

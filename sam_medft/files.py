@@ -1,0 +1,129 @@
+"""Writing the user's files safely: normal modes, folders that appear whole, plain disk errors.
+
+Three rules every writer of run folders, adapters, checkpoints and eval outputs follows:
+- modes follow the user's umask (0666/0777 & ~umask), as a shell's `touch`/`mkdir` would:
+  `tempfile.mkdtemp` makes 0700 folders and safetensors writes 0600 files, which would keep
+  a shared lab folder's other users from reading an adapter;
+- a folder is written under a temporary name next to its final place and renamed into place,
+  so a crash leaves the old version or the new one, never half of one;
+- a full disk or a folder the user may not write to is one `SamMedftError` naming the path
+  and the fix, not an OSError traceback from deep inside torch or safetensors.
+
+Standard library only: every layer (models, train, eval) uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from sam_medft.errors import SamMedftError
+
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (/proc), else with the
+    set-and-restore pair (under a lock; a thread creating files in between is not ours)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def apply_umask_modes(root: Path) -> None:
+    """Give `root` and everything under it the modes a plain `open`/`mkdir` would: files
+    0666 & ~umask, folders 0777 & ~umask. Only for trees this package just wrote."""
+    mask = current_umask()
+    root = Path(root)
+    if root.is_file():
+        os.chmod(root, 0o666 & ~mask)
+        return
+    os.chmod(root, 0o777 & ~mask)
+    for folder, dirs, files in os.walk(root):
+        for d in dirs:
+            os.chmod(os.path.join(folder, d), 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(folder, f), 0o666 & ~mask)
+
+
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named folder in `parent` with the umask's mode (unlike mkdtemp's 0700).
+    Its name starts with `prefix`, so a later run can recognise and remove a leftover."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir()  # mode 0o777 & ~umask
+            return path
+        except FileExistsError:
+            continue
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a small text file whole or not at all (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def disk_error(err: OSError, path: Path | str, what: str, after: str = "") -> SamMedftError | None:
+    """The user-facing error for a full disk or an unwritable folder (None for other errors).
+    `after`: what to do once fixed (e.g. "then continue with --resume")."""
+    code = err.errno
+    where = Path(err.filename) if getattr(err, "filename", None) else Path(path)
+    then = f", {after}" if after else ""
+    if code in NO_SPACE:
+        return SamMedftError(
+            f"no space left on the disk of {where} while writing {what}: free space there "
+            f"(or set output_dir to a folder on a bigger disk){then}")
+    if code in NOT_WRITABLE:
+        return SamMedftError(
+            f"cannot write {what} to {where} ({os.strerror(code)}): choose a writable output_dir "
+            f"(or make that folder writable for your user){then}")
+    if code == errno.ENOTDIR:
+        return SamMedftError(
+            f"cannot write {what} to {where}: part of that path is a file, not a folder; choose "
+            f"another output_dir or name{then}")
+    return None
+
+
+@contextlib.contextmanager
+def disk_errors(path: Path | str, what: str, after: str = "") -> Iterator[None]:
+    """Turn a full disk or an unwritable folder inside the block into one SamMedftError."""
+    try:
+        yield
+    except OSError as err:
+        friendly = disk_error(err, path, what, after)
+        if friendly is None:
+            raise
+        raise friendly from err
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a temporary tree this package made, never failing the caller's real error."""
+    shutil.rmtree(path, ignore_errors=True)
