@@ -15,6 +15,7 @@ overlays/*.png and report.html.
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import shutil
@@ -375,6 +376,37 @@ def _spacing_units(spacings: Sequence) -> str:
     return f"mixed: mm for {known} of {len(spacings)} cases, pixels for the rest"
 
 
+@contextmanager
+def _eval_lock(run: str | Path, out_dir: str | Path | None) -> Iterator[None]:
+    """A local run folder's eval outputs have one writer at a time: its lock, as training
+    holds it (an eval into a run that is training, or a second eval, stops with a message)."""
+    from sam_medft.runs import RunFolder
+
+    folder = Path(str(run)).expanduser()
+    root = next((c for c in (folder, folder.parent) if (c / "recipe.yaml").is_file()), None)
+    if not folder.is_dir() or root is None:
+        yield  # a Hub id (./eval/<id>) or a bare adapter folder: not a run folder
+        return
+    target = Path(out_dir).expanduser() if out_dir is not None else root / "eval"
+    if not target.resolve().is_relative_to(root.resolve()):
+        yield
+        return
+    with RunFolder(root).lock("eval"):
+        yield
+
+
+def _one_writer(fn):
+    """`evaluate_run` under the run folder's lock (taken before any model loads)."""
+
+    @functools.wraps(fn)
+    def locked(run, *args, out_dir=None, **kwargs):
+        with _eval_lock(run, out_dir):
+            return fn(run, *args, out_dir=out_dir, **kwargs)
+
+    return locked
+
+
+@_one_writer
 def evaluate_run(
     run: str | Path,
     *,

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -105,6 +106,12 @@ def remove_disk_stores(run_dir: Path) -> None:
         (run_dir / "cache").rmdir()
 
 
+def ignore_ctrl_c(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the training process (a terminal sends it to the whole
+    process group): that process finishes its step and checkpoints with the workers alive."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def build_train_data(recipe: Recipe, splits: dict[str, SampleSource], spec: ModelFrameSpec, *,
                      stores: dict[str, PreprocessedStore], num_processes: int,
                      on_accelerator: bool, prompts=None, train_keys: bool = False,
@@ -124,14 +131,16 @@ def build_train_data(recipe: Recipe, splits: dict[str, SampleSource], spec: Mode
     global_batch = t.batch_size * num_processes
     train_dl = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, collate_fn=collate,
                           num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
-                          drop_last=len(train_ds) > global_batch)
+                          drop_last=len(train_ds) > global_batch,
+                          worker_init_fn=ignore_ctrl_c if workers else None)
     val_dl = None
     if "val" in splits and len(splits["val"]):
         val_ds = SamSegmentationDataset(
             splits["val"], spec, None, seed=t.seed, prompts=prompts, store=stores.get("val"),
             finish_in_loader=not on_accelerator, cache_keys=val_keys)
         val_dl = DataLoader(val_ds, batch_size=t.batch_size, shuffle=False, collate_fn=collate,
-                            num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+                            num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
+                            worker_init_fn=ignore_ctrl_c if workers else None)
     finish = partial(finish_batch, geometry=spec.geometry, normalization=spec.normalization)
     return TrainData(train_ds, sampler, train_dl, val_dl,
                      finish_train=partial(finish, augment=recipe.augment),
