@@ -34,6 +34,7 @@ import torch
 
 from sam_medft.config import LossConfig, PeftSettings
 from sam_medft.errors import SamMedftError
+from sam_medft.precision import resolve_precision
 from sam_medft.tasks import AutomaticTask
 from sam_medft.train.step import optimizer_step
 
@@ -217,7 +218,8 @@ def run_bench(s: BenchSettings) -> BenchResult:
     rss0 = _rss_mib()
     device = torch.device(s.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
-    precision = s.precision if s.precision != "auto" else ("bf16" if cuda else "fp32")
+    used = resolve_precision(s.precision, device.type, what="bench --precision")
+    precision = "fp32" if used == "no" else used
     model = build_bench_model(s.model, s.image_size, s.num_classes, s.seed, device)
     inner_cfg = model.config
     size = inner_cfg.vision_config.image_size

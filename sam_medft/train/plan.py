@@ -27,6 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from sam_medft.config import Recipe
 from sam_medft.errors import SamMedftError
+from sam_medft.precision import DTYPES, resolve_precision
 from sam_medft.tasks import AutomaticTask, task_for
 from sam_medft.train.step import training_loss
 
@@ -267,13 +268,11 @@ def trace_step(
 # ---- the plan of a recipe -----------------------------------------------------------------
 
 
-def resolve_precision(mixed_precision: str) -> str:
-    """`auto` means bf16 on a GPU that has it (the plan is for the training GPU)."""
-    if mixed_precision != "auto":
-        return mixed_precision
-    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        return "no"
-    return "bf16"
+def plan_precision(mixed_precision: str) -> str:
+    """The precision on the training GPU (the plan is for it, not for this machine: a GPU
+    here tells whether it has bf16, none here means a current one that has)."""
+    here = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True
+    return resolve_precision(mixed_precision, "cuda", bf16_supported=here)
 
 
 def model_config(recipe: Recipe):
@@ -323,8 +322,8 @@ def estimate(recipe: Recipe) -> MemoryPlan:
         )
     num_classes, note = recipe_classes(recipe)
     cfg.mask_decoder_config.num_multimask_outputs = num_classes
-    precision = resolve_precision(recipe.train.mixed_precision)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[precision]
+    precision = plan_precision(recipe.train.mixed_precision)
+    dtype = DTYPES[precision]
     with torch.device("meta"):
         model = SamModel(cfg)
         model, info = apply_method(model, recipe.peft)
@@ -471,7 +470,7 @@ __all__ = [
     "estimate",
     "plan_table",
     "trace_step",
-    "resolve_precision",
+    "plan_precision",
     "model_config",
     "gpu_inventory",
 ]
