@@ -5,6 +5,12 @@ label became a CUDA device-side assert). This walks each split once, image heade
 structural check) and full masks, and returns every problem at once: missing and corrupt
 files, image/mask size mismatches, label values the recipe does not map, plus what a user
 wants to know anyway: sizes, pixel types, class frequencies and empty masks.
+
+It also catches data that decodes fine but is wrong, which `data.binary: true` (every
+value > 0 is foreground) would otherwise train on without a word: "masks" that are images
+(swapped list columns, the wrong folder or column), JPEG masks (lossy: label values change
+at every edge), and a validation split without any foreground (every validation Dice is 0
+or undefined, so the "best" adapter would silently stay at the first evaluation).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import numpy as np
 from rich.table import Table
 
 from sam_medft.config import DataConfig
+from sam_medft.data import io
 from sam_medft.data.labels import LabelMap
 from sam_medft.data.lists import read_pair_list
 from sam_medft.data.sources import PairSource, SampleSource, build_splits, default_label_map
@@ -32,7 +39,21 @@ _FIXES = {
     "size mismatch": "masks must have their image's size; check the pairing or resample "
     "the masks with nearest-neighbour",
     "unmapped labels": "add the values to data.labels or set data.binary: true",
+    "lossy (JPEG) mask": "JPEG changes label values at every object edge (with data.binary: "
+    "true each artefact becomes foreground); re-export the masks as PNG from the original "
+    "label maps, or if JPEG is all you have, threshold while converting (e.g. value > 127 -> "
+    "255) and list the PNGs",
+    "mask looks like an image": "these hold smooth intensities (many grey levels varying "
+    "pixel to pixel) where a label map has flat regions of one integer per class; check the "
+    "pairing (lists are image_path,mask_path, image first) and point the list/folder at the "
+    "label maps",
 }
+# An intensity image, not a label map: more distinct values than this, and most neighbouring
+# pixels differ (a label map is flat regions), by steps small against the value range.
+_IMAGE_MIN_VALUES = 16
+_IMAGE_MIN_ROUGH = 0.5
+_IMAGE_MAX_STEP = 1 / 8
+_BINARY_MANY_VALUES = 64  # binary masks with more values than this get a warning
 
 
 @dataclass
@@ -50,6 +71,10 @@ class SplitReport:
     class_pixels: list[int] = field(default_factory=list)
     class_images: list[int] = field(default_factory=list)
     empty: int = 0  # masks without any foreground class
+    # masks reported as lossy or image-like: left out of label inference and the
+    # unmapped-values problem (one problem per file, the one that says what is wrong)
+    flagged: set[str] = field(default_factory=set)
+    many_values: list[str] = field(default_factory=list)  # > 64 values, flat (not image-like)
 
     @property
     def checked(self) -> int:
@@ -117,7 +142,13 @@ def check_dataset(data: DataConfig, progress: bool = False) -> DataReport:
 
     label_map = default_label_map(data)
     if label_map is None:
-        seen = set().union(*(s.value_pixels for s in splits.values())) if splits else set()
+        seen = {
+            v
+            for s in splits.values()
+            for where, values in s.file_values
+            if where not in s.flagged
+            for v in values
+        }
         if seen:
             try:
                 label_map = LabelMap.infer(seen)
@@ -131,23 +162,70 @@ def check_dataset(data: DataConfig, progress: bool = False) -> DataReport:
     for s in splits.values():
         if label_map is not None:
             _classes(s, label_map)
+        src = sources[s.name]
         for kind, files in s.problems.items():
             if files:
                 shown = "; ".join(files[:_SHOW])
                 more = f" (and {len(files) - _SHOW} more)" if len(files) > _SHOW else ""
+                fix = _fix(kind, s, src, data)
                 errors.append(
-                    f"{s.name}: {kind} in {len(files)} file(s): {shown}{more}. Fix: {_FIXES[kind]}"
+                    f"{s.name}: {kind} in {len(files)} file(s): {shown}{more}. Fix: {fix}"
                 )
         if s.empty:
             warns.append(f"{s.name}: {s.empty} of {s.checked} masks have no foreground (empty)")
-        if label_map is not None and s.checked and s.empty == s.checked and s.name == "train":
+        if data.binary and s.many_values:
+            warns.append(
+                f"{s.name}: {len(s.many_values)} mask(s) have more than {_BINARY_MANY_VALUES} "
+                f"distinct values, e.g. {s.many_values[0]}; with data.binary: true all of them "
+                "are one foreground class. If they are classes, map them in data.labels"
+            )
+        all_empty = label_map is not None and s.checked and s.empty == s.checked
+        if all_empty and s.name == "train":
             errors.append(
                 f"train: all {s.checked} masks are empty under the label map {label_map!r}; "
                 "there is nothing to learn (check data.labels and data.mask_folder)"
             )
+        if all_empty and s.name == "val":
+            errors.append(
+                f"val: all {s.checked} validation masks are empty (no foreground) under the label "
+                f"map {label_map!r}: every validation Dice would be 0 or undefined and the best "
+                "adapter would stay the one of the first evaluation. Fix: add labelled slices to "
+                f"the validation split, or train without validation ({_no_val_fix(data)}); the "
+                "adapter of the last step is then saved"
+            )
     if "train" not in splits and not any("train" in e for e in split_errors):
         errors.append("no train split configured (data.train_list / data.folder / data.hf)")
     return DataReport(splits, errors, warns, label_map)
+
+
+def _no_val_fix(data: DataConfig) -> str:
+    """How to switch validation off for this recipe's data source."""
+    return {
+        "lists": "set data.val_list: null",
+        "folder": "set data.val_fraction: 0",
+        "hf": "set data.hf.val_split: null",
+    }.get(data.source, "set data.val_list: null")
+
+
+def _fix(kind: str, rep: SplitReport, src: SampleSource, data: DataConfig) -> str:
+    """The fix for one problem kind: the source's own when it has one (HF columns), else a
+    generic one; a split whose every mask looks like an image names the likely cause."""
+    hint = src.fix_hint(kind)
+    if kind == "mask looks like an image" and len(rep.problems[kind]) == rep.checked:
+        if data.source == "lists":
+            listed = {"train": data.train_list, "val": data.val_list, "test": data.test_list}
+            return (
+                f"every mask of {listed.get(rep.name)} looks like an image (smooth grey levels, "
+                "not flat label regions): are the list's columns swapped? Each line is "
+                "image_path,mask_path (image first); swap them, or name the columns in a "
+                "header row (`mask,image`)"
+            )
+        if hint is None and data.source == "folder":
+            return (
+                f"every file in {data.folder}/masks looks like an image: are images/ and masks/ "
+                "swapped? masks/ must hold the label maps"
+            )
+    return hint or _FIXES[kind]
 
 
 def _sources(data: DataConfig) -> tuple[dict[str, SampleSource], list[str]]:
@@ -188,21 +266,33 @@ def _scan(name: str, src: SampleSource, progress: bool) -> SplitReport:
         if isinstance(src, PairSource):
             pair = src.pairs[i]
             missing = False
-            if not pair.image.is_file():
+            if not _is_file(pair.image):
                 rep.problems["missing image"].append(str(pair.image))
                 missing = True
-            if not pair.mask.is_file():
+            if not _is_file(pair.mask):
                 rep.problems["missing mask"].append(str(pair.mask))
                 missing = True
             if missing:
                 continue
         try:
             header = src.image_header(i)
+        except io.MissingFileError as e:
+            rep.problems["missing image"].append(_first_line(e))
+            header = None
         except SamMedftError as e:
             rep.problems["corrupt image"].append(_first_line(e))
             header = None
+        mask_where = src.mask_path(i) or where
         try:
             mask = src.load_mask(i)
+        except io.MissingFileError as e:
+            rep.problems["missing mask"].append(_first_line(e))
+            continue
+        except io.NotALabelMapError:
+            rep.problems["mask looks like an image"].append(f"{mask_where} (a colour image)")
+            rep.flagged.add(mask_where)
+            rep.file_values.append((mask_where, frozenset()))
+            continue
         except SamMedftError as e:
             rep.problems["corrupt mask"].append(_first_line(e))
             continue
@@ -218,8 +308,41 @@ def _scan(name: str, src: SampleSource, progress: bool) -> SplitReport:
         for v, c in zip(values.tolist(), counts.tolist(), strict=True):
             rep.value_pixels[v] += c
             rep.value_images[v] += 1
-        rep.file_values.append((src.mask_path(i) or where, frozenset(values.tolist())))
+        rep.file_values.append((mask_where, frozenset(values.tolist())))
+        if str(mask_where).lower().endswith(io.LOSSY_MASK_EXTENSIONS):
+            rep.problems["lossy (JPEG) mask"].append(str(mask_where))
+            rep.flagged.add(mask_where)
+            continue
+        looks = image_like(mask, len(values))
+        if looks:
+            rep.problems["mask looks like an image"].append(f"{mask_where} ({looks})")
+            rep.flagged.add(mask_where)
+        elif len(values) > _BINARY_MANY_VALUES:
+            rep.many_values.append(f"{mask_where} ({len(values)} values)")
     return rep
+
+
+def image_like(mask: np.ndarray, n_values: int | None = None) -> str | None:
+    """Why a decoded mask looks like an intensity image rather than a label map, or None.
+
+    A label map is flat regions: neighbouring pixels are mostly equal. An image has many
+    values and most neighbours differ, by steps small against its range (smooth intensities
+    plus noise). Few-valued masks return at once, so label maps cost one `np.unique` (already
+    done by the scan) and nothing more."""
+    if n_values is None:
+        n_values = len(np.unique(mask))
+    if n_values <= _IMAGE_MIN_VALUES or mask.ndim != 2 or min(mask.shape) < 2:
+        return None
+    dx, dy = np.diff(mask, axis=1), np.diff(mask, axis=0)
+    steps = np.abs(np.concatenate([dx[dx != 0], dy[dy != 0]]))
+    rough = steps.size / (dx.size + dy.size)
+    if rough <= _IMAGE_MIN_ROUGH:
+        return None
+    span = int(mask.max()) - int(mask.min())
+    step = float(np.median(steps))
+    if step > _IMAGE_MAX_STEP * span:
+        return None
+    return f"{n_values} values, {rough:.0%} of neighbouring pixels differ"
 
 
 def _classes(rep: SplitReport, label_map: LabelMap) -> None:
@@ -234,6 +357,8 @@ def _classes(rep: SplitReport, label_map: LabelMap) -> None:
         if v in lut:
             rep.class_pixels[lut[v]] += px
     for where, values in rep.file_values:
+        if where in rep.flagged:  # reported as lossy or image-like; not counted as empty
+            continue
         bad = label_map.unmapped(values)
         if bad:
             rep.problems["unmapped labels"].append(f"{where} (values {_values(bad)})")
@@ -242,6 +367,13 @@ def _classes(rep: SplitReport, label_map: LabelMap) -> None:
             rep.class_images[c] += 1
         if not bad and not (present - {0}):
             rep.empty += 1
+
+
+def _is_file(p: Path) -> bool:
+    try:
+        return p.is_file()
+    except (OSError, ValueError):  # a name the OS cannot look up: not there
+        return False
 
 
 def _first_line(e: Exception) -> str:

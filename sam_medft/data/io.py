@@ -21,6 +21,9 @@ from sam_medft.config import IntensityConfig
 from sam_medft.errors import SamMedftError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
+# lossy formats: fine for images, wrong for label maps (they change values at object edges)
+LOSSY_MASK_EXTENSIONS = (".jpg", ".jpeg")
+_MAX_LABEL_COLOURS = 64  # an RGB "mask" with more colours than this is a photo, not a legend
 _UNSUPPORTED = (".nii", ".nii.gz", ".dcm", ".mha", ".mhd", ".nrrd")
 
 # PIL modes whose pixels are 8-bit (used as is); everything else needs explicit scaling.
@@ -44,6 +47,14 @@ _MODE_INFO = {  # mode -> (channels, bit depth description)
 }
 
 Source = str | Path | BinaryIO | bytes
+
+
+class MissingFileError(SamMedftError):
+    """A listed or referenced file is not there (the data check counts these per file)."""
+
+
+class NotALabelMapError(SamMedftError):
+    """A "mask" that is a true-colour image: swapped columns, or the wrong folder/column."""
 
 
 @dataclass(frozen=True)
@@ -88,8 +99,12 @@ def _open_file(src: Source) -> Path | BinaryIO:
     if isinstance(src, str | Path):
         path = Path(src)
         _check_extension(path)
-        if not path.is_file():
-            raise SamMedftError(f"{path}: file not found (check the path and the data folders)")
+        try:
+            found = path.is_file()
+        except (OSError, ValueError):  # a name the OS cannot look up (too long, NUL)
+            found = False
+        if not found:
+            raise MissingFileError(f"{path}: file not found (check the path and the data folders)")
         return path
     return src
 
@@ -116,6 +131,13 @@ def _open_pil(src: Source, name: str | None, load: bool, verify: bool = False) -
         if img is not None:
             img.close()
         raise
+    except Image.DecompressionBombError as e:
+        if img is not None:
+            img.close()
+        raise SamMedftError(
+            f"{where}: {e} Split it into smaller 2-D slices (or raise PIL.Image.MAX_IMAGE_PIXELS "
+            "if you trust the file)"
+        ) from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError) as e:
         if img is not None:
             img.close()
@@ -202,6 +224,8 @@ def array_to_rgb(a: np.ndarray, intensity: IntensityConfig, where: str) -> np.nd
             f"{where}: array of shape {a.shape} is not a 2-D image; use HxW, HxWx1, HxWx3 "
             "or HxWx4 (channels last)"
         )
+    if a.size == 0:
+        raise SamMedftError(f"{where}: image of shape {a.shape} has no pixels")
     if a.dtype == bool:
         a = a.astype(np.uint8) * 255
     if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
@@ -301,12 +325,11 @@ def mask_array(a: np.ndarray, where: str) -> np.ndarray:
         if a.shape[2] == 1 or (a.shape[2] > 1 and (a == a[..., :1]).all()):
             a = a[..., 0]
         else:
-            raise SamMedftError(
-                f"{where}: this mask is a true-colour (RGB) image; save a single-channel label "
-                "map instead (one integer value per class, PNG mode L or P)"
-            )
+            _colour_mask(a, where)
     if a.ndim != 2:
         raise SamMedftError(f"{where}: mask of shape {a.shape} is not a 2-D label map")
+    if a.size == 0:
+        raise SamMedftError(f"{where}: mask of shape {a.shape} has no pixels")
     if np.issubdtype(a.dtype, np.floating):
         if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
             raise SamMedftError(
@@ -316,3 +339,22 @@ def mask_array(a: np.ndarray, where: str) -> np.ndarray:
     elif not (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
         raise SamMedftError(f"{where}: mask dtype {a.dtype} is not an integer label map")
     return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def _colour_mask(a: np.ndarray, where: str) -> None:
+    """Raise for a mask whose channels differ: a colour-coded legend (few colours) needs
+    converting; a photo-like one (many colours) is an image where a mask belongs."""
+    flat = a.reshape(-1, a.shape[2])
+    flat = flat[:: max(1, flat.shape[0] // 65536)]  # a sample is plenty to count colours
+    colours = len(np.unique(flat, axis=0))
+    if colours > _MAX_LABEL_COLOURS:
+        raise NotALabelMapError(
+            f"{where}: this mask is a colour image ({colours}+ colours in {a.shape[2]} "
+            "channels), not a label map: are the image and mask swapped (lists are "
+            "image_path,mask_path, image first)? Masks are single-channel label maps, one "
+            "integer value per class (PNG mode L or P)"
+        )
+    raise SamMedftError(
+        f"{where}: this mask is colour-coded ({colours} colours in {a.shape[2]} channels); save "
+        "a single-channel label map instead (one integer value per class, PNG mode L or P)"
+    )

@@ -75,6 +75,11 @@ class SampleSource(ABC):
         """How to name sample i in a message: its path, else its name."""
         return self.image_path(i) or self.names[i]
 
+    def fix_hint(self, problem: str) -> str | None:
+        """A fix for a data-check problem (`missing mask`, `corrupt mask`, ...) that knows
+        where this source's files come from; None: the checker's generic fix."""
+        return None
+
 
 def _check_same_size(image_hw: tuple[int, int], mask_hw: tuple[int, int], img: str, mask: str):
     if tuple(image_hw) != tuple(mask_hw):
@@ -134,6 +139,45 @@ class PairSource(SampleSource):
         return io.read_mask(self.pairs[i].mask)
 
 
+def _column_kind(feature: Any) -> str:
+    """`image` (an Image feature), `path` (text), `array` (2-D or deeper nested values), or
+    `other` (numbers, flat lists, labels...: never a mask or an image)."""
+    from datasets import Array2D, Array3D, Value
+    from datasets import Image as HFImage
+
+    if isinstance(feature, HFImage):
+        return "image"
+    if isinstance(feature, Value):
+        return "path" if feature.dtype in ("string", "large_string") else "other"
+    if isinstance(feature, Array2D | Array3D):
+        return "array"
+    depth, f = 0, feature
+    while hasattr(f, "feature"):  # List / Sequence / LargeList
+        depth, f = depth + 1, f.feature
+    return "array" if depth >= 2 and isinstance(f, Value) else "other"
+
+
+def _feature_name(feature: Any) -> str:
+    from datasets import Value
+
+    if isinstance(feature, Value):
+        return str(feature.dtype)
+    kind = _column_kind(feature)
+    return {"image": "Image", "array": "array"}.get(kind, type(feature).__name__)
+
+
+def _describe_columns(features: Any) -> str:
+    """`image (Image), label_file (large_string), case_id (int64)` for messages."""
+    return ", ".join(f"{name} ({_feature_name(f)})" for name, f in features.items())
+
+
+def _is_file(p: Path) -> bool:
+    try:
+        return p.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _relative_name(path: Path, root: str | Path | None) -> str:
     if root is not None:
         try:
@@ -179,7 +223,25 @@ class HFSource(SampleSource):
                     f"{label}: no column {col!r} (data.hf.{key}); the columns are: "
                     f"{', '.join(cols)}. Set data.hf.{key} to one of them"
                 )
+        self.columns = _describe_columns(dataset.features)
+        if image_column == mask_column:
+            raise SamMedftError(
+                f"{label}: data.hf.image_column and data.hf.mask_column are both {image_column!r}; "
+                f"set data.hf.mask_column to the column with the masks (columns: {self.columns})"
+            )
+        for key, col in (("image_column", image_column), ("mask_column", mask_column)):
+            kind = _column_kind(dataset.features[col])
+            if kind == "other":
+                role = "image" if key == "image_column" else "mask"
+                raise SamMedftError(
+                    f"{label}: data.hf.{key}={col!r} holds "
+                    f"{_feature_name(dataset.features[col])} values, not {role}s (columns: "
+                    f"{self.columns}). Set data.hf.{key} to the column with the {role}s; in an "
+                    f"imagefolder's metadata.csv the file columns are file_name (the image) and "
+                    f"`<name>_file_name` (e.g. mask_file_name, loaded as column `mask`)"
+                )
         self.image_column, self.mask_column = image_column, mask_column
+        self.root = Path(root) if root is not None else None
         self.spacing_column = spacing_column if spacing_column in cols else None
         self.intensity = intensity or IntensityConfig()
         self.label = label
@@ -192,6 +254,12 @@ class HFSource(SampleSource):
         self.dataset = dataset.select_columns(keep)
         self._paths = self._column_paths(image_column)
         self._mask_paths = self._column_paths(mask_column)
+        for key, col, paths in (
+            ("image_column", image_column, self._paths),
+            ("mask_column", mask_column, self._mask_paths),
+        ):
+            if not self._is_image[col] and paths and isinstance(paths[0], str):
+                self._check_path_column(key, col, paths[0])
         if all(self._paths):
             names = [_relative_name(Path(p), root) for p in self._paths]
         else:
@@ -214,6 +282,51 @@ class HFSource(SampleSource):
             out.extend(pc.struct_field(batch.column(col), "path").to_pylist())
         return out
 
+    def _resolve(self, path: str) -> str:
+        """A path from a text column: as written, else under the dataset's folder (where an
+        imagefolder's metadata.csv sits)."""
+        if self.root is not None and not Path(path).is_absolute():
+            under = self.root / path
+            if _is_file(under) or not _is_file(Path(path)):
+                return str(under)
+        return path
+
+    def _check_path_column(self, key: str, col: str, first: str) -> None:
+        """A text column must hold file paths; if its first value is no file, the column is
+        most likely the wrong one (or an imagefolder column datasets did not load)."""
+        if _is_file(Path(self._resolve(first))):
+            return
+        where = f"{self.root} and the current folder" if self.root else "the current folder"
+        raise SamMedftError(
+            f"{self.label}: data.hf.{key}={col!r} is a text column whose first value {first!r} "
+            f"is not a file (looked in {where}); the columns are: {self.columns}. If the masks "
+            f"are listed in an imagefolder's metadata.csv, name that column `<name>_file_name` "
+            f"(e.g. mask_file_name, which datasets loads as images in the column `mask`) and "
+            f"set data.hf.{key} to `<name>`"
+        )
+
+    def fix_hint(self, problem: str) -> str | None:
+        role = "mask" if "mask" in problem else "image"
+        key = f"data.hf.{role}_column"
+        col = self.mask_column if role == "mask" else self.image_column
+        if problem.startswith("missing"):
+            return (
+                f"these paths come from the column {key}={col!r}; check that it names the "
+                f"{role}s (columns: {self.columns}) and that the files exist"
+            )
+        if problem.startswith("corrupt"):
+            return (
+                f"check that {key}={col!r} names the {role}s (columns: {self.columns}); if it "
+                f"does, re-export these files"
+                + (" as single-channel label maps" if role == "mask" else "")
+            )
+        if problem == "mask looks like an image":
+            return (
+                f"{key}={col!r} seems to hold images; set it to the column with the label maps "
+                f"(columns: {self.columns})"
+            )
+        return None
+
     def _read(self, value: Any, col: str, i: int, mask: bool) -> np.ndarray:
         where = f"{self.label}[{i}].{col}"
         if isinstance(value, dict):  # Image(decode=False): {"bytes": ..., "path": ...}
@@ -226,7 +339,8 @@ class HFSource(SampleSource):
                 src = path
             return io.read_mask(src, where) if mask else io.read_image(src, self.intensity, where)
         if isinstance(value, str | Path):
-            return io.read_mask(value) if mask else io.read_image(value, self.intensity)
+            path = self._resolve(str(value))
+            return io.read_mask(path) if mask else io.read_image(path, self.intensity)
         if value is None:
             raise SamMedftError(f"{where}: missing value; remove the row or fill it")
         if hasattr(value, "mode") and hasattr(value, "size"):  # a PIL image
@@ -274,7 +388,7 @@ class HFSource(SampleSource):
             src = value.get("bytes") if value.get("bytes") is not None else value.get("path")
             return io.image_header(src, where, verify=True)
         if isinstance(value, str | Path):
-            return io.image_header(value, verify=True)
+            return io.image_header(self._resolve(str(value)), verify=True)
         a = self._read(value, self.image_column, i, mask=False)
         return io.ImageHeader(a.shape[0], a.shape[1], "array", 3, "float")
 

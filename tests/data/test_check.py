@@ -130,3 +130,177 @@ def test_synthetic_uses_its_own_labels(tmp_path, monkeypatch):
     assert rep.ok, rep.errors
     assert rep.label_map.class_names == ["background", "organ_a", "organ_b"]
     assert rep.splits["train"].empty == 1 and set(rep.splits) == {"train", "val", "test"}
+
+
+# ---- wrong data that decodes fine: caught before any model loads ---------------------------
+
+_SYN = {0: "background", 128: "organ_a", 255: "organ_b"}
+
+
+def _swapped(tmp_path: Path) -> Path:
+    """The synthetic set with every list written mask first: images where masks belong."""
+    from sam_medft.data.synthetic import write_synthetic
+
+    root = tmp_path / "syn"
+    write_synthetic(root, n_train=3, n_val=2, n_test=0, size=32)
+    for split in ("train", "val"):
+        rows = (root / f"{split}.csv").read_text().split()
+        (root / f"{split}.csv").write_text(
+            "".join(",".join(r.split(",")[::-1]) + "\n" for r in rows)
+        )
+    return root
+
+
+@pytest.mark.parametrize("labels", [{"binary": True}, {"labels": _SYN}, {}])
+def test_swapped_list_columns_are_named_as_the_likely_cause(tmp_path, labels):
+    root = _swapped(tmp_path)
+    rep = check_dataset(_cfg(root, **labels))
+    assert not rep.ok  # binary: used to pass as OK (every grey level > 0 is "foreground")
+    assert len(rep.errors) == 2, rep.errors  # one per split, nothing about label values
+    train = rep.errors[0]
+    assert train.startswith("train: mask looks like an image in 3 file(s): ")
+    assert "images/train_000.png (" in train and "of neighbouring pixels differ" in train
+    assert f"every mask of {root / 'train.csv'} looks like an image" in train
+    assert "are the list's columns swapped?" in train and "image_path,mask_path" in train
+    assert "unmapped" not in " ".join(rep.errors) and "say what they mean" not in train
+
+
+def test_some_image_like_masks_get_the_generic_fix(tmp_path):
+    root = _swapped(tmp_path)
+    rows = (root / "train.csv").read_text().split()
+    rows[0] = ",".join(rows[0].split(",")[::-1])  # one pair the right way round
+    (root / "train.csv").write_text("\n".join(rows) + "\n")
+    (root / "val.csv").write_text(rows[0] + "\n")
+    rep = check_dataset(_cfg(root, binary=True))
+    (err,) = rep.errors
+    assert err.startswith("train: mask looks like an image in 2 file(s)")
+    assert "check the pairing (lists are image_path,mask_path" in err
+
+
+def test_colour_image_as_mask_and_colour_coded_mask(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [_pair(tmp_path, "ok", _blob(1))]
+    rows.append(_pair(tmp_path, "photo", _blob(1)))
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+        tmp_path / "masks" / "photo.png"
+    )
+    rows.append(_pair(tmp_path, "legend", _blob(1)))
+    legend = np.zeros((16, 16, 3), np.uint8)
+    legend[4:9, 4:9] = (255, 0, 0)
+    Image.fromarray(legend).save(tmp_path / "masks" / "legend.png")
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "val.csv").write_text(rows[0] + "\n")
+    errs = check_dataset(_cfg(tmp_path, binary=True)).errors
+    assert any(
+        "mask looks like an image in 1 file(s)" in e and "photo.png (a colour image)" in e
+        for e in errs
+    ), errs
+    assert any(
+        "corrupt mask" in e and "legend.png: this mask is colour-coded (2 colours" in e
+        for e in errs
+    ), errs
+
+
+@pytest.mark.parametrize("labels", [{"binary": True}, {"labels": {0: "background", 255: "a"}}])
+def test_jpeg_masks_are_an_error_binary_or_not(tmp_path, labels):
+    rows = [_pair(tmp_path, "ok", _blob(255))]
+    Image.fromarray(_blob(255, (32, 32))).save(tmp_path / "masks" / "j.jpg", quality=90)
+    Image.fromarray(np.full((32, 32), 90, np.uint8)).save(tmp_path / "images" / "j.png")
+    rows.append("images/j.png,masks/j.jpg")
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "val.csv").write_text(rows[0] + "\n")
+    rep = check_dataset(_cfg(tmp_path, **labels))
+    (err,) = rep.errors  # the lossy file only (its odd edge values are not a second error)
+    assert err.startswith("train: lossy (JPEG) mask in 1 file(s): ") and "j.jpg" in err
+    assert "re-export the masks as PNG" in err
+
+
+def test_binary_masks_with_many_flat_values_warn(tmp_path):
+    atlas = np.kron(np.arange(100, dtype=np.uint8).reshape(10, 10), np.ones((4, 4), np.uint8))
+    (tmp_path / "train.csv").write_text(_pair(tmp_path, "atlas", atlas) + "\n")
+    (tmp_path / "val.csv").write_text(_pair(tmp_path, "v", _blob(1)) + "\n")
+    rep = check_dataset(_cfg(tmp_path, binary=True))
+    assert rep.ok, rep.errors  # an atlas merged on purpose is allowed, with a warning
+    assert any(
+        "more than 64 distinct values" in w and "atlas.png (100 values)" in w for w in rep.warnings
+    ), rep.warnings
+
+
+def test_all_empty_validation_split_is_an_error_with_the_fix(tmp_path):
+    (tmp_path / "train.csv").write_text(_pair(tmp_path, "t", _blob(1)) + "\n")
+    (tmp_path / "val.csv").write_text(
+        "\n".join(_pair(tmp_path, f"v{i}", np.zeros((16, 16))) for i in range(2)) + "\n"
+    )
+    rep = check_dataset(_cfg(tmp_path, binary=True))
+    (err,) = rep.errors
+    assert err.startswith("val: all 2 validation masks are empty (no foreground)")
+    assert "add labelled slices to the validation split" in err
+    assert "set data.val_list: null" in err and "last step is then saved" in err
+    # one labelled slice is enough
+    (tmp_path / "val.csv").write_text(_pair(tmp_path, "v9", _blob(1)) + "\n")
+    assert check_dataset(_cfg(tmp_path, binary=True)).ok
+
+    from sam_medft.data.lists import folder_pairs
+
+    folder = tmp_path / "folder"
+    _pair(folder, "t", _blob(1))
+    _pair(folder, "u", np.zeros((16, 16)))
+    seed = next(s for s in range(20) if folder_pairs(folder, 0.5, 0, s)["val"][0].image.stem == "u")
+    data = DataConfig(
+        source="folder", folder=folder, val_fraction=0.5, binary=True, split_seed=seed
+    )
+    (err,) = check_dataset(data).errors
+    assert err.startswith("val: all 1 validation masks are empty") and "data.val_fraction: 0" in err
+
+
+def test_wrong_data_stops_training_and_data_check_before_any_model(tmp_path, monkeypatch, capsys):
+    """The check runs first: a model name that does not exist is never reached."""
+    import sys
+
+    from sam_medft.cli import main
+    from sam_medft.config import load_recipe
+    from sam_medft.train.trainer import train
+
+    root = _swapped(tmp_path)
+    args = [
+        "data.source=lists", f"data.img_folder={root}", f"data.mask_folder={root}",
+        "data.labels=null", "data.binary=true",
+        f"data.train_list={root / 'train.csv'}", f"data.val_list={root / 'val.csv'}",
+        "model.name=/no/such/model", f"output_dir={tmp_path / 'runs'}", "train.log_with=none",
+    ]  # fmt: skip
+    with pytest.raises(SamMedftError) as e:
+        train(load_recipe(None, args))
+    assert "are the list's columns swapped?" in str(e.value)
+    assert not (tmp_path / "runs" / "run" / "adapter").exists()
+    monkeypatch.setattr(sys, "argv", ["sam-medft", "data", "check", "recipes/demo.yaml", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    out = capsys.readouterr()
+    assert exit_.value.code == 2  # a user error, no traceback
+    assert "columns swapped" in " ".join((out.out + out.err).split())
+
+
+def test_the_no_validation_advice_holds_the_last_step_adapter_is_saved(tmp_path):
+    """What the all-empty-validation error advises (data.val_list: null) trains and saves
+    the adapter of the last step."""
+    import json
+
+    from sam_medft.config import load_recipe
+    from sam_medft.data.synthetic import write_synthetic
+    from sam_medft.train.trainer import train
+
+    root = tmp_path / "syn"
+    write_synthetic(root, n_train=4, n_val=0, n_test=0, size=32)
+    recipe = load_recipe(
+        "recipes/demo.yaml",
+        [
+            "data.source=lists", f"data.img_folder={root}", f"data.mask_folder={root}",
+            f"data.train_list={root / 'train.csv'}", "data.val_list=null",
+            f"output_dir={tmp_path / 'runs'}", "train.log_with=none", "train.max_steps=2",
+            "train.batch_size=2", "train.warmup_steps=0", "augment.enabled=false",
+        ],
+    )  # fmt: skip
+    result = train(recipe)
+    assert (result.run_dir / "adapter" / "sam_medft.json").is_file()
+    summary = json.loads((result.run_dir / "train_summary.json").read_text())
+    assert summary["best_step"] == summary["steps"] == 2 and summary["history"] == []

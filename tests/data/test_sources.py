@@ -172,3 +172,83 @@ def test_hf_hub_offline_and_missing_folder_are_clear(hf_cache):
         build_splits(DataConfig(source="hf", hf=HFDataConfig(path="nobody/no-such-dataset")))
     with pytest.raises(SamMedftError, match="not found"):
         build_splits(DataConfig(source="hf", hf=HFDataConfig(path="./no/such/folder")))
+
+
+# ---- the wrong column: named, with the columns there are (never "re-export the masks") -----
+
+
+def _imagefolder_cols(syn: Path, root: Path, mask_col: str) -> Path:
+    """An imagefolder whose metadata.csv names the mask column `mask_col`, plus a case id."""
+    d = root / "train"
+    (d / "masks").mkdir(parents=True)
+    rows = [f"file_name,{mask_col},case_id,site"]
+    for k, p in enumerate(read_pair_list(syn / "train.csv")):
+        shutil.copy(p.image, d / p.image.name)
+        shutil.copy(p.mask, d / "masks" / p.mask.name)
+        rows.append(f"{p.image.name},masks/{p.mask.name},{k},site{k}")
+    (d / "metadata.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _hf(root: Path, **kw) -> DataConfig:
+    return DataConfig(
+        source="hf",
+        binary=True,
+        hf=HFDataConfig(path=str(root), val_split=None, test_split=None, **kw),
+    )
+
+
+def test_hf_mask_column_of_numbers_or_text_or_the_image_is_named(syn, tmp_path, hf_cache):
+    root = _imagefolder_cols(syn, tmp_path / "imf", "mask_file_name")
+    with pytest.raises(SamMedftError) as e:
+        build_splits(_hf(root, mask_column="case_id"))
+    msg = str(e.value)
+    assert "data.hf.mask_column='case_id' holds int64 values, not masks" in msg
+    assert "columns: image (Image), mask (Image), case_id (int64), site (" in msg
+    assert "mask_file_name" in msg and "re-export" not in msg
+    with pytest.raises(SamMedftError) as e:
+        build_splits(_hf(root, mask_column="site"))
+    assert (
+        "data.hf.mask_column='site' is a text column whose first value 'site0' is not a file"
+        in str(e.value)
+    )
+    assert "`<name>_file_name`" in str(e.value) and "case_id (int64)" in str(e.value)
+    with pytest.raises(
+        SamMedftError, match="image_column and data.hf.mask_column are both 'image'"
+    ):
+        build_splits(_hf(root, mask_column="image"))
+
+
+def test_hf_text_path_column_reads_files_next_to_the_metadata(syn, tmp_path, hf_cache):
+    """A mask column not named `*_file_name` is text to datasets; its relative paths are read
+    where the metadata.csv is, so the data check passes instead of failing every file."""
+    from sam_medft.data.check import check_dataset
+
+    root = _imagefolder_cols(syn, tmp_path / "imf", "label_file")
+    rep = check_dataset(_hf(root, mask_column="label_file"))
+    assert rep.ok, rep.errors
+    src = build_splits(_hf(root, mask_column="label_file"))["train"]
+    np.testing.assert_array_equal(
+        src.load(1).raw_mask, build_splits(_lists_cfg(syn))["train"].load(1).raw_mask
+    )
+
+
+def test_hf_missing_files_name_the_column(syn, tmp_path, hf_cache):
+    from sam_medft.data.check import check_dataset
+
+    masks = [p.mask for p in read_pair_list(syn / "train.csv")][:2]
+    ds = datasets.Dataset.from_dict(
+        {
+            "image": [str(p.image) for p in read_pair_list(syn / "train.csv")][:2],
+            "mask_path": [str(masks[0]), str(tmp_path / "gone.png")],
+        },
+        features=datasets.Features(
+            {"image": datasets.Image(), "mask_path": datasets.Value("string")}
+        ),
+    )
+    ds.save_to_disk(str(tmp_path / "saved"))
+    rep = check_dataset(_hf(tmp_path / "saved", mask_column="mask_path"))
+    (err,) = rep.errors
+    assert err.startswith("train: missing mask in 1 file(s)") and "gone.png" in err
+    assert "column data.hf.mask_column='mask_path'" in err and "image (Image)" in err
+    assert "re-export" not in err
