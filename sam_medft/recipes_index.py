@@ -51,9 +51,14 @@ class ParamCount:
 
 
 def list_recipes(root: Path) -> list[RecipeEntry]:
+    """Every recipe under `root` (`sam_medft.resources.recipes_dir()` for the shipped ones)."""
+    root = Path(root)
+    if not root.is_dir():  # an installation without its recipes must not list nothing quietly
+        raise SamMedftError(f"no recipes folder {root}; reinstall sam_medft from a wheel or a "
+                            "source checkout")
     return [
-        RecipeEntry(str(p.relative_to(root).with_suffix("")), p, load_recipe(p))
-        for p in sorted(Path(root).rglob("*.yaml"))
+        RecipeEntry(p.relative_to(root).with_suffix("").as_posix(), p, load_recipe(p))
+        for p in sorted(root.rglob("*.yaml"))
     ]
 
 
@@ -82,7 +87,7 @@ def count_parameters(recipe: Recipe, num_classes: int = 2) -> ParamCount:
 
 
 def recipes_table(entries: list[RecipeEntry]) -> Table:
-    table = Table(title="shipped recipes (sam-medft train recipes/<name>.yaml)")
+    table = Table(title="shipped recipes (sam-medft train <recipe>)")
     for col in ("recipe", "model", "method", "scope", "prompt"):
         table.add_column(col)
     for e in entries:
