@@ -34,16 +34,28 @@ class LabelMap:
             self.class_names = ["background", "foreground"]
             self._raw_to_class: dict[int, int] = {}
             return
-        values = {int(k): str(v) for k, v in values.items()}
+        values = {_raw_value(k): str(v) for k, v in values.items()}
         if 0 not in values:
             raise SamMedftError(
                 "data.labels must map the background value 0 (e.g. `0: background`)"
+            )
+        blank = sorted(k for k, v in values.items() if not v.strip())
+        if blank:
+            raise SamMedftError(
+                f"data.labels gives the value {blank[0]} an empty class name; name every class "
+                f"(e.g. `{blank[0]}: class_{blank[0]}`)"
             )
         ordered = {0: values[0], **{k: v for k, v in values.items() if k != 0}}
         names: list[str] = []
         for name in ordered.values():
             if name not in names:
                 names.append(name)
+        if len(names) < 2:
+            raise SamMedftError(
+                f"data.labels maps every value to the background class {names[0]!r}, so there "
+                "is nothing to segment; map the foreground values to class names (e.g. "
+                "`255: organ`), or set data.binary: true"
+            )
         self.values = ordered
         self.class_names = names
         self._raw_to_class = {k: names.index(v) for k, v in ordered.items()}
@@ -148,10 +160,25 @@ class LabelMap:
 
     @classmethod
     def from_json(cls, data: str | Mapping) -> LabelMap:
-        d = json.loads(data) if isinstance(data, str) else data
-        if d.get("binary"):
+        """Read `to_json`'s text (or dict) back; anything else is one clear error."""
+        try:
+            d = json.loads(data) if isinstance(data, str) else data
+        except json.JSONDecodeError as e:
+            raise SamMedftError(f"saved label map is not valid JSON ({e})") from None
+        if not isinstance(d, Mapping):
+            raise SamMedftError(f"saved label map must be a JSON object, got {d!r}")
+        if d.get("binary") is True:
             return cls(binary=True)
-        return cls({int(k): v for k, v in d["values"].items()})
+        values = d.get("values")
+        if not isinstance(values, Mapping):
+            raise SamMedftError(
+                f"saved label map {dict(d)!r} has neither `binary: true` nor a `values` object "
+                "(raw value -> class name); re-save the adapter with this version of sam_medft"
+            )
+        try:
+            return cls(values)
+        except SamMedftError as e:
+            raise SamMedftError(f"saved label map {dict(values)!r}: {e}") from None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LabelMap) and self.to_dict() == other.to_dict()
@@ -160,6 +187,19 @@ class LabelMap:
         if self.binary:
             return "LabelMap(binary=True)"
         return f"LabelMap({self.values})"
+
+
+def _raw_value(key: object) -> int:
+    """A label-map key as an int mask value (JSON and the Python API may give strings)."""
+    if isinstance(key, bool) or not isinstance(key, int | str | np.integer):
+        raise SamMedftError(f"data.labels key {key!r} is not an integer mask value")
+    try:
+        return int(key)
+    except ValueError:
+        raise SamMedftError(
+            f"data.labels key {key!r} is not an integer mask value (keys are the raw pixel "
+            "values, e.g. `255: organ`)"
+        ) from None
 
 
 def _short(values: list[int], n: int = 10) -> str:

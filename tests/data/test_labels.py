@@ -84,3 +84,18 @@ def test_json_round_trip():
         assert again == lm and again.class_names == lm.class_names
         np.testing.assert_array_equal(again.apply(raw), lm.apply(raw))
     assert '"5": "liver"' in LabelMap({0: "bg", 5: "liver"}).to_json()  # keys as strings
+
+
+def test_nameless_or_background_only_maps_are_errors():
+    with pytest.raises(SamMedftError, match="the value 1 an empty class name"):
+        LabelMap({0: "background", 1: " "})
+    with pytest.raises(SamMedftError, match="every value to the background class 'bg'"):
+        LabelMap({0: "bg", 7: "bg"})
+    with pytest.raises(SamMedftError, match="key 'x' is not an integer mask value"):
+        LabelMap({0: "bg", "x": "a"})
+
+
+def test_saved_label_map_errors_name_the_label_map():
+    for bad in ('{"values": null}', "[1]", '{"values": {"zero": "bg"}}', "{not json"):
+        with pytest.raises(SamMedftError, match="saved label map"):
+            LabelMap.from_json(bad)
