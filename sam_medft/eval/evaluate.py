@@ -35,6 +35,7 @@ from sam_medft.data.sources import PairSource, SampleSource, build_splits
 from sam_medft.errors import SamMedftError
 from sam_medft.eval.metrics import case_metrics
 from sam_medft.eval.summary import compare, summarize, write_per_case_csv, write_summary_json
+from sam_medft.tasks import task_from_meta
 
 EVAL_SEED = 0  # prompt simulation seed when the recipe has no `eval.seed` (always recorded)
 AUTOMATIC = "automatic"
@@ -315,7 +316,7 @@ def baseline_of(predictor) -> Iterator[tuple[Any, str]]:
 
     meta = predictor.meta
     outputs = meta.mask_outputs or meta.num_classes
-    if meta.prompt_mode == "none":
+    if not task_from_meta(meta).prompted:
         note = (
             f"Baseline: the base model {meta.base_model} without the adapter, automatic mode. "
             "SAM has no class outputs of its own: its mask tokens are class-agnostic"
@@ -444,11 +445,10 @@ def evaluate_run(
         if out_dir is not None
         else default_eval_dir(run, adapter, recipe_file, is_local)
     )
-    prompted = meta.prompt_mode != "none"
+    task = task_from_meta(meta, data.recipe.prompt)
     settings, main = None, AUTOMATIC
-    if prompted:
-        prompt_cfg = data.recipe.prompt.model_copy(update={"mode": meta.prompt_mode})
-        main, settings = table_settings(prompt_cfg, clicks)
+    if task.prompted:  # scored per prompt setting (box, points, clicks), not per class map
+        main, settings = table_settings(task.prompt, clicks)
 
     model, meta = load_adapter_model(adapter)
     predictor = FineTunedSam(model, meta, device=device, multimask=trained_multimask(adapter))
@@ -483,8 +483,8 @@ def evaluate_run(
         "scope": meta.scope,
         "prompt_mode": meta.prompt_mode,
         "evaluated": main_label,
-        "prompts": "GT-derived (simulated from the reference mask)" if prompted else "none",
-        "prompt_seed": data.seed if prompted else None,
+        "prompts": "GT-derived (simulated from the reference mask)" if task.prompted else "none",
+        "prompt_seed": data.seed if task.prompted else None,
         "split": data.split,
         "data": data.description,
         "nsd_tolerance": data.recipe.eval.nsd_tolerance,
