@@ -23,6 +23,7 @@ import torch
 from sam_medft.config import Recipe
 from sam_medft.errors import Interrupted, SamMedftError
 from sam_medft.files import disk_errors, write_text_atomic
+from sam_medft.precision import device_type, resolve_precision
 from sam_medft.runs import RunFolder, RunLock
 from sam_medft.tasks import Task, task_for
 from sam_medft.train.checkpoint import list_checkpoints, resume_checkpoint, save_checkpoint
@@ -89,9 +90,7 @@ def build_accelerator(recipe: Recipe, run_dir: Path, model: torch.nn.Module | No
     from accelerate.utils import ProjectConfiguration
 
     t = recipe.train
-    mp = t.mixed_precision
-    if mp == "auto":
-        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    mp = resolve_precision(t.mixed_precision, device_type())
     unused = trains_prompt_encoder(model) if model is not None else (
         recipe.peft.method == "vanilla" and recipe.peft.scope == "encdec")
     log_with = None if t.log_with == "none" else t.log_with
