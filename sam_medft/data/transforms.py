@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sam_medft.errors import SamMedftError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = -100  # label value of padded low-res pixels: excluded from loss and metrics
@@ -24,9 +26,16 @@ Normalization = Literal["sam", "medsam"]
 
 
 def preprocess_shape(height: int, width: int, longest: int) -> tuple[int, int]:
-    """Size after resizing the longest side to `longest` (segment-anything's rounding)."""
+    """Size after resizing the longest side to `longest` (segment-anything's rounding), at
+    least 1 pixel a side: a very thin image (1 x 3000 at 1024) would round to 0 rows there,
+    and nothing can be resized to, or cropped back from, an empty grid."""
+    if height < 1 or width < 1:
+        raise SamMedftError(
+            f"an image of {height}x{width} (HxW) pixels has no pixels to segment; give a 2-D "
+            "image at least 1x1"
+        )
     scale = longest / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 @dataclass(frozen=True)
