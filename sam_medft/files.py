@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -27,6 +28,7 @@ from sam_medft.errors import SamMedftError
 
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+_ERRNO_IN_TEXT = re.compile(r"os error (\d+)|\[Errno (\d+)\]")
 _umask_lock = threading.Lock()
 
 
@@ -91,11 +93,50 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
-def disk_error(err: OSError, path: Path | str, what: str, after: str = "") -> SamMedftError | None:
+def os_error_of(err: BaseException, folder: Path | str) -> OSError | None:
+    """The OSError behind a failed write, also where a library hid it: safetensors raises
+    SafetensorError("... (os error 28)"), torch's zip writer a RuntimeError ("unexpected pos",
+    "file write failed") without the cause; then a small probe write into `folder` asks the
+    filesystem itself whether it is full or read-only (None: it is not the disk)."""
+    if isinstance(err, OSError):
+        return err
+    if not isinstance(err, Exception):
+        return None  # KeyboardInterrupt and friends are not disk errors
+    found = _ERRNO_IN_TEXT.search(str(err))
+    if found:
+        code = int(next(g for g in found.groups() if g))
+        return OSError(code, os.strerror(code), str(folder))
+    if isinstance(err, RuntimeError):
+        return _probe(Path(folder))
+    return None
+
+
+def _probe(folder: Path) -> OSError | None:
+    probe = folder / f".sam_medft_probe-{secrets.token_hex(4)}"
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(b"\0" * 65536)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as e:
+        return e
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return None
+
+
+def disk_error(err: BaseException, path: Path | str, what: str,
+               after: str = "") -> SamMedftError | None:
     """The user-facing error for a full disk or an unwritable folder (None for other errors).
-    `after`: what to do once fixed (e.g. "then continue with --resume")."""
-    code = err.errno
-    where = Path(err.filename) if getattr(err, "filename", None) else Path(path)
+    `path`: what was being written (a folder or a file); `after`: what to do once fixed
+    (e.g. "then continue with --resume")."""
+    path = Path(path)
+    cause = os_error_of(err, path if path.is_dir() else path.parent)
+    if cause is None:
+        return None
+    code = cause.errno
+    where = Path(cause.filename) if getattr(cause, "filename", None) else path
     then = f", {after}" if after else ""
     if code in NO_SPACE:
         return SamMedftError(
@@ -117,7 +158,9 @@ def disk_errors(path: Path | str, what: str, after: str = "") -> Iterator[None]:
     """Turn a full disk or an unwritable folder inside the block into one SamMedftError."""
     try:
         yield
-    except OSError as err:
+    except SamMedftError:
+        raise
+    except Exception as err:
         friendly = disk_error(err, path, what, after)
         if friendly is None:
             raise

@@ -96,10 +96,11 @@ def save_adapter(model: torch.nn.Module, meta: AdapterMeta, out_dir: Path, *,
             raise
         shutil.rmtree(old, ignore_errors=True)
     except BaseException as e:
+        # asked before the clean-up: torch's and safetensors' write errors hide the cause,
+        # and a probe write tells a full disk only while it is still full
+        friendly = disk_error(e, tmp or out_dir.parent, f"the adapter {out_dir}")
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        friendly = disk_error(e, tmp or out_dir, f"the adapter {out_dir}") if isinstance(
-            e, OSError) else None
         if friendly is not None:
             raise friendly from e
         raise

@@ -41,6 +41,8 @@ PREFIX = "checkpoint-"
 _NAME = re.compile(rf"{PREFIX}\d+")
 CORRUPT_PREFIX = "corrupt-"
 # what reading a damaged checkpoint raises (truncated zip/safetensors, bad JSON or pickle)
+# what a failed write raises: OSError, or a library's wrapper of it (files.os_error_of)
+_WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 _READ_ERRORS = (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError,
                 pickle.UnpicklingError, SafetensorError, zipfile.BadZipFile)
 # per-parameter-id (torch) or per-name (torch.distributed.checkpoint, sharded runs)
@@ -93,7 +95,7 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, model: torch.nn.Mod
     final = ckpt_root / f"{PREFIX}{step:08d}"
     tmp = ckpt_root / f".tmp-{PREFIX}{step:08d}"
     main = accelerator.is_main_process
-    failed: OSError | None = None
+    failed: Exception | None = None
     if main:
         for stale in ckpt_root.glob(f".tmp-{PREFIX}*"):  # left by a run killed while saving
             shutil.rmtree(stale, ignore_errors=True)
@@ -108,7 +110,7 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, model: torch.nn.Mod
         rng["cuda"] = torch.cuda.get_rng_state_all()
     try:
         torch.save(rng, tmp / f"rng_{accelerator.process_index}.pt")
-    except OSError as e:
+    except _WRITE_ERRORS as e:
         failed = e
     inner = accelerator.unwrap_model(model)
     tensors = gather_trainable(inner, main)  # collectives under FSDP2: every rank, always
@@ -120,7 +122,7 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, model: torch.nn.Mod
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             (tmp / "trainer_state.json").write_text(json.dumps(dict(state, step=step), indent=2))
             apply_umask_modes(tmp)  # safetensors writes 0600 files
-        except OSError as e:
+        except _WRITE_ERRORS as e:
             failed = e
     _agree_written(accelerator, failed, tmp, final)
     if main:
@@ -138,7 +140,7 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, model: torch.nn.Mod
     return final
 
 
-def _agree_written(accelerator, failed: OSError | None, tmp: Path, final: Path) -> None:
+def _agree_written(accelerator, failed: Exception | None, tmp: Path, final: Path) -> None:
     """Every rank learns whether any rank failed to write (one scalar all-reduce where a
     barrier stood), so all stop together with the main process's message, not a hang."""
     if accelerator.num_processes > 1:
@@ -148,14 +150,15 @@ def _agree_written(accelerator, failed: OSError | None, tmp: Path, final: Path) 
         anyone = failed is not None
     if not anyone:
         return
+    friendly = None if failed is None else disk_error(
+        failed, tmp, f"checkpoint {final.name}",
+        after="then continue with the same command plus --resume (the checkpoints before it "
+              "are unchanged)")  # asked before the clean-up: a probe may need the full disk
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     if failed is None:
         raise SamMedftError(f"checkpoint {final} could not be written by another process; see "
                             f"its message")
-    friendly = disk_error(failed, tmp, f"checkpoint {final.name}",
-                          after="then continue with the same command plus --resume (the "
-                                "checkpoints before it are unchanged)")
     if friendly is None:
         raise failed
     raise friendly from failed
