@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(SAM) train recipes/demo.yaml --overwrite
 	$(SAM) eval runs/demo --baseline
-	$(SAM) data synth runs/demo_data
+	$(SAM) data synth runs/demo_data --overwrite
 	$(SAM) predict runs/demo runs/demo_data/test.csv --out runs/demo/predictions --overwrite
 
 test: setup

@@ -101,20 +101,23 @@ def bench_command(
 
     from sam_medft.bench import BenchSettings, result_table, run_bench
     from sam_medft.config import PeftSettings, load_recipe
-    from sam_medft.console import stdout_console
+    from sam_medft.console import print_renderable
     from sam_medft.errors import SamMedftError
 
     pads = {"auto": None, "on": True, "off": False}
     if pad_value not in pads:
         raise SamMedftError(f"bench --pad-value {pad_value!r}: use auto, on or off")
+    if threads is not None and threads < 1:
+        raise SamMedftError(f"bench --threads {threads} is too small; use 1 or more")
     if threads is not None:
         torch.set_num_threads(threads)
     r = load_recipe(_recipe_path(recipe)) if recipe is not None else None
     t = r.train if r is not None else None
     settings = BenchSettings(
-        model=model or (r.model.name if r is not None else "sam-vit-base"),
+        model=_given(model, r.model.name if r is not None else "sam-vit-base"),
         peft=r.peft if r is not None else PeftSettings(),
-        batch=batch or (t.batch_size if t is not None else 4),
+        # `is None`, not `or`: --batch 0 must reach BenchSettings.check, not become the default
+        batch=_given(batch, t.batch_size if t is not None else 4),
         image_size=image_size,
         steps=steps,
         warmup=warmup,
@@ -129,13 +132,19 @@ def bench_command(
         device=device,
         pad_value=pads[pad_value],
         num_workers=_workers(workers, r),
-        transform_device=transform_device or (t.transform_device if t is not None else "auto"),
+        transform_device=_given(transform_device, t.transform_device if t is not None else "auto"),
     )
     result = run_bench(settings)
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
     else:
-        stdout_console().print(result_table(result))
+        print_renderable(result_table(result))
+
+
+def _given(flag, default):
+    """The flag when given (0 and "" included, so they are checked, not replaced), else the
+    default."""
+    return default if flag is None else flag
 
 
 def _workers(flag: int | None, recipe) -> int:

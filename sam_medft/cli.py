@@ -1,24 +1,50 @@
 """The `sam-medft` command. It parses arguments and calls the library; it builds nothing.
 
-User mistakes (`SamMedftError`) print as one red line and exit with status 2; anything else
-is a bug and keeps its traceback.
+User mistakes (`SamMedftError`) print as one plain-text `error:` line and exit with their
+`exit_code` (2; 3 for a resumable interruption); Ctrl-C outside training prints
+`interrupted` and exits 130; anything else is a bug and keeps its traceback (exit 1).
+Every message goes through `sam_medft.console`, so user paths and values print verbatim.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from sam_medft.bench_cli import bench_command
-from sam_medft.console import stderr_console, stdout_console
+from sam_medft.console import (
+    EXIT_CTRL_C,
+    configure_logging,
+    print_error,
+    print_info,
+    print_interrupted,
+    print_renderable,
+    print_warning,
+    stderr_console,
+    stdout_console,
+)
 from sam_medft.errors import SamMedftError
 from sam_medft.eval.cli import eval_command
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class CtrlC(Exception):
+    """Ctrl-C inside a command, carried to `main` (typer would exit 130 without a word)."""
+
+
+class _Commands(TyperGroup):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise CtrlC() from None
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False,
                   help="Fine-tune Segment Anything models on your own medical segmentation data.")
 data_app = typer.Typer(no_args_is_help=True, help="Make and check data sets.")
 app.add_typer(data_app, name="data")
@@ -49,7 +75,7 @@ def train(
     if dry_run:
         from sam_medft.train.plan import plan_table
 
-        out.print(plan_table(r))
+        print_renderable(plan_table(r), console=out)
         return
     from sam_medft.train.trainer import train as run_training
 
@@ -57,13 +83,14 @@ def train(
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        out.print(f"[bold green]done[/]: {result.steps} steps in {result.seconds:.1f} s; "
-                  f"best validation foreground Dice {result.best_dice:.4f} at step {result.best_step}")
-        out.print(f"adapter: {result.run_dir / 'adapter'}")
+        print_info(("done", "bold green"), f": {result.steps} steps in {result.seconds:.1f} s; "
+                   f"best validation foreground Dice {result.best_dice:.4f} at step "
+                   f"{result.best_step}", console=out)
+        print_info(f"adapter: {result.run_dir / 'adapter'}", console=out)
         if r.hub.push:
             from sam_medft.hub import push_recipe_run
 
-            out.print(f"pushed to {push_recipe_run(result.run_dir, r.hub)}")
+            print_info(f"pushed to {push_recipe_run(result.run_dir, r.hub)}", console=out)
 
 
 @app.command()
@@ -71,12 +98,13 @@ def predict(
     model: Annotated[str, typer.Argument(help="run folder, adapter folder or Hub id")],
     inputs: Annotated[list[Path], typer.Argument(help="image files, folders or .txt/.csv lists")],
     out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("predictions"),
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
     workers: Annotated[int, typer.Option(min=0, help="processes decoding and resizing the "
                                          "next images while the model runs")] = 0,
     probs: Annotated[bool, typer.Option(help="also save per-class probabilities (.npy)")] = False,
     overlays: Annotated[bool, typer.Option(help="also save colour overlays")] = False,
-    overwrite: Annotated[bool, typer.Option(help="replace existing predictions")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace predictions an earlier `predict` "
+                                            "wrote there (never other files)")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
     revision: Annotated[str | None, typer.Option(help="Hub revision")] = None,
     prompts: Annotated[Path | None, typer.Option(help="prompts.json: boxes/points per image")] = None,
@@ -84,20 +112,31 @@ def predict(
     point: Annotated[list[str] | None, typer.Option(help="[LABEL:]x,y (repeatable), single image")] = None,
 ):
     """Label maps (PNG, palette + legend.json) at each image's original size."""
-    from sam_medft.infer.predict import FineTunedSam, predict_paths
+    from sam_medft.infer.predict import (
+        FineTunedSam,
+        check_out_location,
+        check_output_folder,
+        output_files,
+        predict_paths,
+    )
 
     if prompts or box or point:
         from sam_medft.infer.prompted import predict_paths_with_prompts
 
-        # prompts are checked against the images before the model is loaded
+        # --out and the prompts are checked against the images before the model is loaded
+        check_out_location(inputs, out_dir)
         written = predict_paths_with_prompts(model, inputs, out_dir, prompts_file=prompts,
                                              box=box, points=point or [], overwrite=overwrite,
                                              device=device, revision=revision)
     else:
+        # the --out folder is checked before the model loads (a mistake fails in a second)
+        check_output_folder(inputs, output_files(inputs, out_dir, probs=probs, overlays=overlays),
+                            out_dir, overwrite=overwrite, claim=False)
         predictor = FineTunedSam.load(model, device=device, revision=revision)
         written = predict_paths(predictor, inputs, out_dir, batch_size=batch_size, save_probs=probs,
                                 overlays=overlays, overwrite=overwrite, num_workers=workers)
-    out.print(f"wrote {len(written)} label map(s) to {out_dir} (legend: {out_dir / 'legend.json'})")
+    print_info(f"wrote {len(written)} label map(s) to {out_dir} "
+               f"(legend: {out_dir / 'legend.json'})", console=out)
 
 
 @app.command()
@@ -112,7 +151,7 @@ def push(
     from sam_medft.hub import push_run
 
     url = push_run(run_dir, repo_id, private=private, revision=revision, commit_message=message)
-    out.print(f"pushed {run_dir} to {url}")
+    print_info(f"pushed {run_dir} to {url}", console=out)
 
 
 @app.command()
@@ -123,7 +162,7 @@ def recipes(
     from sam_medft.recipes_index import list_recipes, params_table, recipes_table
 
     found = list_recipes(RECIPES_DIR)
-    out.print(params_table(found) if params else recipes_table(found))
+    print_renderable(params_table(found) if params else recipes_table(found), console=out)
 
 
 @app.command()
@@ -140,7 +179,7 @@ def convert(
 
     report = convert_checkpoint(src, out_dir, arch=arch, base_model=base_model,
                                 overwrite=overwrite, normalization=normalization)
-    out.print(str(report), highlight=False)
+    print_info(str(report), console=out)
 
 
 app.command("bench")(bench_command)
@@ -151,15 +190,22 @@ app.command("eval")(eval_command)
 def data_synth(
     out_dir: Annotated[Path, typer.Argument(help="folder to write images/, masks/ and lists")],
     n_train: int = 48, n_val: int = 12, n_test: int = 12, size: int = 128, seed: int = 0,
+    overwrite: Annotated[bool, typer.Option(help="replace the files an earlier `data synth` "
+                                            "wrote in the folder (never other files)")] = False,
 ):
-    """Write the built-in synthetic MRI/CT-like demo data set."""
+    """Write the built-in synthetic MRI/CT-like demo data set (into a new or empty folder)."""
     from sam_medft.data.synthetic import write_synthetic
 
-    info = write_synthetic(out_dir, n_train=n_train, n_val=n_val, n_test=n_test, size=size, seed=seed)
+    notes: list[str] = []
+    info = write_synthetic(out_dir, n_train=n_train, n_val=n_val, n_test=n_test, size=size,
+                           seed=seed, overwrite=overwrite, notes=notes)
+    for note in notes:
+        print_warning(note, console=console)
     counts = info.get("counts", {})
-    out.print(f"wrote {sum(counts.values())} synthetic slices to {out_dir} "
-              f"({', '.join(f'{n} {k}' for k, n in counts.items())}); classes "
-              f"{', '.join(info.get('classes', []))}; lists train.csv, val.csv, test.csv")
+    print_info(f"wrote {sum(counts.values())} synthetic slices to {out_dir} "
+               f"({', '.join(f'{n} {k}' for k, n in counts.items())}); classes "
+               f"{', '.join(info.get('classes', []))}; lists train.csv, val.csv, test.csv",
+               console=out)
 
 
 @data_app.command("check")
@@ -170,11 +216,11 @@ def data_check(recipe: Path, overrides: Overrides = None):
 
     r = load_recipe(_recipe_path(recipe), overrides or [])
     report = check_dataset(r.data)
-    out.print(report.table())
+    print_renderable(report.table(), console=out)
     for w in report.warnings:
-        out.print(f"[yellow]warning[/]: {w}")
+        print_warning(w, console=out)  # stdout, beside the table they explain
     report.raise_for_errors()
-    out.print("[green]data set OK[/]")
+    print_info(("data set OK", "green"), console=out)
 
 
 def _recipe_path(recipe: Path) -> Path:
@@ -189,10 +235,14 @@ def _recipe_path(recipe: Path) -> Path:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("sam_medft").setLevel(logging.INFO)
+    """The `sam-medft` entry point: exit 0, 1 (a bug: traceback), 2 (a user mistake),
+    3 (interrupted, resumable) or 130 (Ctrl-C outside training)."""
     try:
+        configure_logging()
         app()
     except SamMedftError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        print_error(e, console=console)
         sys.exit(e.exit_code)
+    except (CtrlC, KeyboardInterrupt):
+        print_interrupted(console=console)
+        sys.exit(EXIT_CTRL_C)

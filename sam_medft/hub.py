@@ -31,6 +31,7 @@ import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token
 from huggingface_hub import snapshot_download as _snapshot_download
 from huggingface_hub.errors import (
+    GatedRepoError,
     HfHubHTTPError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
@@ -71,7 +72,8 @@ def is_hub_id(s: str) -> bool:
     """True if `s` is a syntactically valid Hub repo id ("name" or "namespace/name").
 
     Syntax only: whether the repo exists is the Hub's answer, whether a folder of that name
-    exists locally is `resolve_run`'s first question.
+    exists locally is `resolve_run`'s first question, and `looks_like_path` says how a string
+    that is neither is read.
     """
     if not isinstance(s, str) or not s:
         return False
@@ -80,6 +82,42 @@ def is_hub_id(s: str) -> bool:
     except HFValidationError:
         return False
     return True
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether a string naming a run or model that is not an existing folder means a local
+    path (then it is reported missing, never looked up on the Hub).
+
+    The rule: only `owner/name` is a Hub id, and only when no local folder `owner/` exists.
+    A path is anything else: a bare `name`; a string starting with `.`, `/`, `~` or `\\` or
+    holding a backslash or a drive (`C:`); two or more `/` (`a/b/c`), a trailing `/` or an
+    empty part; and `runs/typo` when `runs/` is a local folder (a typo inside a local folder
+    is a missing folder, not a missing Hub repo)."""
+    text = str(text)
+    if not text or text[0] in "./~\\" or "\\" in text or (len(text) > 1 and text[1] == ":"):
+        return True
+    for sep in {os.sep, os.altsep} - {None, "/"}:
+        if sep in text:
+            return True
+    parts = text.split("/")
+    if len(parts) != 2 or not all(parts):
+        return True
+    return Path(parts[0]).expanduser().is_dir()
+
+
+def missing_folder_message(kind: str, text: str, fix: str) -> str:
+    """`no such <kind> folder: <text>` with what the parent folder holds and the fix."""
+    parent = Path(text).expanduser().parent
+    why = near = ""
+    parts = str(text).split("/")
+    if len(parts) == 2 and all(parts) and text[0] not in "./~" and Path(parts[0]).is_dir():
+        why = (f" ({parts[0]}/ is a local folder, so {text!r} is read as a path, not a Hub id; "
+               f"for the Hub repo of that name, run the command from another folder)")
+    if str(parent) not in ("", ".") and parent.is_dir():
+        names = sorted(p.name for p in parent.iterdir() if p.is_dir())
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        near = f"; {parent}/ holds: {shown}" if names else f"; {parent}/ holds no folders"
+    return f"no such {kind} folder: {text}{why}{near}. {fix}"
 
 
 def _repo_id_rule(repo_id: str) -> str | None:
@@ -555,7 +593,7 @@ def push_run(
     api = HfApi(endpoint=endpoint, token=token, library_name="sam_medft")
     where = f"pushing {run.run_dir} to {repo_id!r} on {api.endpoint}"
     card = _build_card(run, repo_id, None)
-    with _hub_errors(where, repo_id, api.endpoint, push=True):
+    with hub_errors(where, repo_id, api.endpoint, push=True):
         repo_url = api.create_repo(repo_id, private=True if private else None, exist_ok=True)
         repo_id = repo_url.repo_id or repo_id  # a bare name lands in the token owner's namespace
         if revision and revision != constants.DEFAULT_REVISION:
@@ -597,7 +635,8 @@ def resolve_run(
 ) -> Path:
     """A local run/adapter folder or a Hub id -> the local folder holding sam_medft.json.
 
-    Local folders win over Hub ids of the same spelling. Hub repos are downloaded with
+    Local folders win over Hub ids of the same spelling; a string that `looks_like_path` and
+    does not exist is a missing folder (no Hub request). Hub repos are downloaded with
     `snapshot_download` into the Hub cache (HF_HUB_CACHE, or `cache_dir`), so a second call,
     and a call with HF_HUB_OFFLINE=1, reads the cached copy.
     """
@@ -615,15 +654,18 @@ def resolve_run(
         raise SamMedftError(
             f"{path} is a file: pass a run folder (runs/<name>), its adapter/ folder or a Hub id."
         )
-    if isinstance(path_or_repo_id, Path) or not is_hub_id(text):
-        rule = _repo_id_rule(text) or "a path object is never a Hub id"
+    if isinstance(path_or_repo_id, Path) or looks_like_path(text):
+        raise SamMedftError(missing_folder_message(
+            "run", text, "Check the path: `sam-medft train` writes runs/<name>/ (pass that "
+            "folder or its adapter/ folder); a Hub id is written owner/name."))
+    if not is_hub_id(text):
         raise SamMedftError(
-            f"{text!r} is neither an existing folder nor a Hub repo id ({rule}): check the path, "
-            "or give a Hub id like your-name/model-name."
+            f"{text!r} is neither an existing folder nor a Hub repo id ({_repo_id_rule(text)}): "
+            "check the path, or give a Hub id like your-name/model-name."
         )
     cache = Path(cache_dir).expanduser() if cache_dir else Path(constants.HF_HUB_CACHE)
     where = f"downloading {text!r}"
-    with _hub_errors(where, text, endpoint or constants.ENDPOINT, push=False, cache=cache):
+    with hub_errors(where, text, endpoint or constants.ENDPOINT, push=False, cache=cache):
         folder = Path(
             _snapshot_download(
                 text, revision=revision, token=token, endpoint=endpoint, cache_dir=cache_dir
@@ -641,7 +683,7 @@ def resolve_run(
 
 
 @contextmanager
-def _hub_errors(
+def hub_errors(
     where: str, repo_id: str, endpoint: str, *, push: bool, cache: Path | None = None
 ) -> Iterator[None]:
     """Turn the Hub client's exceptions into one SamMedftError each, with the fix."""
@@ -651,6 +693,12 @@ def _hub_errors(
     except OfflineModeIsEnabled:
         raise SamMedftError(
             f"{where}: HF_HUB_OFFLINE=1 is set: unset it to use the Hub.{tail}"
+        ) from None
+    except GatedRepoError:
+        raise SamMedftError(
+            f"{where}: {repo_id!r} is a gated repo: accept its conditions at "
+            f"{endpoint}/{repo_id} while logged in, then run `hf auth login` or set HF_TOKEN."
+            f"{tail}"
         ) from None
     except RevisionNotFoundError:
         raise SamMedftError(
@@ -662,7 +710,7 @@ def _hub_errors(
             "check the namespace, and that your token may write there"
             if push
             else f"check the spelling (there is no local folder {repo_id!r} either); if the repo "
-            f"is private, {TOKEN_HELP}"
+            f"is private, run `hf auth login` or set HF_TOKEN (a token that may read it)"
         )
         raise SamMedftError(
             f"{where}: repo {repo_id!r} was not found on {endpoint}: {fix}.{tail}"
@@ -687,6 +735,12 @@ def _hub_errors(
         ) from None
     except HfHubHTTPError as e:
         status = _status(e)
+        if status in (401, 403) and not push:
+            raise SamMedftError(
+                f"{where}: the Hub rejected the token (HTTP {status}: {_server_message(e)}); it is "
+                f"invalid or expired. Create a token at {TOKENS_URL}, then run `hf auth login` "
+                f"or set HF_TOKEN (or unset HF_TOKEN for a public repo)."
+            ) from None
         if status in (401, 403):
             raise SamMedftError(
                 f"{where}: the Hub rejected the token (HTTP {status}: {_server_message(e)}); it is "
@@ -738,7 +792,10 @@ __all__ = [
     "check_repo_id",
     "find_adapter_dir",
     "inspect_run",
+    "hub_errors",
     "is_hub_id",
+    "looks_like_path",
+    "missing_folder_message",
     "push_recipe_run",
     "push_run",
     "read_eval_metrics",

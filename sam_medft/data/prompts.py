@@ -413,6 +413,11 @@ def load_prompts_file(
         ) from None
     except UnicodeDecodeError:
         raise SamMedftError(f"{path} is not UTF-8 text; save it as UTF-8 JSON") from None
+    except (ValueError, RecursionError) as e:  # a number of > 4300 digits, absurd nesting
+        raise SamMedftError(
+            f"{path}: not a prompts file ({type(e).__name__}: {str(e)[:80]}); write "
+            '{"image.png": [{"label": 1, "box": [x0, y0, x1, y1]}]}'
+        ) from None
     if not isinstance(data, dict):
         raise SamMedftError(
             f"{path}: the top level must be an object mapping image names to "
@@ -447,7 +452,7 @@ def _check_entry(
             f"{where}: a prompt must be an object like "
             f'{{"label": 1, "box": [x0, y0, x1, y1]}}, got {entry!r}'
         )
-    unknown = sorted(set(entry) - _ENTRY_KEYS)
+    unknown = sorted(set(entry) - _ENTRY_KEYS, key=repr)  # keys of any type (Python API)
     if unknown:
         raise SamMedftError(
             f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(_ENTRY_KEYS)}"
@@ -503,15 +508,18 @@ def _check_label(label: Any, where: str, class_names: Sequence[str] | None) -> i
     )
 
 
+def _finite(v: Any) -> bool:
+    """A JSON number usable as a coordinate (an int too big for a float is not)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
 def _numbers(value: Any, n: int, where: str, what: str, form: str) -> list[float]:
-    ok = (
-        isinstance(value, (list, tuple))
-        and len(value) == n
-        and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for v in value
-        )
-    )
+    ok = isinstance(value, (list, tuple)) and len(value) == n and all(_finite(v) for v in value)
     if not ok:
         raise SamMedftError(f"{where}: {what} {value!r} must be {n} finite numbers {form}")
     return [float(v) for v in value]

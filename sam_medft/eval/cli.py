@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from sam_medft.console import stdout_console
+from sam_medft.console import message, print_info, print_renderable, stdout_console
 
 
 def eval_command(
@@ -40,6 +40,7 @@ def eval_command(
     clicks: Annotated[
         int | None,
         typer.Option(
+            min=0,
             help="prompt runs: corrective clicks after 1 point (default: "
             "prompt.refine_clicks, else 3)"
         ),
@@ -67,16 +68,19 @@ def eval_command(
     )
     table = format_table(result.summary)
     table.title = f"{table.title}: {result.mode}"
-    out.print(table)
+    print_renderable(table, console=out)
     if result.prompt_table is not None:
-        out.print(format_prompt_table(result.prompt_table))
+        print_renderable(format_prompt_table(result.prompt_table), console=out)
     if result.delta is not None:
-        out.print(format_comparison(result.delta, caption=result.baseline_note))
-    out.print(
+        # a Text caption: the note names the base model, printed verbatim
+        caption = message(result.baseline_note) if result.baseline_note else None
+        print_renderable(format_comparison(result.delta, caption=caption), console=out)  # type: ignore[arg-type]
+    print_info(
         f"wrote {result.eval_dir}/: per_case.csv, summary.json"
         + (", prompt_table.json" if result.prompt_table is not None else "")
         + (", baseline/summary.json, delta.json" if result.delta is not None else "")
-        + f", {len(result.overlays)} overlays, report.html"
+        + f", {len(result.overlays)} overlays, report.html",
+        console=out,
     )
 
 

@@ -3,11 +3,17 @@
 `FineTunedSam` is the Python API (`sam_medft.load(run_or_hub_id).predict(image)`);
 `predict_paths` is what `sam-medft predict` runs: batched, bf16 on GPU, a progress bar,
 and output names that mirror the inputs so nothing is overwritten silently.
+
+The user's files are never replaced: `check_output_folder` refuses an --out folder that is,
+or is inside, an input folder or holds an input image, and a file there that this package
+did not write (the folder's `sam_medft_predictions.json` lists the ones it did; --overwrite
+replaces only those). Both before the model loads.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,6 +29,9 @@ from sam_medft.models.artifact import AdapterMeta, find_adapter_folder, load_ada
 from sam_medft.models.forward import automatic_forward
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy"}
+LIST_SUFFIXES = (".txt", ".csv", ".tsv")
+LEGEND = "legend.json"
+MANIFEST = "sam_medft_predictions.json"  # every file `predict` wrote in an --out folder
 
 # a colour per class index (0 = background = black), repeated past 10 classes
 PALETTE = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
@@ -149,7 +158,7 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
             for f in sorted(p.rglob("*")):
                 if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
                     found.append((f, f.relative_to(p)))
-        elif p.is_file() and p.suffix.lower() in (".txt", ".csv", ".tsv"):
+        elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
             for line in p.read_text().splitlines():
                 first = line.replace("\t", ",").split(",")[0].strip()
                 if first and not first.startswith("#"):
@@ -169,15 +178,139 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
 
 
 def output_paths(names: Iterable[Path], out_dir: Path, suffix: str) -> list[Path]:
+    """Output paths mirroring the input names inside `out_dir` (`..` parts of list entries
+    dropped, so nothing lands outside it); two inputs on one output stop the run."""
     paths, seen = [], {}
     for name in names:
-        target = out_dir / name.with_suffix(suffix)
+        inside = Path(*[p for p in Path(name).parts if p not in ("..", ".")] or ["_"])
+        target = Path(out_dir) / inside.with_suffix(suffix)
         if target in seen:
             raise SamMedftError(f"inputs {seen[target]} and {name} would both be written to {target}; "
                                 f"rename one or predict them into different --out folders")
         seen[target] = name
         paths.append(target)
     return paths
+
+
+def output_files(inputs: Sequence[str | Path], out_dir: Path, *, probs: bool = False,
+                 overlays: bool = False) -> list[Path]:
+    """Every file `predict_paths` writes for these inputs (legend and manifest aside)."""
+    targets = output_paths([n for _, n in collect_inputs(inputs)], Path(out_dir), ".png")
+    return _with_extras(targets, probs, overlays)
+
+
+def _with_extras(targets: Sequence[Path], probs: bool, overlays: bool) -> list[Path]:
+    files = list(targets)
+    if probs:
+        files += [t.with_suffix(".probs.npy") for t in targets]
+    if overlays:
+        files += [t.with_suffix(".overlay.png") for t in targets]
+    return files
+
+
+def check_output_folder(inputs: Sequence[str | Path], outputs: Sequence[Path], out_dir: Path, *,
+                        overwrite: bool = False, claim: bool = True) -> None:
+    """Refuse an --out folder that would put the user's files at risk; nothing is written
+    unless every check passes. `outputs`: the files about to be written in it.
+
+    - it is, or is inside, an input folder, or holds an input image or list: refused whatever
+      --overwrite says (that is how a run once replaced the scans with label maps);
+    - a file there with an output's name that `predict` did not write: refused, naming it;
+    - outputs an earlier `predict` wrote: replaced only with `overwrite` (legend.json, the
+      folder's own metadata, is rewritten either way).
+
+    `claim=True` then records `outputs` in the folder's manifest (creating the folder) before
+    any of them is written, so an interrupted run's files are known as ours."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SamMedftError(f"--out {out} is a file: give a folder for the label maps")
+    check_out_location(inputs, out)
+    outputs = list(outputs)
+    if len(set(outputs)) != len(outputs):
+        twice = next(p for p in outputs if outputs.count(p) > 1)
+        raise SamMedftError(
+            f"{twice} would be written twice (an input named like another input's "
+            f".overlay.png/.probs.npy): rename that input or leave --overlays/--probs out")
+    ours = _read_manifest(out)
+    legend = out / LEGEND
+    existing = [p for p in [*outputs, legend] if p.exists() or p.is_symlink()]
+    foreign = [p for p in existing if _rel(p, out) not in ours]
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise SamMedftError(
+            f"{foreign[0]}{more} exists and was not written by `sam-medft predict` (it is not "
+            f"listed in {out / MANIFEST}): nothing was written; move it away, or choose another "
+            f"--out")
+    replaced = [p for p in existing if p != legend]
+    if replaced and not overwrite:
+        raise SamMedftError(
+            f"{len(replaced)} prediction(s) already exist in {out} (e.g. {replaced[0]}), written "
+            f"by an earlier `sam-medft predict`: pass --overwrite to replace them, or choose "
+            f"another --out")
+    if claim:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_manifest(out, ours | {_rel(p, out) for p in [*outputs, legend]})
+
+
+def check_out_location(inputs: Sequence[str | Path], out_dir: Path) -> None:
+    """--out must not be an input folder, lie inside one, or hold an input image or list
+    (refused whatever --overwrite says; the message never suggests it)."""
+    out = Path(out_dir)
+    out_r = out.resolve()
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir() and (out_r == p.resolve() or out_r.is_relative_to(p.resolve())):
+            where = "the input folder" if out_r == p.resolve() else "inside the input folder"
+            raise SamMedftError(
+                f"--out {out} is {where} {p}: the label maps would be written among your images "
+                f"(and read as inputs next time); choose an --out outside it, e.g. --out "
+                f"{_beside(p)}")
+    files = [Path(raw) for raw in inputs if Path(raw).is_file()]
+    files += [f for f, _ in collect_inputs(inputs)]
+    for f in files:
+        if f.resolve().is_relative_to(out_r):
+            raise SamMedftError(
+                f"--out {out} holds the input {f}: the label maps would be written among your "
+                f"images; choose an --out that holds none of the inputs, e.g. --out "
+                f"{_beside(out)}")
+
+
+def _beside(folder: Path) -> Path:
+    """`<folder>_predictions` next to `folder`, as the user would type it."""
+    r = Path(folder).resolve()
+    cand = r.parent / f"{r.name}_predictions"
+    try:
+        return cand.relative_to(Path.cwd())
+    except ValueError:
+        return cand
+
+
+def _rel(path: Path, out: Path) -> str:
+    return Path(os.path.relpath(path, out)).as_posix()
+
+
+def _read_manifest(out: Path) -> set[str]:
+    """The files an earlier `predict` wrote in `out` (relative names; none when it has no
+    manifest)."""
+    path = out / MANIFEST
+    if not (path.exists() or path.is_symlink()):
+        return set()
+    try:
+        files = json.loads(path.read_text())["files"]
+        return {f for f in files if isinstance(f, str) and ".." not in Path(f).parts}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SamMedftError(
+            f"{path} cannot be read ({e.__class__.__name__}), so which files in {out} an earlier "
+            f"`sam-medft predict` wrote is unknown: choose another --out") from None
+
+
+def _write_manifest(out: Path, files: set[str]) -> None:
+    body = {"written_by": "sam-medft predict",
+            "about": "`sam-medft predict --overwrite` replaces these files and no others",
+            "files": sorted(files)}
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(body, indent=1) + "\n")
+    os.replace(tmp, out / MANIFEST)
 
 
 def save_label_png(labels: np.ndarray, path: Path) -> None:
@@ -195,7 +328,7 @@ def write_legend(meta: AdapterMeta, out_dir: Path) -> Path:
     legend = {str(i): {"name": n, "color": list(PALETTE[i % len(PALETTE)]),
                        "raw_value": raw_of.get(n, i if not meta.binary else (0 if i == 0 else None))}
               for i, n in enumerate(meta.class_names)}
-    path = out_dir / "legend.json"
+    path = out_dir / LEGEND
     path.write_text(json.dumps(legend, indent=2))
     return path
 
@@ -239,21 +372,22 @@ def predict_paths(predictor: FineTunedSam, inputs: Sequence[str | Path], out_dir
     from tqdm.auto import tqdm
 
     require_automatic(predictor.meta)
+    if batch_size < 1:
+        raise SamMedftError(f"predict --batch-size {batch_size} is too small; use 1 or more")
+    if num_workers < 0:
+        raise SamMedftError(f"predict --workers {num_workers} is too small; use 0 or more")
     out_dir = Path(out_dir)
     pairs = collect_inputs(inputs)
     targets = output_paths([n for _, n in pairs], out_dir, ".png")
-    existing = [t for t in targets if t.exists()]
-    if existing and not overwrite:
-        raise SamMedftError(f"{len(existing)} prediction(s) already exist in {out_dir} (e.g. "
-                            f"{existing[0]}); pass --overwrite or choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_folder(inputs, _with_extras(targets, save_probs, overlays), out_dir,
+                        overwrite=overwrite)
     write_legend(predictor.meta, out_dir)
     loader = torch.utils.data.DataLoader(
         _PredictInputs([p for p, _ in pairs], predictor), batch_size=batch_size,
         num_workers=num_workers, collate_fn=_collate_inputs,
         pin_memory=predictor.device.type == "cuda")
     bar = tqdm(total=len(pairs), desc="predict", unit="img", disable=not show_progress)
-    with ThreadPoolExecutor(max_workers=2) as writer:
+    with bar, ThreadPoolExecutor(max_workers=2) as writer:  # the bar ends its line on Ctrl-C
         pending = []
         for indices, pixels, originals in loader:
             labels, probs = predictor.labels_from_pixels(pixels, originals, probs=save_probs)
@@ -264,7 +398,6 @@ def predict_paths(predictor: FineTunedSam, inputs: Sequence[str | Path], out_dir
             bar.update(len(indices))
         for job in pending:
             job.result()  # re-raise the first write error, if any
-    bar.close()
     return targets
 
 

@@ -212,7 +212,11 @@ def _split_label(text: str, flag: str) -> tuple[int | str | None, str]:
     label = label.strip()
     if not label:
         raise SamMedftError(f"{flag} {text!r}: nothing before ':'; write LABEL:coordinates")
-    return (int(label) if label.isdigit() else label), rest
+    # a class id is decimal digits (not '²', which isdigit() accepts and int() refuses);
+    # anything else is a class name, checked against the model's classes later
+    if label.isdecimal() and len(label) < 19:
+        return int(label), rest
+    return label, rest
 
 
 def cli_entry(

@@ -4,11 +4,18 @@ Automatic (prompt-free) mode predicts `num_classes` masks (background included) 
 `num_classes` mask tokens. A pretrained checkpoint has 3 multimask tokens; when the count
 differs, the tokens, hypernetwork MLPs and IoU head are re-initialised (transformers'
 `ignore_mismatched_sizes`) and the PEFT builders make them trainable and saved.
+
+`model.name` is a registry name, a local folder or a Hub id `owner/name` (the rule for
+telling a path from a Hub id is `sam_medft.hub.looks_like_path`). A Hub model is asked for
+once before transformers downloads it: the client would retry a missing network or a
+failing Hub for half a minute (5 retries, each warning printed), where one retry a second
+later and one clear message are enough.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,13 +42,26 @@ class BaseModelSpec:
 
 
 def resolve_model_name(name: str, normalization: str | None = None) -> BaseModelSpec:
-    """Registry name, local folder or Hub id -> where to load from. Checks syntax only."""
+    """Registry name, local folder or Hub id -> where to load from. No network: a string that
+    reads as a path (`./x`, `a/b/c`, `runs/typo` when `runs/` exists) must be a folder."""
+    from sam_medft.hub import looks_like_path, missing_folder_message
+
     entry = registry.lookup(name)
     if entry is not None:
         return BaseModelSpec(name, entry.hub_id or "tiny", normalization or entry.normalization,
                              is_tiny=entry.hub_id is None)
     if Path(name).expanduser().is_dir():
         return BaseModelSpec(name, str(Path(name).expanduser()), normalization or _folder_norm(name))
+    if Path(name).expanduser().is_file():
+        raise SamMedftError(
+            f"model.name {name!r} is a file; a model is a transformers folder: convert an "
+            f"original .pth checkpoint with `sam-medft convert {name} OUT_DIR`, then use "
+            f"model.name=OUT_DIR")
+    if "/" in name and looks_like_path(name):
+        names = ", ".join(registry.REGISTRY)
+        raise SamMedftError(missing_folder_message(
+            "model", name, f"Check the path; model.name is a local transformers folder, a "
+            f"registry name ({names}) or a Hub id owner/name."))
     try:
         validate_repo_id(name)
     except HFValidationError:
@@ -60,6 +80,8 @@ def load_base_model(spec: BaseModelSpec, num_classes: int, *, revision: str | No
     """Load the base model with `num_classes` output masks (fresh heads if the count differs)."""
     if spec.is_tiny:
         return registry.build_tiny(num_classes)
+    if not Path(spec.source).is_dir():
+        check_hub_model(spec, revision)
     try:
         config = AutoConfig.from_pretrained(spec.source, revision=revision)
     except (OSError, ValueError) as e:
@@ -84,6 +106,48 @@ def load_base_model(spec: BaseModelSpec, num_classes: int, *, revision: str | No
         log.info("%s: new mask tokens, hypernetwork MLPs and IoU head for %d classes",
                  spec.name, num_classes)
     return model.eval()
+
+
+HUB_RETRY_WAIT_S = 1.0  # one retry, this long after a 5xx or a network error
+
+
+def check_hub_model(spec: BaseModelSpec, revision: str | None = None) -> None:
+    """Ask the Hub for the model's config.json once (one retry a second later for a server or
+    network error), so a missing, private, gated or unreachable model is one message in
+    seconds. Skipped offline; a model already in the Hub cache loads from it when the Hub
+    cannot be reached (transformers does not retry then)."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError
+
+    from sam_medft.hub import _TransportError, _offline, hub_errors
+
+    if _offline():
+        return
+    where = f"loading model {spec.name!r}"
+    url = hf_hub_url(spec.source, "config.json", revision=revision)
+    with hub_errors(where, spec.source, constants.ENDPOINT, push=False):
+        for attempt in (1, 2):
+            try:
+                get_hf_file_metadata(url)
+                return
+            except RemoteEntryNotFoundError:
+                raise SamMedftError(
+                    f"{where}: Hub repo {spec.source!r} has no config.json, so it is not a "
+                    f"transformers model: give a SAM model repo (e.g. facebook/sam-vit-base), or "
+                    f"convert an original .pth checkpoint with `sam-medft convert`") from None
+            except (HfHubHTTPError, *_TransportError) as e:
+                status = getattr(getattr(e, "response", None), "status_code", None)
+                if isinstance(e, HfHubHTTPError) and (status is None or status < 500):
+                    raise  # not found, private, gated, bad revision: no retry helps
+                cached = try_to_load_from_cache(spec.source, "config.json", revision=revision)
+                if isinstance(cached, str):
+                    return  # transformers loads the cached copy without retrying the Hub
+                if attempt == 2:
+                    raise
+                what = (f"the Hub answered {status}" if status is not None else
+                        f"no answer from {constants.ENDPOINT} ({e.__class__.__name__})")
+                log.warning("%s: %s; trying once more in %.0f s", where, what, HUB_RETRY_WAIT_S)
+            time.sleep(HUB_RETRY_WAIT_S)
 
 
 def model_geometry(model: torch.nn.Module):

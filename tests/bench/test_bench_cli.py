@@ -184,3 +184,24 @@ def test_run_bench_reports_the_measured_setting() -> None:
     )
     assert r.images_per_s == pytest.approx(1 * 2 / (r.step_mean_s * 2))
     assert 0 < r.trainable_params < r.total_params
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--batch", "0"), "bench --batch 0 is too small; use 1 or more"),
+        (("--batch", "-2"), "bench --batch -2 is too small"),
+        (("--steps", "0"), "bench --steps 0 is too small"),
+        (("--warmup", "-1"), "bench --warmup -1 is too small; use 0 or more"),
+        (("--classes", "1"), "bench --classes 1 is too small; use 2 or more"),
+        (("--image-size", "0"), "bench --image-size 0: use a multiple of 16"),
+        (("--threads", "0"), "bench --threads 0 is too small; use 1 or more"),
+        (("--workers", "-1"), "bench --workers -1: use 0 or more"),
+    ],
+)
+def test_the_command_refuses_non_positive_numbers(args, message) -> None:
+    """`--batch 0` once meant "the default" (8 or the recipe's) without a word."""
+    result = CliRunner().invoke(app, ["bench", "--model", "tiny", "--json", *args])
+    assert isinstance(result.exception, SamMedftError), result.output
+    assert message in str(result.exception)
+    assert result.output == ""  # refused before anything was measured or printed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -69,11 +70,51 @@ def test_local_folders_are_returned_as_is(fake_hub, make_run):
 
 
 def test_neither_folder_nor_hub_id(fake_hub, tmp_path):
-    with pytest.raises(SamMedftError, match="neither an existing folder nor a Hub repo id"):
+    with pytest.raises(SamMedftError, match="no such run folder: .*missing/run"):
         hub.resolve_run(str(tmp_path / "missing" / "run"))
     with pytest.raises(SamMedftError, match="neither an existing folder nor a Hub repo id"):
         hub.resolve_run("user/bad name")
     assert fake_hub.requests == []
+
+
+@pytest.mark.parametrize(
+    ("text", "is_path"),
+    [
+        ("owner/name", False),
+        ("sam-tester/prostate-lora", False),
+        ("runs/typo", True),  # runs/ exists here (see the test): a typo, not a Hub id
+        ("name", True),
+        ("a/b/c", True),
+        ("./x", True),
+        ("../x/y", True),
+        ("~/x", True),
+        ("/abs/x", True),
+        ("owner/", True),
+        ("/owner/name", True),
+        ("owner//name", True),
+        ("C:runs", True),
+        ("runs\\typo", True),
+    ],
+)
+def test_the_path_or_hub_id_rule(tmp_path, monkeypatch, text, is_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert hub.looks_like_path(text) is is_path
+
+
+def test_a_path_that_does_not_exist_never_asks_the_hub(fake_hub, make_run, tmp_path, monkeypatch):
+    make_run("demo")  # tmp_path/runs/demo
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SamMedftError) as e:
+        hub.resolve_run("runs/typo")
+    text = str(e.value)
+    assert text.startswith("no such run folder: runs/typo (runs/ is a local folder")
+    assert "runs/ holds: demo" in text and "download" not in text.lower()
+    for path in ("a/b/c", "./gone", "~/sam_medft_no_such_run", str(tmp_path / "x"), "typo"):
+        with pytest.raises(SamMedftError, match=f"no such run folder: {re.escape(path)}"):
+            hub.resolve_run(path)
+    assert fake_hub.requests == []
+    assert hub.resolve_run("runs/demo").resolve() == tmp_path / "runs" / "demo" / "adapter"
 
 
 def test_repo_not_found(fake_hub):

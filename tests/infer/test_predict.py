@@ -116,3 +116,122 @@ def test_prediction_runs_the_fast_attention_and_matches_the_plain_path(demo_run,
     for got, want in zip(fast.predict_proba(images), plain.predict_proba(images), strict=True):
         np.testing.assert_allclose(got, want, atol=1e-4)
         assert (got.argmax(0) == want.argmax(0)).mean() > 0.999
+
+
+# ---- the --out folder: never the user's files ------------------------------------------------
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def scans(tmp_path: Path) -> Path:
+    """scans/a.png, scans/sub/b.png and scans/list.csv: small grey images of the user's."""
+    root = tmp_path / "scans"
+    rng = np.random.default_rng(0)
+    for rel in ("a.png", "sub/b.png"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 48), dtype=np.uint8)).save(root / rel)
+    (root / "list.csv").write_text("a.png,a.png\nsub/b.png,sub/b.png\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("inputs", "out", "message"),
+    [
+        (["scans"], "scans", "is the input folder"),
+        (["scans"], "scans/sub", "is inside the input folder"),
+        (["scans/a.png"], "scans", "holds the input scans/a.png"),
+        (["scans/list.csv"], ".", "holds the input scans/list.csv"),
+        (["scans/sub/b.png"], "scans/sub", "holds the input"),
+    ],
+)
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_out_among_the_inputs_is_refused_before_the_model_loads(
+    scans, tmp_path, monkeypatch, inputs, out, message, overwrite
+):
+    """The fault that once replaced the scans with label maps: refused whatever --overwrite
+    says, without suggesting it, before the (here missing) model is even looked at."""
+    from typer.testing import CliRunner
+
+    from sam_medft.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    before = _digest(tmp_path)
+    args = ["predict", str(tmp_path / "no_such_run"), *inputs, "--out", out]
+    result = CliRunner().invoke(app, args + (["--overwrite"] if overwrite else []))
+    assert isinstance(result.exception, SamMedftError), result.output
+    text = str(result.exception)
+    assert message in text and "--overwrite" not in text and "_predictions" in text
+    assert _digest(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scans"]  # nothing created
+
+
+def test_overwrite_replaces_only_what_predict_wrote(untrained_run, scans, tmp_path):
+    predictor = sam_medft.load(untrained_run("none"), device="cpu")
+    out = tmp_path / "out"
+    predict_paths(predictor, [scans / "a.png"], out, show_progress=False)
+    manifest = json.loads((out / "sam_medft_predictions.json").read_text())
+    assert manifest["files"] == ["a.png", "legend.json"]
+    ours = (out / "a.png").read_bytes()
+
+    # a file of the user's where an output would go: refused (with or without --overwrite)
+    (out / "b.png").write_bytes(b"the user's own b.png")
+    before = _digest(tmp_path)
+    for overwrite in (False, True):
+        with pytest.raises(SamMedftError, match=r"b.png exists and was not written by") as e:
+            predict_paths(predictor, [scans / "a.png", scans / "sub" / "b.png"], out,
+                          overwrite=overwrite, show_progress=False)
+        assert "--overwrite" not in str(e.value)
+        assert _digest(tmp_path) == before
+
+    # our own file: --overwrite replaces it, the user's files stay as they are
+    (out / "a.png").write_bytes(b"stale")
+    with pytest.raises(SamMedftError, match="already exist.*pass --overwrite"):
+        predict_paths(predictor, [scans / "a.png"], out, show_progress=False)
+    predict_paths(predictor, [scans / "a.png"], out, overwrite=True, show_progress=False)
+    assert (out / "a.png").read_bytes() == ours
+    assert (out / "b.png").read_bytes() == b"the user's own b.png"
+
+
+def test_a_foreign_legend_or_probs_file_is_never_replaced(untrained_run, scans, tmp_path):
+    predictor = sam_medft.load(untrained_run("none"), device="cpu")
+    for name in ("legend.json", "a.probs.npy", "a.overlay.png"):
+        out = tmp_path / name.replace(".", "_")
+        out.mkdir()
+        (out / name).write_bytes(b"mine")
+        with pytest.raises(SamMedftError, match=f"{name} exists and was not written"):
+            predict_paths(predictor, [scans / "a.png"], out, save_probs=True, overlays=True,
+                          overwrite=True, show_progress=False)
+        assert _digest(out) == {name: _digest(out)[name]} and (out / name).read_bytes() == b"mine"
+
+
+def test_list_entries_with_dot_dot_stay_inside_out(untrained_run, scans, tmp_path):
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "up.csv").write_text("../scans/a.png,x\n")
+    predictor = sam_medft.load(untrained_run("none"), device="cpu")
+    written = predict_paths(predictor, [tmp_path / "lists" / "up.csv"], tmp_path / "out",
+                            show_progress=False)
+    assert written == [tmp_path / "out" / "scans" / "a.png"] and written[0].is_file()
+
+
+@pytest.mark.parametrize(("args", "flag"), [(("--batch-size", "0"), "--batch-size"),
+                                            (("--workers", "-1"), "--workers")])
+def test_bad_numbers_stop_the_command_first(untrained_run, scans, tmp_path, args, flag):
+    from typer.testing import CliRunner
+
+    from sam_medft.cli import app
+
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "no_such_run"), str(scans),
+                                      "--out", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2 and "Invalid value" in result.output and flag in result.output
+    assert not (tmp_path / "out").exists()
+    predictor = sam_medft.load(untrained_run("none"), device="cpu")
+    key = "batch_size" if flag == "--batch-size" else "num_workers"
+    with pytest.raises(SamMedftError, match=f"predict {flag} {args[1]} is too small"):
+        predict_paths(predictor, [scans], tmp_path / "out", **{key: int(args[1])})
+    assert not (tmp_path / "out").exists()  # the Python API says the same, before any file
