@@ -304,9 +304,13 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
         if not path.is_file():
             raise SamMedftError(f"recipe file {path} not found; `sam-medft recipes` lists the shipped ones")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise SamMedftError(f"recipe {path} is not valid YAML: {e}") from None
+        except UnicodeDecodeError:
+            raise SamMedftError(f"recipe {path} is not UTF-8 text; save it as UTF-8 YAML") from None
+        except (OSError, RecursionError) as e:  # unreadable, or nested beyond reason
+            raise SamMedftError(f"recipe {path} cannot be read ({type(e).__name__}: {e})") from None
         if not isinstance(raw, dict):
             raise SamMedftError(f"recipe {path} must be a YAML mapping of sections (data:, model:, ...)")
         _resolve_relative_paths(raw, path.parent)
@@ -328,9 +332,16 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         raise SamMedftError(f"override {item!r} must look like section.key=value (e.g. train.max_steps=50)")
     key, value = item.split("=", 1)
     parts = key.strip().split(".")
+    if not all(p.strip() for p in parts):
+        raise SamMedftError(
+            f"override {item!r}: the key {key!r} has an empty part; write section.key=value "
+            "(e.g. train.max_steps=50)"
+        )
     node = raw
     for p in parts[:-1]:
-        node = node.setdefault(p, {})
+        if node.get(p) is None:  # absent, or a section set to null (`data.hf: null`)
+            node[p] = {}
+        node = node[p]
         if not isinstance(node, dict):
             raise SamMedftError(f"override {item!r}: {p} is not a section")
     try:
@@ -350,10 +361,19 @@ def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
         return
     for k in _PATH_KEYS:
         v = data.get(k)
-        if isinstance(v, str) and not Path(v).is_absolute() and not Path(v).exists():
+        if isinstance(v, str) and not Path(v).is_absolute() and not _exists(Path(v)):
             candidate = base / v
-            if candidate.exists():
+            if _exists(candidate):
                 data[k] = str(candidate)
+
+
+def _exists(p: Path) -> bool:
+    """False, not OSError, for a path the OS cannot look up (a name too long, a NUL byte):
+    the data check then reports it as missing, naming the key."""
+    try:
+        return p.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _explain(err: ValidationError, source: str) -> str:

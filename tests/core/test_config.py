@@ -75,3 +75,20 @@ def test_relative_data_paths_resolve_next_to_the_recipe(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data:\n  source: lists\n  train_list: lists/train.csv\n")
     assert load_recipe(recipe).data.train_list == tmp_path / "lists" / "train.csv"
+
+
+def test_override_into_a_null_section_and_bad_keys(tmp_path):
+    r = load_recipe(None, ["data.hf=null", "data.hf.path=my/set", "data.source=hf"])
+    assert r.data.hf.path == "my/set"  # a section set to null is filled, not "not a section"
+    with pytest.raises(SamMedftError, match=r"override 'train\.\.lr=1': the key .* empty part"):
+        load_recipe(None, ["train..lr=1"])
+    with pytest.raises(SamMedftError, match="max_steps is not a section"):
+        load_recipe(None, ["train.max_steps=5", "train.max_steps.x=1"])
+
+
+def test_unreadable_recipe_files_are_one_message(tmp_path):
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(SamMedftError, match=r"latin1\.yaml is not UTF-8 text"):
+        load_recipe(tmp_path / "latin1.yaml")
+    (tmp_path / "long.yaml").write_text("data:\n  source: lists\n  train_list: " + "x" * 300 + "\n")
+    assert load_recipe(tmp_path / "long.yaml").data.train_list.name == "x" * 300  # no OSError
