@@ -321,6 +321,8 @@ def pil_to_mask(img: Image.Image, where: str) -> np.ndarray:
 def mask_array(a: np.ndarray, where: str) -> np.ndarray:
     """Validate a label-map array: 2-D (or equal channels), integer-valued -> int64."""
     a = np.asarray(a)
+    if a.size == 0:
+        raise SamMedftError(f"{where}: mask of shape {a.shape} has no pixels")
     if a.ndim == 3:
         if a.shape[2] == 1 or (a.shape[2] > 1 and (a == a[..., :1]).all()):
             a = a[..., 0]
@@ -328,8 +330,6 @@ def mask_array(a: np.ndarray, where: str) -> np.ndarray:
             _colour_mask(a, where)
     if a.ndim != 2:
         raise SamMedftError(f"{where}: mask of shape {a.shape} is not a 2-D label map")
-    if a.size == 0:
-        raise SamMedftError(f"{where}: mask of shape {a.shape} has no pixels")
     if np.issubdtype(a.dtype, np.floating):
         if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
             raise SamMedftError(
