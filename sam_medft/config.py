@@ -309,6 +309,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
             raise SamMedftError(f"recipe {path} is not valid YAML: {e}") from None
         except UnicodeDecodeError:
             raise SamMedftError(f"recipe {path} is not UTF-8 text; save it as UTF-8 YAML") from None
+        except ValueError as e:  # e.g. a number of more than 4300 digits
+            raise SamMedftError(f"recipe {path} is not valid YAML: {e}") from None
         except (OSError, RecursionError) as e:  # unreadable, or nested beyond reason
             raise SamMedftError(f"recipe {path} cannot be read ({type(e).__name__}: {e})") from None
         if not isinstance(raw, dict):
@@ -346,7 +348,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             raise SamMedftError(f"override {item!r}: {p} is not a section")
     try:
         node[parts[-1]] = yaml.safe_load(value) if value != "" else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # not YAML: the text as written
         node[parts[-1]] = value
 
 

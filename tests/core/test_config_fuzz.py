@@ -47,6 +47,7 @@ _OVERRIDE = st.one_of(
 @example(overrides=["data.source=lists", "data.train_list=" + "x" * 300])
 @example(overrides=["=5"])
 @example(overrides=["train..lr=1"])
+@example(overrides=["train.max_steps=" + "9" * 5000])  # int() refuses > 4300 digits
 def test_any_overrides_give_a_recipe_or_one_error(overrides):
     try:
         recipe = load_recipe(None, overrides)
@@ -105,6 +106,7 @@ _YAML_TEXT = st.lists(
 @FUZZ
 @given(text=_YAML_TEXT)
 @example(text="data:\n  source: lists\n  train_list: " + "x" * 300)  # too long to stat
+@example(text="train:\n  max_steps: " + "9" * 5000)
 def test_any_recipe_text_gives_a_recipe_or_one_error(recipe_file, text):
     recipe_file.write_text(text, encoding="utf-8")
     try:
