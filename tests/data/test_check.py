@@ -304,3 +304,17 @@ def test_the_no_validation_advice_holds_the_last_step_adapter_is_saved(tmp_path)
     assert (result.run_dir / "adapter" / "sam_medft.json").is_file()
     summary = json.loads((result.run_dir / "train_summary.json").read_text())
     assert summary["best_step"] == summary["steps"] == 2 and summary["history"] == []
+
+
+def test_swapped_folders_are_named_as_the_likely_cause(tmp_path):
+    import shutil
+
+    from sam_medft.data.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "syn", n_train=4, n_val=0, n_test=0, size=32)
+    shutil.copytree(tmp_path / "syn" / "images", tmp_path / "ds" / "masks")  # swapped
+    shutil.copytree(tmp_path / "syn" / "masks", tmp_path / "ds" / "images")
+    data = DataConfig(source="folder", folder=tmp_path / "ds", val_fraction=0, binary=True)
+    (err,) = check_dataset(data).errors
+    assert err.startswith("train: mask looks like an image in 4 file(s)")
+    assert "are images/ and masks/ swapped?" in err
