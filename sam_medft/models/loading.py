@@ -80,10 +80,10 @@ def load_base_model(spec: BaseModelSpec, num_classes: int, *, revision: str | No
     """Load the base model with `num_classes` output masks (fresh heads if the count differs)."""
     if spec.is_tiny:
         return registry.build_tiny(num_classes)
-    if not Path(spec.source).is_dir():
-        check_hub_model(spec, revision)
+    cache_only = False if Path(spec.source).is_dir() else check_hub_model(spec, revision)
     try:
-        config = AutoConfig.from_pretrained(spec.source, revision=revision)
+        config = AutoConfig.from_pretrained(spec.source, revision=revision,
+                                            local_files_only=cache_only)
     except (OSError, ValueError) as e:
         raise SamMedftError(_load_failure(spec, e)) from None
     cls = MODEL_CLASSES.get(config.model_type)
@@ -93,7 +93,8 @@ def load_base_model(spec: BaseModelSpec, num_classes: int, *, revision: str | No
             f"{', '.join(MODEL_CLASSES)} models (SamModel, SamHQModel). SAM 2/3 are not supported yet.")
     mismatch = config.mask_decoder_config.num_multimask_outputs != num_classes
     config.mask_decoder_config.num_multimask_outputs = num_classes
-    kwargs = dict(config=config, revision=revision, ignore_mismatched_sizes=mismatch)
+    kwargs = dict(config=config, revision=revision, ignore_mismatched_sizes=mismatch,
+                  local_files_only=cache_only)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if device_map is not None:
@@ -111,25 +112,26 @@ def load_base_model(spec: BaseModelSpec, num_classes: int, *, revision: str | No
 HUB_RETRY_WAIT_S = 1.0  # one retry, this long after a 5xx or a network error
 
 
-def check_hub_model(spec: BaseModelSpec, revision: str | None = None) -> None:
+def check_hub_model(spec: BaseModelSpec, revision: str | None = None) -> bool:
     """Ask the Hub for the model's config.json once (one retry a second later for a server or
     network error), so a missing, private, gated or unreachable model is one message in
-    seconds. Skipped offline; a model already in the Hub cache loads from it when the Hub
-    cannot be reached (transformers does not retry then)."""
+    seconds. Returns True when the Hub cannot be reached but the model is in the Hub cache:
+    then it must load with `local_files_only` (transformers' probes for optional files would
+    each be retried 5 times). Skipped (False) with HF_HUB_OFFLINE=1."""
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError
 
     from sam_medft.hub import _TransportError, _offline, hub_errors
 
     if _offline():
-        return
+        return False
     where = f"loading model {spec.name!r}"
     url = hf_hub_url(spec.source, "config.json", revision=revision)
     with hub_errors(where, spec.source, constants.ENDPOINT, push=False):
         for attempt in (1, 2):
             try:
                 get_hf_file_metadata(url)
-                return
+                return False
             except RemoteEntryNotFoundError:
                 raise SamMedftError(
                     f"{where}: Hub repo {spec.source!r} has no config.json, so it is not a "
@@ -141,7 +143,9 @@ def check_hub_model(spec: BaseModelSpec, revision: str | None = None) -> None:
                     raise  # not found, private, gated, bad revision: no retry helps
                 cached = try_to_load_from_cache(spec.source, "config.json", revision=revision)
                 if isinstance(cached, str):
-                    return  # transformers loads the cached copy without retrying the Hub
+                    log.warning("%s: the Hub cannot be reached (%s); using the copy in the Hub "
+                                "cache", where, f"HTTP {status}" if status else e.__class__.__name__)
+                    return True
                 if attempt == 2:
                     raise
                 what = (f"the Hub answered {status}" if status is not None else
