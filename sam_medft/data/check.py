@@ -204,7 +204,8 @@ def _no_val_fix(data: DataConfig) -> str:
         "lists": "set data.val_list: null",
         "folder": "set data.val_fraction: 0",
         "hf": "set data.hf.val_split: null",
-    }.get(data.source, "set data.val_list: null")
+        "synthetic": "set data.synthetic.n_val: 0",
+    }[data.source]
 
 
 def _fix(kind: str, rep: SplitReport, src: SampleSource, data: DataConfig) -> str:

@@ -418,9 +418,10 @@ def build_splits(data: DataConfig) -> dict[str, SampleSource]:
         return {s: PairSource(p, data.intensity, root=root) for s, p in pairs.items()}
     if data.source == "synthetic":
         folder = synthetic_folder(data.synthetic)
-        return {
+        return {  # a split of 0 slices is absent (its list is empty), like an unset list
             s: PairSource(read_pair_list(folder / f"{s}.csv"), data.intensity, root=folder)
             for s in SPLITS
+            if getattr(data.synthetic, f"n_{s}")
         }
     if data.source == "hf":
         return _hf_splits(data.hf, data.intensity)

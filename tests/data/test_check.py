@@ -318,3 +318,14 @@ def test_swapped_folders_are_named_as_the_likely_cause(tmp_path):
     (err,) = check_dataset(data).errors
     assert err.startswith("train: mask looks like an image in 4 file(s)")
     assert "are images/ and masks/ swapped?" in err
+
+
+def test_all_empty_synthetic_validation_names_its_own_switch(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAM_MEDFT_CACHE", str(tmp_path))
+    data = DataConfig(
+        source="synthetic", synthetic={"n_train": 5, "n_val": 1, "n_test": 0, "size": 32}
+    )
+    (err,) = check_dataset(data).errors  # slice 5 of the synthetic set is the empty one
+    assert (
+        err.startswith("val: all 1 validation masks are empty") and "data.synthetic.n_val: 0" in err
+    )

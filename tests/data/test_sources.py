@@ -252,3 +252,10 @@ def test_hf_missing_files_name_the_column(syn, tmp_path, hf_cache):
     assert err.startswith("train: missing mask in 1 file(s)") and "gone.png" in err
     assert "column data.hf.mask_column='mask_path'" in err and "image (Image)" in err
     assert "re-export" not in err
+
+
+def test_synthetic_splits_of_zero_slices_are_absent(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAM_MEDFT_CACHE", str(tmp_path / "cache"))
+    cfg = SyntheticConfig(n_train=3, n_val=0, n_test=0, size=16)
+    splits = build_splits(DataConfig(source="synthetic", synthetic=cfg))
+    assert {k: len(v) for k, v in splits.items()} == {"train": 3}  # was: "test.csv has no rows"
