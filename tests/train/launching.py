@@ -37,6 +37,18 @@ def accelerate_bin() -> str:
     return str(path) if path.exists() else shutil.which("accelerate")
 
 
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """The steps of the run's complete checkpoints (a temporary or set-aside one is not)."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(
+        int(p.name.split("-")[1])
+        for p in root.glob("checkpoint-*")
+        if (p / "trainer_state.json").is_file()
+    )
+
+
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max((a[k] - b[k]).abs().max().item() for k in a)
