@@ -62,7 +62,7 @@ def _transport_errors() -> tuple[type[Exception], ...]:
     return tuple(found)
 
 
-_TransportError = _transport_errors()
+TRANSPORT_ERRORS = _transport_errors()
 
 
 # ---- names ---------------------------------------------------------------------------------
@@ -164,13 +164,14 @@ def check_push_target(repo_id: str, token: str | None = None) -> str:
     return resolve_token(token)
 
 
-def _offline() -> bool:
+def offline_mode() -> bool:
+    """HF_HUB_OFFLINE as the client sees it (read once at its import, or its function)."""
     is_offline = getattr(constants, "is_offline_mode", None)
     return bool(is_offline() if is_offline is not None else constants.HF_HUB_OFFLINE)
 
 
 def _refuse_offline(action: str) -> None:
-    if _offline():
+    if offline_mode():
         raise SamMedftError(
             f"{action} needs the network but HF_HUB_OFFLINE=1 is set: unset HF_HUB_OFFLINE "
             "(or run the command where the Hub is reachable)."
@@ -716,7 +717,7 @@ def hub_errors(
             f"{where}: repo {repo_id!r} was not found on {endpoint}: {fix}.{tail}"
         ) from None
     except LocalEntryNotFoundError as e:  # pull only: no network and not in the cache
-        if _offline():
+        if offline_mode():
             raise SamMedftError(
                 f"{where}: {repo_id!r} is not in the Hub cache ({cache}) and HF_HUB_OFFLINE=1 "
                 f"forbids downloading it: unset HF_HUB_OFFLINE, or download it once while online "
@@ -760,7 +761,7 @@ def hub_errors(
         raise SamMedftError(
             f"{where}: the Hub answered {status}: {_server_message(e)}.{tail}"
         ) from None
-    except _TransportError as e:
+    except TRANSPORT_ERRORS as e:
         raise SamMedftError(
             f"{where}: could not reach {endpoint} ({e.__class__.__name__}: {e}): check the network "
             f"and HF_ENDPOINT.{tail}"
@@ -796,6 +797,7 @@ __all__ = [
     "is_hub_id",
     "looks_like_path",
     "missing_folder_message",
+    "offline_mode",
     "push_recipe_run",
     "push_run",
     "read_eval_metrics",

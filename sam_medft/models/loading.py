@@ -121,9 +121,9 @@ def check_hub_model(spec: BaseModelSpec, revision: str | None = None) -> bool:
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError
 
-    from sam_medft.hub import _TransportError, _offline, hub_errors
+    from sam_medft.hub import TRANSPORT_ERRORS, hub_errors, offline_mode
 
-    if _offline():
+    if offline_mode():
         return False
     where = f"loading model {spec.name!r}"
     url = hf_hub_url(spec.source, "config.json", revision=revision)
@@ -137,7 +137,7 @@ def check_hub_model(spec: BaseModelSpec, revision: str | None = None) -> bool:
                     f"{where}: Hub repo {spec.source!r} has no config.json, so it is not a "
                     f"transformers model: give a SAM model repo (e.g. facebook/sam-vit-base), or "
                     f"convert an original .pth checkpoint with `sam-medft convert`") from None
-            except (HfHubHTTPError, *_TransportError) as e:
+            except (HfHubHTTPError, *TRANSPORT_ERRORS) as e:
                 status = getattr(getattr(e, "response", None), "status_code", None)
                 if isinstance(e, HfHubHTTPError) and (status is None or status < 500):
                     raise  # not found, private, gated, bad revision: no retry helps

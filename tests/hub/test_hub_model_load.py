@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from PIL import Image
 
 from sam_medft.errors import SamMedftError
 from sam_medft.models.loading import load_base_model, resolve_model_name
+
 
 def _load(name: str):
     return load_base_model(resolve_model_name(name), 3)
