@@ -394,7 +394,7 @@ def _run(recipe, run: RunFolder, accelerator, model, base_id, normalization, lab
                 last_step = step >= t.max_steps
                 if val_dl is not None and (step % t.eval_every == 0 or last_step):
                     stop = _evaluate_and_select(accelerator, model, val_dl, task, frozen_encoder,
-                                                recipe, state, step, meta, run_dir, cache,
+                                                recipe, state, step, meta, run.adapter, cache,
                                                 data.finish_val)
                 # a SIGTERM during the last step (or an early stop) changes nothing: finish.
                 # Several processes agree at steps that sync the host anyway (logging,
@@ -518,7 +518,7 @@ def _save_adapter(accelerator, model, meta, out_dir: Path) -> None:
 
 
 def _evaluate_and_select(accelerator, model, val_dl, task: Task, frozen_encoder, recipe, state,
-                         step, meta, run_dir, cache=None, finish=None) -> bool:
+                         step, meta, adapter_dir: Path, cache=None, finish=None) -> bool:
     """Validate, keep the best adapter, and say whether early stopping triggers."""
     metrics = validate(model, val_dl, accelerator, task=task, frozen_encoder=frozen_encoder,
                        cache=cache, finish=finish)
@@ -529,7 +529,7 @@ def _evaluate_and_select(accelerator, model, val_dl, task: Task, frozen_encoder,
     improved = not math.isnan(dice) and dice > state["best_dice"]
     if improved:
         state.update(best_dice=dice, best_step=step, bad_evals=0)
-        _save_adapter(accelerator, model, meta, run_dir / "adapter")
+        _save_adapter(accelerator, model, meta, adapter_dir)
     else:
         state["bad_evals"] += 1
     log.info("step %d: val foreground Dice %.4f over %d images (best %.4f at step %d)", step, dice,
