@@ -20,6 +20,7 @@ from transformers import SamModel
 from sam_medft.config import Recipe, load_recipe
 from sam_medft.errors import SamMedftError
 from sam_medft.models.registry import ARCH_OF, architecture_config
+from sam_medft.tasks import task_for
 
 BYTES_PER_PARAM = 4  # adapters are saved in fp32
 
@@ -78,8 +79,7 @@ def count_parameters(recipe: Recipe, num_classes: int = 2) -> ParamCount:
             f"model.name={name!r}: parameter counts need the architecture without weights, "
             f"known for: tiny, {', '.join(ARCH_OF)}; use one of those names"
         ) from None
-    outputs = num_classes if recipe.prompt.mode == "none" else 3
-    cfg.mask_decoder_config.num_multimask_outputs = outputs
+    cfg.mask_decoder_config.num_multimask_outputs = task_for(recipe.prompt).mask_outputs(num_classes)
     with torch.device("meta"):
         model = SamModel(cfg)
         model, info = apply_method(model, recipe.peft)

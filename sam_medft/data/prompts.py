@@ -82,6 +82,11 @@ class PromptSettings:
             raise bad("connectivity", self.connectivity, "use 1 (4-neighbours) or 2 (8)")
 
     @property
+    def uses_box(self) -> bool:
+        """Whether each prompt set carries a box (box and hybrid modes)."""
+        return self.mode != "point"
+
+    @property
     def points_per_object(self) -> int:
         """k: positive + negative points per prompt set (0 in box mode)."""
         return 0 if self.mode == "box" else self.n_points + self.n_negative

@@ -94,7 +94,7 @@ def table_settings(
     main = next((r.key for r in rows if r.settings == own and r.clicks == 0), None)
     if main is None:  # e.g. 2 points + 1 negative: score the run's own setting too
         neg = f" + {prompt.n_negative} negative" if prompt.n_negative else ""
-        what = "points" if prompt.mode == "point" else "box + points"
+        what = "box + points" if own.uses_box else "points"
         rows.insert(0, PromptSetting("recipe", f"{prompt.n_points} {what}{neg} (as trained)", own))
         main = "recipe"
     return main, rows

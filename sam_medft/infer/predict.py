@@ -27,6 +27,7 @@ from sam_medft.data.transforms import SamGeometry, to_model_input
 from sam_medft.errors import SamMedftError
 from sam_medft.models.artifact import AdapterMeta, find_adapter_folder, load_adapter_model
 from sam_medft.models.forward import automatic_forward
+from sam_medft.tasks import task_from_meta
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy"}
 LIST_SUFFIXES = (".txt", ".csv", ".tsv")
@@ -47,6 +48,7 @@ class FineTunedSam:
 
         self.meta = meta
         self.multimask = multimask  # prompt modes: decode SAM's 3 masks (as trained) or token 0
+        self.task = task_from_meta(meta, multimask=multimask)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         if fast_attention:  # exact (tested against the plain path), faster, less memory
@@ -94,7 +96,7 @@ class FineTunedSam:
     def proba_from_arrays(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         """`predict_proba` for images already scaled to HxWx3 [0, 255] (as data sources give
         them), so evaluation and prediction share one path and cannot drift apart."""
-        require_automatic(self.meta)
+        self.task.check_prediction(has_prompts=False)
         batch, originals = self.pixel_batch(arrays)
         return [p.cpu().numpy() for p in self._proba_on_device(batch, originals)]
 
@@ -121,16 +123,6 @@ class FineTunedSam:
 
             return predict_with_prompts(self, image, prompts)
         return self.predict_proba([image])[0].argmax(0).astype(np.uint8)
-
-
-def require_automatic(meta: AdapterMeta) -> None:
-    """Prompt-mode models have no class outputs: say so instead of returning 3 mask channels."""
-    if meta.prompt_mode != "none":
-        raise SamMedftError(
-            f"this model was fine-tuned with prompt.mode={meta.prompt_mode}: it segments one "
-            "object per prompt and has no class outputs; pass prompts "
-            "(predict(image, prompts=[{'label': 1, 'box': [x0, y0, x1, y1]}]) or "
-            "`sam-medft predict --prompts prompts.json` / --box / --point)")
 
 
 def trained_multimask(adapter_folder: Path) -> bool:
@@ -371,7 +363,7 @@ def predict_paths(predictor: FineTunedSam, inputs: Sequence[str | Path], out_dir
 
     from tqdm.auto import tqdm
 
-    require_automatic(predictor.meta)
+    predictor.task.check_prediction(has_prompts=False)
     if batch_size < 1:
         raise SamMedftError(f"predict --batch-size {batch_size} is too small; use 1 or more")
     if num_workers < 0:

@@ -37,6 +37,7 @@ from sam_medft.data.prompts import (
 )
 from sam_medft.errors import SamMedftError
 from sam_medft.models.forward import embedding_kwargs, image_embeddings
+from sam_medft.tasks import task_from_meta
 from sam_medft.tasks.prompted import select_masks
 
 if TYPE_CHECKING:
@@ -57,17 +58,6 @@ class Decoded:
     logits: torch.Tensor
     lowres: torch.Tensor
     iou: torch.Tensor
-
-
-def require_prompt_model(meta: AdapterMeta) -> None:
-    """Raise unless the model was fine-tuned in a prompt mode."""
-    if meta.prompt_mode == "none":
-        raise SamMedftError(
-            f"this model ({meta.base_model}, {meta.method}) was fine-tuned in automatic mode "
-            "(prompt.mode=none): its decoder has one mask token per class, not prompt tokens, "
-            "so boxes/points cannot steer it. Predict without prompts, or fine-tune a prompt "
-            "run (e.g. `sam-medft train RECIPE prompt.mode=box`)."
-        )
 
 
 @torch.no_grad()
@@ -190,7 +180,7 @@ def _is_empty(v: Any) -> bool:
 def predict_with_prompts(predictor: FineTunedSam, image: Any, prompts: list[dict]) -> np.ndarray:
     """One image (path or array) and its prompts (original pixel coordinates) -> HxW uint8
     class-index map at the original size; overlaps go to the highest mask logit."""
-    require_prompt_model(predictor.meta)
+    predictor.task.check_prediction(has_prompts=True)
     array = predictor._to_image(image)
     size = tuple(array.shape[:2])
     entries = check_prompts(prompts, size, predictor.class_names)
@@ -277,7 +267,7 @@ def plan_prompted(
     from sam_medft.data.io import image_size
     from sam_medft.infer.predict import collect_inputs
 
-    require_prompt_model(meta)
+    task_from_meta(meta).check_prediction(has_prompts=True)
     pairs = collect_inputs(inputs)
     if prompts_file is not None and (box is not None or points):
         raise SamMedftError("give either --prompts FILE or --box/--point, not both")
@@ -360,5 +350,4 @@ __all__ = [
     "plan_prompted",
     "predict_paths_with_prompts",
     "predict_with_prompts",
-    "require_prompt_model",
 ]
