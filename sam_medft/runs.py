@@ -147,10 +147,14 @@ class RunFolder:
         return names
 
     def remove_leftovers(self) -> None:
-        """Temporary folders of a run killed while writing (never a finished result)."""
-        for tmp in (*self.root.glob(".adapter.tmp-*"), *self.checkpoints.glob(".tmp-checkpoint-*")):
+        """What a run killed while writing leaves: `.adapter.tmp-*`, `.recipe.yaml.tmp-*`, ...
+        and `checkpoints/.tmp-checkpoint-*` (never a finished result)."""
+        for tmp in (*self.root.glob(".*.tmp-*"), *self.checkpoints.glob(".tmp-checkpoint-*")):
             log.info("removing %s, left by a run stopped while writing it", tmp)
-            remove_tree(tmp)
+            if tmp.is_dir():
+                remove_tree(tmp)
+            else:
+                tmp.unlink(missing_ok=True)
 
     # ---- locking ----------------------------------------------------------------------------
     def lock(self, purpose: str) -> RunLock:

@@ -281,3 +281,18 @@ def test_resume_in_a_read_only_run_folder_is_one_message(tmp_path):
             run.open_for_training(resume=True, overwrite=False)
     assert f"cannot write the run folder's lock file to {run.lock_file}" in str(err.value)
     assert digest(tmp_path) == before
+
+
+def test_resume_removes_only_what_a_killed_writer_left(tmp_path):
+    run = RunFolder(tmp_path / "r")
+    run.open_for_training(resume=False, overwrite=False).release()
+    (run.checkpoints / "checkpoint-00000002").mkdir(parents=True)
+    (run.checkpoints / "checkpoint-00000002" / "trainer_state.json").write_text('{"step": 2}')
+    run.recipe_file.write_text("name: r\n")
+    keep = digest(run.root)
+    (run.root / ".adapter.tmp-1a2b3c4d").mkdir()
+    (run.root / ".adapter.tmp-1a2b3c4d" / "adapter_model.safetensors").write_bytes(b"half")
+    (run.root / ".recipe.yaml.tmp-1a2b3c4d").write_text("name: r\nda")
+    (run.checkpoints / ".tmp-checkpoint-00000004").mkdir()
+    run.open_for_training(resume=True, overwrite=False).release()
+    assert digest(run.root) == keep
