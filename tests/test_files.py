@@ -63,7 +63,7 @@ def test_current_umask_reads_without_changing_it():
         os.umask(old)
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o002], indirect=True)
+@pytest.mark.parametrize("umask", [0o022, 0o002], indirect=True, ids=oct)
 def test_adapter_checkpoint_and_run_folder_follow_the_umask(tmp_path, umask):
     from accelerate import Accelerator
 
@@ -94,7 +94,7 @@ def test_adapter_checkpoint_and_run_folder_follow_the_umask(tmp_path, umask):
     assert assert_modes(run.root, umask) > 12
 
 
-@pytest.mark.parametrize("umask", [0o002], indirect=True)
+@pytest.mark.parametrize("umask", [0o002], indirect=True, ids=oct)
 def test_eval_outputs_follow_the_umask(tmp_path, umask):
     from sam_medft.adapters.methods import apply_method
     from sam_medft.eval.evaluate import evaluate_run
