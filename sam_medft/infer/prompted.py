@@ -316,18 +316,19 @@ def predict_paths_with_prompts(
     """
     from tqdm.auto import tqdm
 
-    from sam_medft.infer.predict import FineTunedSam, output_paths, save_label_png, write_legend
+    from sam_medft.infer.predict import (
+        FineTunedSam,
+        check_output_folder,
+        output_paths,
+        save_label_png,
+        write_legend,
+    )
 
     meta = _meta_of(predictor, revision)
     plan = plan_prompted(meta, inputs, prompts_file=prompts_file, box=box, points=points)
     out_dir = Path(out_dir)
     targets = output_paths([rel for _, rel, _ in plan], out_dir, ".png")
-    existing = [t for t in targets if t.exists()]
-    if existing and not overwrite:
-        raise SamMedftError(
-            f"{len(existing)} prediction(s) already exist in {out_dir} (e.g. {existing[0]}); "
-            "pass --overwrite or choose another --out"
-        )
+    check_output_folder(inputs, targets, out_dir, overwrite=overwrite)  # never the user's files
     if isinstance(predictor, str | Path):
         predictor = FineTunedSam.load(predictor, device=device, revision=revision)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -262,3 +262,16 @@ def test_decode_equals_a_plain_forward(family):
     # a previous mask fed back changes the answer (the refinement input is used)
     again = decode(predictor, emb, ps, original, input_masks=ours.lowres)
     assert not torch.allclose(again.lowres, ours.lowres, atol=1e-3)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_prompted_out_in_the_input_folder_is_refused(weightless_run, case, overwrite):
+    """The prompted route keeps the input scans too: --out inside the input folder is refused
+    before the model loads, whatever --overwrite says, and the scans are unchanged."""
+    folder, _, _ = case
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(SamMedftError, match="is the input folder") as e:
+        predict_paths_with_prompts(str(weightless_run), [folder], folder, box="1:1,1,9,9",
+                                   overwrite=overwrite, show_progress=False)
+    assert "--overwrite" not in str(e.value)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
