@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SAM := $(VENV)/bin/sam-medft
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint wheel clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,11 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check sam_medft tests
+
+# dist/sam_medft-*.whl, with the recipes and accelerate configs inside (see setup.py)
+wheel: setup
+	rm -rf build/lib
+	$(PY) -m pip wheel . --no-deps --no-build-isolation --no-index -w dist
 
 clean:
 	rm -rf runs .pytest_cache

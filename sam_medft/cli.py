@@ -29,6 +29,7 @@ from sam_medft.console import (
 )
 from sam_medft.errors import SamMedftError
 from sam_medft.eval.cli import eval_command
+from sam_medft.resources import recipes_dir
 
 
 class CtrlC(Exception):
@@ -51,7 +52,7 @@ app.add_typer(data_app, name="data")
 console = stderr_console()
 out = stdout_console()
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = recipes_dir()  # inside the installed package, or the checkout's recipes/
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="dotted overrides, e.g. train.max_steps=50")]
 
@@ -182,6 +183,23 @@ def convert(
     print_info(str(report), console=out)
 
 
+@app.command()
+def configs(
+    name: Annotated[str | None, typer.Argument(help="print only this config's path, e.g. cpu")] = None,
+    recipes: Annotated[bool, typer.Option("--recipes", help="the shipped recipes instead")] = False,
+):
+    """Where the shipped accelerate configs (or recipes) are: the folder, then each file."""
+    from sam_medft import resources
+
+    if name is not None:
+        typer.echo(resources.accelerate_config(name))
+        return
+    files = resources.recipe_files() if recipes else resources.accelerate_configs()
+    typer.echo(resources.recipes_dir() if recipes else resources.accelerate_configs_dir())
+    for path in files:
+        typer.echo(path)
+
+
 app.command("bench")(bench_command)
 app.command("eval")(eval_command)
 
@@ -224,13 +242,18 @@ def data_check(recipe: Path, overrides: Overrides = None):
 
 
 def _recipe_path(recipe: Path) -> Path:
-    """Accept a path, or a shipped recipe's short name (`demo`, `sam-vit-base/lora_encdec`)."""
+    """Accept a path, or a shipped recipe's short name (`demo`, `sam-vit-base/lora_encdec`);
+    `recipes/<name>.yaml` as the checkout spells it also finds the shipped one elsewhere."""
     if recipe.exists():
         return recipe
-    shipped = RECIPES_DIR / recipe
-    for cand in (shipped, shipped.with_suffix(".yaml")):
-        if cand.is_file():
-            return cand
+    names = [recipe]
+    if not recipe.is_absolute() and len(recipe.parts) > 1 and recipe.parts[0] == "recipes":
+        names.append(Path(*recipe.parts[1:]))
+    for name in names:
+        shipped = RECIPES_DIR / name
+        for cand in (shipped, shipped.with_suffix(".yaml")):
+            if cand.is_file():
+                return cand
     return recipe
 
 
