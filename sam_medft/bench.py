@@ -36,7 +36,7 @@ from sam_medft.config import LossConfig, PeftSettings
 from sam_medft.errors import SamMedftError
 from sam_medft.precision import resolve_precision
 from sam_medft.tasks import AutomaticTask
-from sam_medft.train.step import optimizer_step
+from sam_medft.training.step import optimizer_step
 
 Mode = Literal["train", "predict", "decoder-cached", "epoch"]
 MODES: tuple[str, ...] = ("train", "predict", "decoder-cached", "epoch")
@@ -357,7 +357,7 @@ def _time_epoch(s: BenchSettings, model, update, size: int, device: torch.device
     from sam_medft.data.sources import build_splits
     from sam_medft.data.synthetic import SYNTHETIC_LABELS, write_synthetic
     from sam_medft.models.loading import model_geometry
-    from sam_medft.train.data_pipeline import build_train_data, transform_on_accelerator
+    from sam_medft.training.data_pipeline import build_train_data, transform_on_accelerator
 
     n = s.batch * (s.warmup + s.steps)
     labels = dict(SYNTHETIC_LABELS) if s.num_classes == 3 else None
@@ -429,7 +429,7 @@ def _predict_step(model, pixels, autocast) -> _Step:
 def _cached_embeddings(model, pixels, autocast, device):
     """The embeddings lookup of a decoder-only step once the cache is warm."""
     from sam_medft.models.forward import image_embeddings
-    from sam_medft.train.embedding_cache import EmbeddingCache, content_keys
+    from sam_medft.training.embedding_cache import EmbeddingCache, content_keys
 
     cache = EmbeddingCache("bench", device=device)
     keys = content_keys(pixels)  # in training these come from the data-loader workers

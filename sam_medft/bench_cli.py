@@ -153,7 +153,7 @@ def _workers(flag: int | None, recipe) -> int:
         return flag
     if recipe is None:
         return 0
-    from sam_medft.train.data_pipeline import loader_workers
+    from sam_medft.training.data_pipeline import loader_workers
 
     return loader_workers(recipe)
 

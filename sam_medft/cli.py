@@ -74,11 +74,11 @@ def train(
 
         check_push_target(r.hub.repo_id)  # a bad id or a missing login fails before training
     if dry_run:
-        from sam_medft.train.plan import plan_table
+        from sam_medft.training.plan import plan_table
 
         print_renderable(plan_table(r), console=out)
         return
-    from sam_medft.train.trainer import train as run_training
+    from sam_medft.training.trainer import train as run_training
 
     result = run_training(r, resume=resume, overwrite=overwrite)
     from accelerate import PartialState

@@ -115,7 +115,7 @@ class RunFolder:
     def is_legacy_run(self) -> bool:
         """A run folder written before markers existed: the resolved recipe plus an adapter
         or a checkpoint in sam_medft's own layout (a recipe.yaml alone is not enough)."""
-        from sam_medft.train.checkpoint import checkpoint_folders
+        from sam_medft.training.checkpoint import checkpoint_folders
 
         return self.recipe_file.is_file() and (
             (self.adapter / "sam_medft.json").is_file() or bool(checkpoint_folders(self.checkpoints)))
@@ -229,7 +229,7 @@ class RunFolder:
 
 
 def _has_checkpoint(run: RunFolder) -> bool:
-    from sam_medft.train.checkpoint import checkpoint_folders
+    from sam_medft.training.checkpoint import checkpoint_folders
 
     return bool(checkpoint_folders(run.checkpoints))
 

@@ -32,7 +32,7 @@ _SMALL_DEMO = [
 
 def _train_tiny(tmp_path_factory, name: str, *overrides: str):
     from sam_medft.config import load_recipe
-    from sam_medft.train.trainer import train
+    from sam_medft.training.trainer import train
 
     out = tmp_path_factory.mktemp(f"run_{name}")
     recipe = load_recipe(
@@ -59,10 +59,10 @@ def box_run(tmp_path_factory):
 def untrained_run(tmp_path_factory):
     """`make(prompt_mode) -> run folder`: the tiny base saved as a vanilla adapter without any
     training (a real artifact in a second, for tests that only need a loadable model)."""
+    from sam_medft.adapters.methods import apply_method
     from sam_medft.config import PeftSettings
     from sam_medft.models.artifact import AdapterMeta, save_adapter
     from sam_medft.models.registry import build_tiny
-    from sam_medft.adapters.methods import apply_method
 
     def make(prompt_mode: str = "none") -> Path:
         run = tmp_path_factory.mktemp(f"untrained_{prompt_mode}")

@@ -69,8 +69,8 @@ def test_adapter_checkpoint_and_run_folder_follow_the_umask(tmp_path, umask):
 
     from sam_medft.models.artifact import save_adapter
     from sam_medft.runs import RunFolder
-    from sam_medft.train.checkpoint import save_checkpoint
-    from sam_medft.train.schedules import build_scheduler
+    from sam_medft.training.checkpoint import save_checkpoint
+    from sam_medft.training.schedules import build_scheduler
 
     run = RunFolder(tmp_path / "run")
     lock = run.open_for_training(resume=False, overwrite=False)

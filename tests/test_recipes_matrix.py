@@ -27,7 +27,7 @@ from sam_medft.models.forward import automatic_forward
 from sam_medft.models.registry import architecture_config, build_tiny
 from sam_medft.recipes_index import ParamCount, count_parameters
 from sam_medft.tasks.losses import iou_head_loss, segmentation_loss
-from sam_medft.train.trainer import build_optimizer, train
+from sam_medft.training.trainer import build_optimizer, train
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 MODELS = ("sam-vit-base", "sam-vit-huge", "slimsam-77")

@@ -71,7 +71,7 @@ def test_overwrite_with_a_name_that_is_not_one_folder_is_refused(tmp_path, name)
 
 
 def test_a_run_folder_that_resolves_outside_output_dir_is_refused(tmp_path):
-    from sam_medft.train.trainer import train
+    from sam_medft.training.trainer import train
 
     root = project(tmp_path)
     (root / "runs" / "linked").symlink_to(root / "data", target_is_directory=True)
@@ -86,7 +86,7 @@ def test_a_run_folder_that_resolves_outside_output_dir_is_refused(tmp_path):
 
 @pytest.mark.parametrize("content", ["user_files", "recipe_only"])
 def test_overwrite_refuses_a_folder_sam_medft_did_not_make(tmp_path, content):
-    from sam_medft.train.trainer import train
+    from sam_medft.training.trainer import train
 
     root = project(tmp_path)
     mine = root / "runs" / "mine"
@@ -244,7 +244,7 @@ def test_a_lock_recorded_on_another_host_is_not_taken_over(tmp_path):
 
 
 def test_the_lock_is_released_when_training_fails(tmp_path):
-    from sam_medft.train.trainer import train
+    from sam_medft.training.trainer import train
 
     bad = recipe(tmp_path, "r", "data.source=lists", f"data.train_list={tmp_path / 'no.csv'}")
     for _ in range(2):  # the second attempt meets the same error, not a held lock
@@ -257,7 +257,7 @@ def test_the_lock_is_released_when_training_fails(tmp_path):
 
 
 def test_a_read_only_output_dir_is_one_message(tmp_path):
-    from sam_medft.train.trainer import train
+    from sam_medft.training.trainer import train
 
     out = tmp_path / "runs"
     out.mkdir()

@@ -1,7 +1,7 @@
 """Data handed over in Python: a `datasets.Dataset`, a torch `Dataset` or any sequence of
 (image, mask) pairs, turned into the same `SampleSource` a recipe's files give.
 
-This is what `sam_medft.train(recipe, train_data=..., val_data=...)` feeds the trainer, so
+This is what `sam_medft.training(recipe, train_data=..., val_data=...)` feeds the trainer, so
 in-memory data takes the one sample path (decode rules, intensity scaling, label checks)
 that files take.
 """

@@ -11,8 +11,6 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import Sam2Config, Sam2Model, SamConfig, SamHQConfig, SamHQModel, SamModel
 
-from sam_medft.errors import SamMedftError
-from sam_medft.models.registry import TINY_CONFIG, build_tiny
 from sam_medft.adapters.bottleneck import (
     BottleneckAttention,
     BottleneckMLP,
@@ -24,6 +22,8 @@ from sam_medft.adapters.bottleneck import (
     load_bottleneck,
     read_bottleneck_settings,
 )
+from sam_medft.errors import SamMedftError
+from sam_medft.models.registry import TINY_CONFIG, build_tiny
 
 HEADS = [
     "mask_decoder.mask_tokens",

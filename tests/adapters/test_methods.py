@@ -15,11 +15,6 @@ import torch
 from peft import GraloraConfig, OFTConfig, get_peft_model
 from torch import nn
 
-from sam_medft.config import PeftSettings, load_recipe
-from sam_medft.errors import SamMedftError
-from sam_medft.models.artifact import AdapterMeta, load_adapter_model, save_adapter
-from sam_medft.models.forward import automatic_forward
-from sam_medft.models.registry import architecture_config, build_tiny
 from sam_medft.adapters.methods import (
     KNOWN_BROKEN,
     apply_method,
@@ -27,6 +22,11 @@ from sam_medft.adapters.methods import (
     encoder_is_frozen,
     known_methods,
 )
+from sam_medft.config import PeftSettings, load_recipe
+from sam_medft.errors import SamMedftError
+from sam_medft.models.artifact import AdapterMeta, load_adapter_model, save_adapter
+from sam_medft.models.forward import automatic_forward
+from sam_medft.models.registry import architecture_config, build_tiny
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 HEADS = ("mask_tokens", "iou_token", "iou_prediction_head", "output_hypernetworks_mlps")

@@ -11,7 +11,7 @@ from sam_medft.errors import SamMedftError
 from sam_medft.models.forward import automatic_forward, image_embeddings
 from sam_medft.models.registry import build_tiny
 from sam_medft.tasks.losses import iou_head_loss, segmentation_loss
-from sam_medft.train.embedding_cache import EmbeddingCache, content_key, content_keys, model_key
+from sam_medft.training.embedding_cache import EmbeddingCache, content_key, content_keys, model_key
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from PIL import Image
 from sam_medft.config import load_recipe
 from sam_medft.data.synthetic import write_synthetic
 from sam_medft.errors import SamMedftError
-from sam_medft.train.trainer import train
+from sam_medft.training.trainer import train
 
 
 @pytest.fixture

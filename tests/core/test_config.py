@@ -47,7 +47,7 @@ def test_bad_worker_count_is_one_message(value):
 def test_speed_settings_accept_their_yaml_spellings():
     import torch
 
-    from sam_medft.train.data_pipeline import loader_workers
+    from sam_medft.training.data_pipeline import loader_workers
 
     r = load_recipe("recipes/demo.yaml", ["train.preprocess_cache=off", "train.num_workers=3"])
     assert r.train.preprocess_cache == "off"  # YAML reads a bare off as false

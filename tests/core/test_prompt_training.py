@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from sam_medft.config import load_recipe
-from sam_medft.train.trainer import train
+from sam_medft.training.trainer import train
 
 SMALL = ["data.synthetic.n_train=12", "data.synthetic.n_val=6", "data.synthetic.n_test=2",
          "train.log_with=none", "train.batch_size=4", "peft.method=vanilla", "peft.scope=encdec"]
@@ -67,7 +67,7 @@ def test_box_training_improves_box_dice(tmp_path):
     from sam_medft.models.registry import build_tiny
     from sam_medft.tasks import task_for
     from sam_medft.tasks.prompted import prompt_settings
-    from sam_medft.train.validate import validate
+    from sam_medft.training.validate import validate
 
     r = load_recipe("recipes/demo.yaml", [*SMALL, f"output_dir={tmp_path}", "name=box",
                                           "prompt.mode=box", "train.max_steps=60",

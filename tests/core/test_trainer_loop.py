@@ -9,7 +9,7 @@ import torch
 
 from sam_medft.config import load_recipe
 from sam_medft.errors import SamMedftError
-from sam_medft.train.trainer import train
+from sam_medft.training.trainer import train
 
 SMALL = ["data.synthetic.n_train=8", "data.synthetic.n_val=4", "data.synthetic.n_test=2",
          "train.log_with=none", "train.batch_size=4", "peft.method=lora", "peft.scope=decoder",

@@ -259,7 +259,7 @@ def test_wrong_data_stops_training_and_data_check_before_any_model(tmp_path, mon
 
     from sam_medft.cli import main
     from sam_medft.config import load_recipe
-    from sam_medft.train.trainer import train
+    from sam_medft.training.trainer import train
 
     root = _swapped(tmp_path)
     args = [
@@ -287,7 +287,7 @@ def test_the_no_validation_advice_holds_the_last_step_adapter_is_saved(tmp_path)
 
     from sam_medft.config import load_recipe
     from sam_medft.data.synthetic import write_synthetic
-    from sam_medft.train.trainer import train
+    from sam_medft.training.trainer import train
 
     root = tmp_path / "syn"
     write_synthetic(root, n_train=4, n_val=0, n_test=0, size=32)

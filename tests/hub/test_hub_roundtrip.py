@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import sam_medft
 from sam_medft.cli import app
 from sam_medft.config import load_recipe
-from sam_medft.train.trainer import train
+from sam_medft.training.trainer import train
 
 RECIPE = "recipes/demo.yaml"
 SMALL = ["data.synthetic.n_train=8", "data.synthetic.n_val=4", "data.synthetic.n_test=4",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from sam_medft.config import Recipe
-from sam_medft.train.plan import GiB, MemoryPlan
+from sam_medft.training.plan import GiB, MemoryPlan
 
 HEADROOM = 0.85  # of the card's memory: CUDA context, allocator fragmentation, estimate error
 TYPICAL_GPUS_GIB = (16, 24, 40, 80)
@@ -95,7 +95,7 @@ def apply_preset(recipe: Recipe) -> tuple[Recipe, str | None]:
             f"(batch_size={t.batch_size}, grad_accum={t.grad_accum}, "
             f"activation_checkpointing={str(t.activation_checkpointing).lower()})"
         )
-    from sam_medft.train.plan import estimate
+    from sam_medft.training.plan import estimate
 
     fractions = recipe.model.device_map
     strategy, n = ("split", 1) if fractions else _launch()

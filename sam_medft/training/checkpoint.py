@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from sam_medft.errors import SamMedftError
 from sam_medft.files import apply_umask_modes, disk_error
 
-log = logging.getLogger("sam_medft.train")
+log = logging.getLogger("sam_medft.training")
 
 PREFIX = "checkpoint-"
 _NAME = re.compile(rf"{PREFIX}\d+")

@@ -187,8 +187,8 @@ from torch.distributed.tensor import DTensor
 from safetensors.torch import load_file
 
 from sam_medft.models.registry import build_tiny
-from sam_medft.train.checkpoint import load_checkpoint, save_checkpoint, is_sharded
-from sam_medft.train.schedules import build_scheduler
+from sam_medft.training.checkpoint import load_checkpoint, save_checkpoint, is_sharded
+from sam_medft.training.schedules import build_scheduler
 
 root = Path(sys.argv[1])
 acc = Accelerator(cpu=True)
@@ -274,8 +274,8 @@ def test_fsdp2_checkpoint_roundtrip_on_cpu(tmp_path):
     from accelerate import Accelerator
 
     from sam_medft.models.registry import build_tiny
-    from sam_medft.train.checkpoint import load_checkpoint
-    from sam_medft.train.schedules import build_scheduler
+    from sam_medft.training.checkpoint import load_checkpoint
+    from sam_medft.training.schedules import build_scheduler
 
     model = build_tiny(3)
     for p in model.prompt_encoder.parameters():

@@ -26,13 +26,13 @@ from sam_medft.files import disk_errors, write_text_atomic
 from sam_medft.precision import device_type, resolve_precision
 from sam_medft.runs import RunFolder, RunLock
 from sam_medft.tasks import Task, task_for
-from sam_medft.train.checkpoint import list_checkpoints, resume_checkpoint, save_checkpoint
-from sam_medft.train.embedding_cache import embedding_cache
-from sam_medft.train.schedules import build_scheduler
-from sam_medft.train.step import optimizer_step
-from sam_medft.train.validate import validate
+from sam_medft.training.checkpoint import list_checkpoints, resume_checkpoint, save_checkpoint
+from sam_medft.training.embedding_cache import embedding_cache
+from sam_medft.training.schedules import build_scheduler
+from sam_medft.training.step import optimizer_step
+from sam_medft.training.validate import validate
 
-log = logging.getLogger("sam_medft.train")
+log = logging.getLogger("sam_medft.training")
 
 
 class TrainingInterrupted(Interrupted):
@@ -245,7 +245,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
 
     from sam_medft.data.check import check_dataset
     from sam_medft.data.sources import build_splits
-    from sam_medft.train.presets import apply_preset
+    from sam_medft.training.presets import apply_preset
 
     state = init_state()
     is_main = state.is_main_process
@@ -284,7 +284,7 @@ def _run(recipe, run: RunFolder, accelerator, model, base_id, normalization, lab
     from sam_medft.data.dataset import ModelFrameSpec
     from sam_medft.models.artifact import AdapterMeta
     from sam_medft.models.loading import model_geometry
-    from sam_medft.train.data_pipeline import (
+    from sam_medft.training.data_pipeline import (
         build_stores,
         build_train_data,
         transform_on_accelerator,
@@ -428,7 +428,7 @@ def _run(recipe, run: RunFolder, accelerator, model, base_id, normalization, lab
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - t0
     if accelerator.is_main_process:
-        from sam_medft.train.data_pipeline import remove_disk_stores
+        from sam_medft.training.data_pipeline import remove_disk_stores
 
         remove_disk_stores(run_dir)
         summary = {"best_val_dice": state["best_dice"], "best_step": state["best_step"],
@@ -505,7 +505,7 @@ def _check_resume_layout(state: dict, num_processes: int, batch_size: int, ckpt:
 def _save_adapter(accelerator, model, meta, out_dir: Path) -> None:
     """The main process writes the adapter; under FSDP2 every rank helps gather it first."""
     from sam_medft.models.artifact import save_adapter
-    from sam_medft.train.checkpoint import is_sharded
+    from sam_medft.training.checkpoint import is_sharded
 
     inner = accelerator.unwrap_model(model)
     if is_sharded(inner):

@@ -31,7 +31,7 @@ from sam_medft.data.preprocessed import PreprocessedStore, choose_mode, estimate
 from sam_medft.data.sources import SampleSource
 from sam_medft.tasks import Task
 
-log = logging.getLogger("sam_medft.train")
+log = logging.getLogger("sam_medft.training")
 
 
 @dataclass

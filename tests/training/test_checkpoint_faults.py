@@ -22,8 +22,8 @@ from fault_helpers import digest, read_only, small_tmpfs
 from safetensors.torch import load_file
 
 from sam_medft.errors import SamMedftError
-from sam_medft.train import checkpoint as ckpt_mod
-from sam_medft.train.checkpoint import CORRUPT_PREFIX, resume_checkpoint, save_checkpoint
+from sam_medft.training import checkpoint as ckpt_mod
+from sam_medft.training.checkpoint import CORRUPT_PREFIX, resume_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,7 +36,7 @@ class World:
         from accelerate import Accelerator
 
         from sam_medft.models.registry import build_tiny
-        from sam_medft.train.schedules import build_scheduler
+        from sam_medft.training.schedules import build_scheduler
 
         torch.manual_seed(seed)
         self.model = build_tiny(2)
@@ -252,7 +252,7 @@ def test_training_full_disk_then_resume_then_damaged_newest_then_resume(tmp_path
     first checkpoint intact); --resume continues; later the newest checkpoint is damaged and
     --resume takes the one before, keeping the damaged one."""
     from sam_medft.config import load_recipe
-    from sam_medft.train.trainer import train
+    from sam_medft.training.trainer import train
 
     args = ["data.synthetic.n_train=8", "data.synthetic.n_val=2", "data.synthetic.n_test=1",
             "data.synthetic.size=64", "train.log_with=none", "train.batch_size=4",

@@ -129,7 +129,7 @@ def test_hooks_keep_forward_and_backward_exact_on_one_device():
 
 def test_trainer_runs_a_recipe_with_a_device_map(tmp_path):
     """The trainer path (check, place, prepare without moving, checkpoint) on a 1-device map."""
-    from sam_medft.train.trainer import train
+    from sam_medft.training.trainer import train
 
     r = load_recipe(
         None,

@@ -16,8 +16,8 @@ import torch
 
 from sam_medft.config import load_recipe
 from sam_medft.recipes_index import count_parameters
-from sam_medft.train.plan import GiB, estimate
-from sam_medft.train.presets import HEADROOM, apply_preset, choose
+from sam_medft.training.plan import GiB, estimate
+from sam_medft.training.presets import HEADROOM, apply_preset, choose
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
@@ -95,7 +95,7 @@ def test_dry_run_vit_b_lora(tmp_path):
     ],
 )
 def test_dry_run_says_what_the_preprocessed_images_cost(cache, expected):
-    from sam_medft.train.plan import host_memory_line
+    from sam_medft.training.plan import host_memory_line
 
     r = load_recipe(RECIPES / "sam-vit-base/lora_encdec.yaml", [f"train.preprocess_cache={cache}"])
     # 1024^2 x (3 image bytes + 1 mask byte) + 256^2 low-res mask bytes + 16 = 4.06 MiB

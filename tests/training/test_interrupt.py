@@ -58,7 +58,7 @@ def run_ok(cmd: list[str]) -> subprocess.CompletedProcess:
 def test_first_ctrl_c_stops_gracefully_and_a_second_aborts_at_once():
     """The handler itself, with real signals to this process: the first SIGINT only sets the
     flag and gives Ctrl-C back to Python; the second is a KeyboardInterrupt at once."""
-    from sam_medft.train.trainer import graceful_stop
+    from sam_medft.training.trainer import graceful_stop
 
     before = signal.getsignal(signal.SIGINT)
     with graceful_stop() as stop:
@@ -130,7 +130,7 @@ def test_a_second_training_into_a_running_run_is_refused(tmp_path):
 KILL_WHILE_SAVING = """
 import sys, time
 from pathlib import Path
-import sam_medft.train.checkpoint as ckpt
+import sam_medft.training.checkpoint as ckpt
 
 real, calls, sentinel = ckpt.save_file, [], Path(sys.argv[1])
 

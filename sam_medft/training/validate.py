@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from sam_medft.tasks import Task
-from sam_medft.train.embedding_cache import batch_keys, cached_embeddings
+from sam_medft.training.embedding_cache import batch_keys, cached_embeddings
 
 
 @torch.no_grad()

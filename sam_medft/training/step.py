@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 
 from sam_medft.tasks import Task
-from sam_medft.train.embedding_cache import batch_keys, cached_embeddings
+from sam_medft.training.embedding_cache import batch_keys, cached_embeddings
 
 
 def training_loss(task: Task, model: torch.nn.Module, batch: dict, *, frozen_encoder: bool,

@@ -29,7 +29,7 @@ from sam_medft.config import Recipe
 from sam_medft.errors import SamMedftError
 from sam_medft.precision import DTYPES, resolve_precision
 from sam_medft.tasks import AutomaticTask, task_for
-from sam_medft.train.step import training_loss
+from sam_medft.training.step import training_loss
 
 GiB = 2**30
 BYTES = {"bf16": 2, "fp16": 2, "no": 4}
@@ -384,7 +384,7 @@ def plan_table(recipe: Recipe):
     from rich.table import Table
     from rich.text import Text
 
-    from sam_medft.train.presets import preset_summary
+    from sam_medft.training.presets import preset_summary
 
     plan = estimate(recipe)
     gpus = gpu_inventory()
