@@ -79,12 +79,17 @@ class _PrintedOnce(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         logger: logging.Logger | None = logging.getLogger(record.name)
         while logger is not None and logger is not logging.root:
-            if logger.handlers:
+            if any(_prints(h) for h in logger.handlers):
                 return False
             if not logger.propagate:
                 break
             logger = logger.parent  # type: ignore[assignment]
         return True
+
+
+def _prints(handler: logging.Handler) -> bool:
+    """A handler that shows records to the user (a log file, e.g. a run's train.log, does not)."""
+    return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
 
 
 _HANDLER_NAME = "sam_medft"

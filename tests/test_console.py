@@ -117,3 +117,34 @@ def test_ctrl_c_is_one_line_and_status_130_and_the_folder_stays_ours(tmp_path):
     assert fresh.returncode == 0
     assert _digest(target) == _digest(tmp_path / "fresh")
     assert (target / MANIFEST).is_file()
+
+
+def test_a_run_log_file_does_not_hide_messages_from_the_terminal(tmp_path):
+    """The trainer adds a FileHandler (train.log) to the sam_medft logger: its records must
+    still reach stderr once; a second terminal handler (huggingface_hub's) still dedups."""
+    import io
+    import logging
+
+    from sam_medft.console import _PrintedOnce
+
+    stream = io.StringIO()
+    terminal = logging.StreamHandler(stream)
+    terminal.addFilter(_PrintedOnce())
+    root = logging.getLogger()
+    logger = logging.getLogger("sam_medft.training.test_console")
+    file_handler = logging.FileHandler(tmp_path / "train.log")
+    root.addHandler(terminal)
+    logging.getLogger("sam_medft").addHandler(file_handler)
+    try:
+        logger.warning("resumed from checkpoint-00000004")
+        assert stream.getvalue().count("resumed from checkpoint-00000004") == 1
+        own = logging.StreamHandler(io.StringIO())  # a library's own terminal handler
+        logger.addHandler(own)
+        logger.warning("printed by the library's handler")
+        assert "printed by the library's handler" not in stream.getvalue()
+        logger.removeHandler(own)
+    finally:
+        root.removeHandler(terminal)
+        logging.getLogger("sam_medft").removeHandler(file_handler)
+        file_handler.close()
+    assert "resumed from" in (tmp_path / "train.log").read_text()
