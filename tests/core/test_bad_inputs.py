@@ -1,5 +1,5 @@
 """Every mistake a user can make fails before training with one clear message, and the run
-folder holds nothing but the log afterwards."""
+folder holds nothing but its marker and the log afterwards."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def _recipe(tmp_path, root, *extra):
 def _only_log_left(tmp_path):
     run = tmp_path / "runs" / "bad"
     left = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
-    assert left == ["logs", "logs/train.log"], left
+    # the run marker says the folder is sam_medft's (so --overwrite may empty it later)
+    assert left == [".sam_medft_run", "logs", "logs/train.log"], left
 
 
 def _first_image(root):
