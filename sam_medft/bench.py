@@ -28,11 +28,11 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 
-from sam_medft.config import LossConfig, PeftSettings
+from sam_medft.config import LossConfig, ModelConfig, PeftSettings, Recipe, TrainConfig
 from sam_medft.errors import SamMedftError
 from sam_medft.precision import resolve_precision
 from sam_medft.tasks import AutomaticTask
@@ -43,28 +43,54 @@ MODES: tuple[str, ...] = ("train", "predict", "decoder-cached", "epoch")
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
 
 
+def _train_default(name: str) -> Any:
+    """`train.<name>`'s default in the recipe schema: the one home of every default."""
+    return TrainConfig.model_fields[name].default
+
+
 @dataclass
 class BenchSettings:
-    """What to measure. `image_size=None`: the model's own input size (1024 for SAM)."""
+    """What to measure. `image_size=None`: the model's own input size (1024 for SAM).
 
-    model: str = "sam-vit-base"
+    What a recipe also says (model, method, batch size, fast attention, compile, activation
+    checkpointing, transform device) defaults as in the recipe schema; `from_recipe` takes
+    it from a recipe.
+    """
+
+    model: str = ModelConfig.model_fields["name"].default
     peft: PeftSettings = field(default_factory=PeftSettings)
-    batch: int = 4
+    batch: int = _train_default("batch_size")
     image_size: int | None = None
     steps: int = 20
     warmup: int = 5
     mode: Mode = "train"
-    fast: bool = True
-    compile: bool = False
+    fast: bool = _train_default("fast_attention")
+    compile: bool = _train_default("compile")
     num_classes: int = 2
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = _train_default("activation_checkpointing")
     device: str | None = None  # None: cuda when available
     pad_value: bool | None = None  # fast attention: pad v for flash (None: auto)
     seed: int = 0
-    # epoch mode: the data pipeline's settings (as train.num_workers / transform_device)
+    # epoch mode: the data pipeline's settings (as train.num_workers / transform_device);
+    # 0 workers without a recipe: its `auto` depends on the machine
     num_workers: int = 0
-    transform_device: str = "auto"
+    transform_device: str = _train_default("transform_device")
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe | None, **given: Any) -> BenchSettings:
+        """The recipe's model, method and step settings (none: the defaults), overridden by
+        the `given` ones that are not None (command-line flags)."""
+        shared: dict[str, Any] = {}
+        if recipe is not None:
+            from sam_medft.training.data_pipeline import loader_workers
+
+            t = recipe.train
+            shared = dict(model=recipe.model.name, peft=recipe.peft, batch=t.batch_size,
+                          fast=t.fast_attention, compile=t.compile,
+                          activation_checkpointing=t.activation_checkpointing,
+                          num_workers=loader_workers(recipe), transform_device=t.transform_device)
+        return cls(**shared | {k: v for k, v in given.items() if v is not None})
 
     def check(self) -> None:
         """Every user mistake, before a model is built."""
@@ -92,10 +118,11 @@ class BenchSettings:
             )
         if self.num_workers < 0:
             raise SamMedftError(f"bench --workers {self.num_workers}: use 0 or more")
-        if self.transform_device not in ("auto", "accelerator", "loader"):
+        where = get_args(TrainConfig.model_fields["transform_device"].annotation)
+        if self.transform_device not in where:
             raise SamMedftError(
-                f"bench --transform-device {self.transform_device!r}: use auto, accelerator "
-                f"or loader"
+                f"bench --transform-device {self.transform_device!r}: use "
+                f"{', '.join(where[:-1])} or {where[-1]}"
             )
         if self.mode == "epoch" and self.num_classes > 3:
             raise SamMedftError(
@@ -189,7 +216,7 @@ def build_bench_model(
     cfg.vision_config.image_size = size
     cfg.prompt_encoder_config.image_size = size
     cfg.prompt_encoder_config.image_embedding_size = size // cfg.vision_config.patch_size
-    cfg.mask_decoder_config.num_multimask_outputs = num_classes
+    cfg.mask_decoder_config.num_multimask_outputs = AutomaticTask().mask_outputs(num_classes)
     # SamVisionConfig's default init std is 1e-10; real checkpoints have O(1) activations
     cfg.vision_config.initializer_range = 0.02
     cfg.initializer_range = 0.02
@@ -351,7 +378,6 @@ def _time_epoch(s: BenchSettings, model, update, size: int, device: torch.device
 
     from accelerate.utils import send_to_device
 
-    from sam_medft.config import Recipe
     from sam_medft.data.dataset import ModelFrameSpec
     from sam_medft.data.labels import LabelMap
     from sam_medft.data.sources import build_splits

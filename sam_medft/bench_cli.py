@@ -100,7 +100,7 @@ def bench_command(
     import torch
 
     from sam_medft.bench import BenchSettings, result_table, run_bench
-    from sam_medft.config import PeftSettings, load_recipe
+    from sam_medft.config import load_recipe
     from sam_medft.console import print_renderable
     from sam_medft.errors import SamMedftError
 
@@ -112,56 +112,19 @@ def bench_command(
     if threads is not None:
         torch.set_num_threads(threads)
     r = load_recipe(_recipe_path(recipe)) if recipe is not None else None
-    t = r.train if r is not None else None
-    settings = BenchSettings(
-        model=_given(model, r.model.name if r is not None else "sam-vit-base"),
-        peft=r.peft if r is not None else PeftSettings(),
-        # `is None`, not `or`: --batch 0 must reach BenchSettings.check, not become the default
-        batch=_given(batch, t.batch_size if t is not None else 4),
-        image_size=image_size,
-        steps=steps,
-        warmup=warmup,
-        mode=mode,  # type: ignore[arg-type]
-        fast=_pick(fast, t.fast_attention if t is not None else None, True),
-        compile=_pick(compile_, t.compile if t is not None else None, False),
-        num_classes=classes,
-        precision=precision,
-        activation_checkpointing=_pick(
-            activation_checkpointing, t.activation_checkpointing if t is not None else None, False
-        ),
-        device=device,
-        pad_value=pads[pad_value],
-        num_workers=_workers(workers, r),
-        transform_device=_given(transform_device, t.transform_device if t is not None else "auto"),
+    # a flag left out is None: the recipe's value, else the schema's default; 0 and "" are
+    # given values, so --batch 0 reaches BenchSettings.check instead of becoming the default
+    settings = BenchSettings.from_recipe(
+        r, model=model, batch=batch, image_size=image_size, steps=steps, warmup=warmup,
+        mode=mode, fast=fast, compile=compile_, num_classes=classes, precision=precision,
+        activation_checkpointing=activation_checkpointing, device=device,
+        pad_value=pads[pad_value], num_workers=workers, transform_device=transform_device,
     )
     result = run_bench(settings)
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
     else:
         print_renderable(result_table(result))
-
-
-def _given(flag, default):
-    """The flag when given (0 and "" included, so they are checked, not replaced), else the
-    default."""
-    return default if flag is None else flag
-
-
-def _workers(flag: int | None, recipe) -> int:
-    """--workers, else the recipe's train.num_workers (auto resolved), else 0."""
-    if flag is not None:
-        return flag
-    if recipe is None:
-        return 0
-    from sam_medft.training.data_pipeline import loader_workers
-
-    return loader_workers(recipe)
-
-
-def _pick(flag: bool | None, recipe_value: bool | None, default: bool) -> bool:
-    if flag is not None:
-        return flag
-    return default if recipe_value is None else recipe_value
 
 
 def _recipe_path(recipe: Path) -> Path:

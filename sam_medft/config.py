@@ -117,7 +117,7 @@ class PeftSettings(_Section):
     # bottleneck adapter
     bottleneck_ratio: float = Field(0.25, gt=0, le=4)
     activation: Literal["gelu", "relu", "silu"] = "gelu"
-    mlp_scale: float = 0.5
+    mlp_scale: float = Field(0.5, allow_inf_nan=False)
     # any other PEFT config keys pass through, e.g. {init_lora_weights: pissa}
     extra: dict[str, Any] = {}
 

@@ -12,10 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from rich import box
 from rich.table import Table
-from transformers import SamModel
 
 from sam_medft.config import Recipe, load_recipe
 from sam_medft.errors import SamMedftError
@@ -69,7 +67,7 @@ def count_parameters(recipe: Recipe, num_classes: int = 2) -> ParamCount:
     The mask-output count follows the trainer: one per class in automatic mode, SAM's 3
     multimask outputs in prompt modes.
     """
-    from sam_medft.adapters.methods import apply_method
+    from sam_medft.adapters.methods import meta_model
 
     name = recipe.model.name
     try:
@@ -79,10 +77,7 @@ def count_parameters(recipe: Recipe, num_classes: int = 2) -> ParamCount:
             f"model.name={name!r}: parameter counts need the architecture without weights, "
             f"known for: tiny, {', '.join(ARCH_OF)}; use one of those names"
         ) from None
-    cfg.mask_decoder_config.num_multimask_outputs = task_for(recipe.prompt).mask_outputs(num_classes)
-    with torch.device("meta"):
-        model = SamModel(cfg)
-        model, info = apply_method(model, recipe.peft)
+    _, info = meta_model(cfg, task_for(recipe.prompt).mask_outputs(num_classes), recipe.peft)
     return ParamCount(info.total, info.trainable)
 
 

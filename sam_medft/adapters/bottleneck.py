@@ -37,7 +37,6 @@ What `adapter_config.json` holds (peft_type stays "LORA"):
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,8 +46,10 @@ from typing import Any, Literal
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
+from pydantic import ValidationError
 from torch import nn
 
+from sam_medft.config import PeftSettings
 from sam_medft.errors import SamMedftError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
@@ -59,34 +60,42 @@ _DECODER_PARTS = ("layer_norm2", "mlp", "layer_norm4")
 _CONFIG_FILE = "adapter_config.json"
 
 
+# BottleneckSettings field -> its `peft:` recipe key (the schema holds default and range)
+_RECIPE_KEYS = {"ratio": "bottleneck_ratio", "activation": "activation", "mlp_scale": "mlp_scale"}
+
+
+def _recipe_default(field_name: str) -> Any:
+    return PeftSettings.model_fields[_RECIPE_KEYS[field_name]].default
+
+
 @dataclass(frozen=True)
 class BottleneckSettings:
-    """The study's adapter knobs; defaults are the study's (ratio 0.25, GELU, 0.5, [0,1,10,11]).
+    """The adapter knobs. ratio, activation and mlp_scale take their defaults and ranges from
+    the recipe schema (`PeftSettings`: the study's 0.25, GELU, 0.5); `encoder_layers`
+    defaults to the study's blocks [0,1,10,11] (a recipe's `peft.layers` is passed in).
 
     `encoder_layers`: block indices, "all", or None/empty for decoder-only scope.
     """
 
-    ratio: float = 0.25
-    activation: str = "gelu"
-    mlp_scale: float = 0.5
+    ratio: float = _recipe_default("ratio")
+    activation: str = _recipe_default("activation")
+    mlp_scale: float = _recipe_default("mlp_scale")
     encoder_layers: tuple[int, ...] | Literal["all"] | None = (0, 1, 10, 11)
     decoder: bool = True
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.ratio, int | float) and 0 < self.ratio <= 4):
-            raise SamMedftError(
-                f"bottleneck ratio {self.ratio!r} is out of range; use a number in (0, 4], "
-                "e.g. 0.25 (the study's value)"
+        try:
+            checked = PeftSettings(
+                method="adapter", **{key: getattr(self, name) for name, key in _RECIPE_KEYS.items()}
             )
-        if self.activation not in ACTIVATIONS:
-            raise SamMedftError(
-                f"bottleneck activation {self.activation!r} is unknown; use one of "
-                f"{sorted(ACTIVATIONS)}"
-            )
-        if not (isinstance(self.mlp_scale, int | float) and math.isfinite(self.mlp_scale)):
-            raise SamMedftError(
-                f"bottleneck mlp_scale {self.mlp_scale!r} is not a finite number; use e.g. 0.5"
-            )
+        except ValidationError as e:
+            first = e.errors()[0]
+            name = next(n for n, k in _RECIPE_KEYS.items() if k == first["loc"][0])
+            fix = first["msg"].replace("Input should be", "it should be")
+            raise SamMedftError(f"bottleneck {name} {first['input']!r} is invalid: {fix}, "
+                                f"e.g. {_recipe_default(name)!r} (the study's value)") from None
+        for name, key in _RECIPE_KEYS.items():  # as the schema parsed them ("0.5" -> 0.5)
+            object.__setattr__(self, name, getattr(checked, key))
         layers = self.encoder_layers
         if layers is None or layers == "all":
             normalised: tuple[int, ...] | str | None = layers
@@ -108,6 +117,13 @@ class BottleneckSettings:
                 "bottleneck settings select no module: encoder_layers is empty and decoder is "
                 "off; set encoder_layers (e.g. [0, 1, 10, 11] or 'all') or decoder: true"
             )
+
+    @classmethod
+    def from_recipe(cls, peft: PeftSettings, encoder_layers: Sequence[int] | None,
+                    ) -> BottleneckSettings:
+        """The recipe's bottleneck keys with its resolved encoder blocks (None/[]: decoder only)."""
+        return cls(**{name: getattr(peft, key) for name, key in _RECIPE_KEYS.items()},
+                   encoder_layers=encoder_layers)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -23,6 +23,10 @@ from sam_medft.config import PeftSettings
 from sam_medft.errors import SamMedftError
 from sam_medft.models.loading import unwrap
 
+#: the class-dependent heads of SAM's mask decoder (`mask_decoder.<name>`): always trained
+#: and saved; `output_hypernetworks_mlps` is a list with one MLP per mask token
+DECODER_HEADS = ("mask_tokens", "iou_token", "iou_prediction_head", "output_hypernetworks_mlps")
+
 # PEFT methods that are known not to work on SAM (checked on the tiny model, PEFT 0.21):
 # the SAM vision linears see 4-D (B, H, W, C) inputs and the decoder 3-D ones.
 # tests/adapters/test_methods.py checks that they still fail, so a PEFT fix shows up there.
@@ -100,8 +104,13 @@ def check_settings(settings: PeftSettings, encoder_depth: int | None = None) -> 
 def head_module_names(model: torch.nn.Module) -> list[str]:
     """Names (suffixes) of the class-dependent decoder heads, for `modules_to_save`."""
     dec = unwrap(model).mask_decoder
-    names = ["mask_tokens", "iou_token", "iou_prediction_head"]
-    names += [f"output_hypernetworks_mlps.{i}" for i in range(len(dec.output_hypernetworks_mlps))]
+    names = []
+    for head in DECODER_HEADS:
+        module = getattr(dec, head)
+        if isinstance(module, torch.nn.ModuleList):  # one entry per mask token
+            names += [f"{head}.{i}" for i in range(len(module))]
+        else:
+            names.append(head)
     return names
 
 
@@ -157,13 +166,7 @@ def apply_method(
         from sam_medft.adapters.bottleneck import BottleneckSettings, apply_bottleneck
 
         layers = encoder_layer_ids(model, settings.layers) if settings.scope == "encdec" else []
-        bs = BottleneckSettings(
-            ratio=settings.bottleneck_ratio,
-            activation=settings.activation,
-            mlp_scale=settings.mlp_scale,
-            encoder_layers=layers,
-            decoder=True,
-        )
+        bs = BottleneckSettings.from_recipe(settings, encoder_layers=layers)
         heads = [f"mask_decoder.{n}" for n in head_module_names(model)]  # it wants full names
         model = apply_bottleneck(model, bs, modules_to_save=heads)
     else:
@@ -177,6 +180,17 @@ def apply_method(
             ) from None
     trainable, total = parameter_counts(model)
     return model, MethodInfo(method, settings.scope, trainable, total, isinstance(model, PeftModel))
+
+
+def meta_model(config, mask_outputs: int, settings: PeftSettings,
+               ) -> tuple[torch.nn.Module, MethodInfo]:
+    """`config`'s SamModel with `mask_outputs` mask tokens and the method applied, on the meta
+    device: shapes without memory or download, for parameter counts and memory plans."""
+    from transformers import SamModel
+
+    config.mask_decoder_config.num_multimask_outputs = mask_outputs
+    with torch.device("meta"):  # the method's new tensors too
+        return apply_method(SamModel(config), settings)
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
@@ -234,13 +248,6 @@ def _apply_vanilla(model: torch.nn.Module, scope: str) -> torch.nn.Module:
     for name, p in model.named_parameters():
         p.requires_grad_(scope == "encdec" or name.startswith("mask_decoder."))
     return model
-
-
-def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable tensors of a vanilla model, by their SamModel names."""
-    m = unwrap(model)
-    names = {n for n, p in m.named_parameters() if p.requires_grad}
-    return {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items() if k in names}
 
 
 def encoder_is_frozen(model: torch.nn.Module) -> bool:

@@ -24,12 +24,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from scipy import ndimage
 
+from sam_medft.config import PromptConfig
 from sam_medft.data.transforms import IGNORE_INDEX, SamGeometry
 from sam_medft.errors import SamMedftError
 
@@ -39,6 +41,11 @@ PROMPT_KEYS = ("input_points", "input_labels", "input_boxes")  # the collated ke
 
 
 # ---- settings and the prompt container ---------------------------------------------------------
+def _recipe_default(name: str) -> Any:
+    """`prompt.<name>`'s default in the recipe schema: the one home of every default."""
+    return PromptConfig.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class PromptSettings:
     """How prompts are simulated from a label map (one prompt set per object and class).
@@ -49,14 +56,16 @@ class PromptSettings:
     independently by U(-j, j) x the box extent, in or out; objects smaller than
     `min_object_area` pixels are ignored; at most `max_objects_per_image` objects are kept
     (None: all). `connectivity` 2 = 8-neighbourhood, 1 = 4-neighbourhood.
+    The fields shared with the recipe's `prompt:` section take their defaults and ranges from
+    `PromptConfig` (built from a recipe by `tasks.prompted.prompt_settings`).
     """
 
-    mode: PromptMode = "box"
-    n_points: int = 1
-    n_negative: int = 0
-    interior_fraction: float = 0.1
-    box_jitter: float = 0.1
-    max_objects_per_image: int | None = 8
+    mode: PromptMode = "box"  # the recipe's default is "none": no prompts to simulate
+    n_points: int = _recipe_default("n_points")
+    n_negative: int = _recipe_default("n_negative")
+    interior_fraction: float = _recipe_default("interior_fraction")
+    box_jitter: float = _recipe_default("box_jitter")
+    max_objects_per_image: int | None = _recipe_default("max_objects_per_image")
     min_object_area: int = 1
     connectivity: int = 2
 
@@ -64,18 +73,23 @@ class PromptSettings:
         def bad(name: str, value: Any, fix: str) -> SamMedftError:
             return SamMedftError(f"prompts.{name}={value!r} is invalid: {fix}")
 
-        if self.mode not in ("point", "box", "hybrid"):
+        if self.mode not in get_args(PromptMode):
             raise bad("mode", self.mode, "use 'point', 'box' or 'hybrid'")
-        if self.mode != "box" and self.n_points < 1:
-            raise bad("n_points", self.n_points, f"{self.mode} mode needs at least 1 point")
-        if self.n_negative < 0:
-            raise bad("n_negative", self.n_negative, "use 0 or more negative points")
-        if not 0.0 < self.interior_fraction <= 1.0:
-            raise bad("interior_fraction", self.interior_fraction, "use a value in (0, 1]")
-        if not 0.0 <= self.box_jitter < 1.0:
-            raise bad("box_jitter", self.box_jitter, "use a value in [0, 1), e.g. 0.1")
-        if self.max_objects_per_image is not None and self.max_objects_per_image < 1:
-            raise bad("max_objects_per_image", self.max_objects_per_image, "use >= 1 or null")
+        # the shared ranges are the schema's; box mode has no points, None keeps all objects
+        shared = {"n_negative": self.n_negative, "interior_fraction": self.interior_fraction,
+                  "box_jitter": self.box_jitter}
+        if self.mode != "box":
+            shared["n_points"] = self.n_points
+        if self.max_objects_per_image is not None:
+            shared["max_objects_per_image"] = self.max_objects_per_image
+        try:
+            checked = PromptConfig(**shared)
+        except ValidationError as e:
+            first = e.errors()[0]
+            fix = first["msg"].replace("Input should be", "it should be")
+            raise bad(str(first["loc"][0]), first["input"], fix) from None
+        for name in shared:  # as the schema parsed them ("2" -> 2)
+            object.__setattr__(self, name, getattr(checked, name))
         if self.min_object_area < 1:
             raise bad("min_object_area", self.min_object_area, "use 1 or more pixels")
         if self.connectivity not in (1, 2):

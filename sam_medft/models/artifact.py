@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from sam_medft import __version__
 from sam_medft.errors import SamMedftError
 from sam_medft.files import apply_umask_modes, disk_error, make_temp_dir
-from sam_medft.models.loading import load_base_model, resolve_model_name, unwrap
+from sam_medft.models.loading import load_base_model, resolve_model_name, trainable_tensors, unwrap
 
 META_FILE = "sam_medft.json"
 VANILLA_FILE = "trainable_model.safetensors"
@@ -77,11 +77,7 @@ def save_adapter(model: torch.nn.Module, meta: AdapterMeta, out_dir: Path, *,
             model.save_pretrained(tmp, state_dict=state_dict)
             (tmp / "README.md").unlink(missing_ok=True)  # PEFT's stub card; `push` writes ours
         else:
-            from sam_medft.adapters.methods import trainable_state_dict
-
-            tensors = trainable_state_dict(model) if state_dict is None else {
-                n: state_dict[n].detach().cpu().contiguous()
-                for n, p in model.named_parameters() if p.requires_grad}
+            tensors = trainable_tensors(unwrap(model) if state_dict is None else model, state_dict)
             save_file(tensors, str(tmp / VANILLA_FILE))
         (tmp / META_FILE).write_text(meta.to_json())
         _write_processor_config(tmp, meta)

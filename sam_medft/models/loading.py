@@ -178,6 +178,16 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return m
 
 
+def trainable_tensors(model: torch.nn.Module, state_dict: dict[str, torch.Tensor] | None = None,
+                      ) -> dict[str, torch.Tensor]:
+    """The trainable parameters by `model`'s names, as contiguous CPU tensors: what checkpoints
+    and vanilla adapters save (never the frozen base). `state_dict`: take the values from
+    this full state dict instead (FSDP2's gathered one; the parameters are shards)."""
+    values = dict(model.named_parameters()) if state_dict is None else state_dict
+    return {n: values[n].detach().cpu().contiguous()
+            for n, p in model.named_parameters() if p.requires_grad}
+
+
 def _folder_norm(folder: str) -> str:
     """A converted folder records its preset (`sam-medft convert` writes it in config.json)."""
     import json

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from sam_medft.errors import SamMedftError
 from sam_medft.files import apply_umask_modes, disk_error
+from sam_medft.models.loading import trainable_tensors
 
 log = logging.getLogger("sam_medft.training")
 
@@ -47,10 +48,6 @@ _READ_ERRORS = (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError
                 pickle.UnpicklingError, SafetensorError, zipfile.BadZipFile)
 # per-parameter-id (torch) or per-name (torch.distributed.checkpoint, sharded runs)
 OPTIM_FILE = {False: "optimizer.pt", True: "optimizer_by_name.pt"}
-
-
-def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
@@ -73,10 +70,9 @@ def gather_trainable(model: torch.nn.Module, is_main: bool) -> dict[str, torch.T
         return trainable_tensors(model) if is_main else {}
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
     sd = get_model_state_dict(model, options=_full_options(cpu_offload=True,
                                                            ignore_frozen_params=True))
-    return {n: sd[n].contiguous() for n in names} if is_main else {}
+    return trainable_tensors(model, sd) if is_main else {}
 
 
 def _optimizer_state(model, optimizer, is_main: bool) -> dict | None:

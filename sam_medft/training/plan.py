@@ -32,7 +32,6 @@ from sam_medft.tasks import AutomaticTask, task_for
 from sam_medft.training.step import training_loss
 
 GiB = 2**30
-BYTES = {"bf16": 2, "fp16": 2, "no": 4}
 
 
 @dataclass
@@ -306,14 +305,13 @@ def recipe_classes(recipe: Recipe) -> tuple[int, str | None]:
         return task.mask_outputs(len(recipe.data.labels)), None
     if recipe.data.binary or task.prompted:
         return task.mask_outputs(2), None
-    return 2, "classes: 2 assumed (set data.labels for the exact count; it changes little)"
+    return (task.mask_outputs(2),
+            "classes: 2 assumed (set data.labels for the exact count; it changes little)")
 
 
 def estimate(recipe: Recipe) -> MemoryPlan:
     """The memory plan of `recipe` at its batch size, traced on the meta device."""
-    from transformers import SamModel
-
-    from sam_medft.adapters.methods import apply_method, encoder_is_frozen
+    from sam_medft.adapters.methods import encoder_is_frozen, meta_model
 
     cfg = model_config(recipe)
     if getattr(cfg, "model_type", "sam") not in ("sam", "sam_hq"):
@@ -321,12 +319,9 @@ def estimate(recipe: Recipe) -> MemoryPlan:
             f"--dry-run supports SAM / SAM-HQ models; {recipe.model.name} is {cfg.model_type!r}"
         )
     num_classes, note = recipe_classes(recipe)
-    cfg.mask_decoder_config.num_multimask_outputs = num_classes
     precision = plan_precision(recipe.train.mixed_precision)
     dtype = DTYPES[precision]
-    with torch.device("meta"):
-        model = SamModel(cfg)
-        model, info = apply_method(model, recipe.peft)
+    model, info = meta_model(cfg, num_classes, recipe.peft)
     frozen = encoder_is_frozen(model)
     from sam_medft.models.loading import unwrap
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from sam_medft.adapters.methods import DECODER_HEADS
 from sam_medft.config import Recipe
 from sam_medft.errors import Interrupted, SamMedftError
 from sam_medft.files import disk_errors, write_text_atomic
@@ -226,7 +227,7 @@ def enable_speedups(model, recipe: Recipe) -> None:
 
 def build_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     t = recipe.train
-    heads = ("mask_tokens", "iou_token", "iou_prediction_head", "output_hypernetworks_mlps")
+    heads = DECODER_HEADS  # fresh class heads: their own lr (train.head_lr)
     head_params, other = [], []
     for n, p in model.named_parameters():
         if p.requires_grad:

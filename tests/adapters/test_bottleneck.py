@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import get_args
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 from transformers import Sam2Config, Sam2Model, SamConfig, SamHQConfig, SamHQModel, SamModel
 
 from sam_medft.adapters.bottleneck import (
+    ACTIVATIONS,
     BottleneckAttention,
     BottleneckMLP,
     BottleneckNorm,
@@ -22,6 +24,7 @@ from sam_medft.adapters.bottleneck import (
     load_bottleneck,
     read_bottleneck_settings,
 )
+from sam_medft.config import PeftSettings, load_recipe
 from sam_medft.errors import SamMedftError
 from sam_medft.models.registry import TINY_CONFIG, build_tiny
 
@@ -278,6 +281,17 @@ def test_bad_settings_and_indices_raise_clear_errors():
         apply_bottleneck(build_tiny(2), ALL, modules_to_save=["mask_decoder.nope"])
     with pytest.raises(SamMedftError, match="contains bottleneck adapter targets"):
         apply_bottleneck(build_tiny(2), ALL, modules_to_save=["mask_decoder"])
+
+
+def test_settings_take_defaults_and_ranges_from_the_recipe_schema():
+    """`peft:` in the recipe schema is the one home of the bottleneck defaults and ranges."""
+    assert BottleneckSettings.from_recipe(PeftSettings(), (0, 1, 10, 11)) == BottleneckSettings()
+    assert set(get_args(PeftSettings.model_fields["activation"].annotation)) == set(ACTIVATIONS)
+    with pytest.raises(SamMedftError, match="mlp_scale inf is invalid: it should be a finite"):
+        BottleneckSettings(mlp_scale=float("inf"))
+    with pytest.raises(SamMedftError, match="invalid recipe"):
+        load_recipe(None, ["peft.mlp_scale=.inf"])
+    assert BottleneckSettings(ratio="0.5").ratio == 0.5  # parsed as the schema does
 
 
 def test_merge_is_refused_but_unload_restores_base():

@@ -16,20 +16,23 @@ from peft import GraloraConfig, OFTConfig, get_peft_model
 from torch import nn
 
 from sam_medft.adapters.methods import (
+    DECODER_HEADS,
     KNOWN_BROKEN,
     apply_method,
     check_settings,
     encoder_is_frozen,
     known_methods,
+    meta_model,
 )
 from sam_medft.config import PeftSettings, load_recipe
 from sam_medft.errors import SamMedftError
 from sam_medft.models.artifact import AdapterMeta, load_adapter_model, save_adapter
 from sam_medft.models.forward import automatic_forward
+from sam_medft.models.loading import unwrap
 from sam_medft.models.registry import architecture_config, build_tiny
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
-HEADS = ("mask_tokens", "iou_token", "iou_prediction_head", "output_hypernetworks_mlps")
+HEADS = DECODER_HEADS
 PREFIX = "base_model.model."
 
 
@@ -130,6 +133,18 @@ def test_method_info_counts_the_fine_tuned_model():
     _, vanilla = apply_method(build_tiny(3), PeftSettings(method="vanilla", scope="decoder"))
     decoder = sum(p.numel() for p in build_tiny(3).mask_decoder.parameters())
     assert (vanilla.trainable, vanilla.total, vanilla.is_peft) == (decoder, base, False)
+
+
+@pytest.mark.parametrize("method", ["vanilla", "lora", "adapter"])
+def test_meta_model_has_the_real_models_shapes(method):
+    """Parameter counts and memory plans come from the meta-device model: they must be the
+    real model's, without any memory."""
+    settings = PeftSettings(method=method, scope="encdec", layers=[0, 2])
+    model, info = meta_model(architecture_config("tiny"), 3, settings)
+    _, real = apply_method(build_tiny(3), settings)
+    assert all(p.is_meta for p in model.parameters())
+    assert (info.trainable, info.total) == (real.trainable, real.total)
+    assert unwrap(model).mask_decoder.mask_tokens.num_embeddings == 3 + 1  # + single-mask token
 
 
 # ---- decoder-only scopes: the encoder runs without autograd ---------------------------------

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from sam_medft.bench import BenchSettings, build_bench_model, run_bench
 from sam_medft.cli import app
-from sam_medft.config import PeftSettings
+from sam_medft.config import PeftSettings, Recipe, load_recipe
 from sam_medft.errors import SamMedftError
 from sam_medft.models.forward import automatic_forward
 
@@ -151,6 +151,18 @@ def test_vanilla_full_training_from_a_recipe() -> None:
 def test_mistakes_fail_before_any_work(settings: BenchSettings, message: str) -> None:
     with pytest.raises(SamMedftError, match=message):
         run_bench(settings)
+
+
+def test_settings_come_from_the_recipe_then_the_flags() -> None:
+    """The recipe schema is the one home of the shared defaults; flags given win, 0 included."""
+    assert BenchSettings.from_recipe(Recipe(), num_workers=0) == BenchSettings.from_recipe(None)
+    recipe = load_recipe(None, ["model.name=tiny", "peft.method=adapter", "train.batch_size=3",
+                                "train.fast_attention=false", "train.num_workers=2"])
+    s = BenchSettings.from_recipe(recipe, steps=3, compile=None)
+    assert (s.model, s.peft.method, s.batch, s.fast, s.num_workers, s.steps) == (
+        "tiny", "adapter", 3, False, 2, 3)
+    flags = BenchSettings.from_recipe(recipe, batch=0, fast=True)
+    assert (flags.batch, flags.fast) == (0, True)
 
 
 def test_small_image_size_builds_a_consistent_model() -> None:

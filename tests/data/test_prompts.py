@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from sam_medft.config import PromptConfig
 from sam_medft.data.prompts import (
     PAD_LABEL,
     PROMPT_KEYS,
@@ -26,6 +27,7 @@ from sam_medft.data.prompts import (
 from sam_medft.data.transforms import IGNORE_INDEX, SamGeometry
 from sam_medft.errors import SamMedftError
 from sam_medft.models.registry import build_tiny
+from sam_medft.tasks.prompted import prompt_settings
 
 GEOM = SamGeometry(input_size=256, mask_size=64)
 
@@ -220,6 +222,15 @@ def test_touching_same_class_objects_follow_connectivity():
 def test_bad_settings_are_user_errors(kwargs):
     with pytest.raises(SamMedftError, match="prompts\\."):
         PromptSettings(**kwargs)
+
+
+def test_settings_take_defaults_and_ranges_from_the_recipe_schema():
+    """The recipe's `prompt:` section is the one home of the shared defaults and ranges."""
+    assert prompt_settings(PromptConfig(mode="box")) == PromptSettings()
+    with pytest.raises(SamMedftError, match="prompts.box_jitter=1.0 is invalid: it should be less"):
+        PromptSettings(box_jitter=1.0)
+    assert PromptSettings(mode="point", n_points="2").n_points == 2  # parsed as the schema does
+    assert PromptSettings(mode="box", n_points=0).n_points == 0  # box mode places no points
 
 
 # ---- model frame ---------------------------------------------------------------------------
