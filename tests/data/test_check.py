@@ -12,6 +12,9 @@ from rich.console import Console
 from sam_medft.config import DataConfig
 from sam_medft.data.check import check_dataset
 from sam_medft.errors import SamMedftError
+from sam_medft.resources import recipes_dir
+
+DEMO = recipes_dir() / "demo.yaml"  # absolute: the tests run from any folder
 
 
 def _pair(root: Path, name: str, mask: np.ndarray, image_shape=None) -> str:
@@ -272,7 +275,7 @@ def test_wrong_data_stops_training_and_data_check_before_any_model(tmp_path, mon
         train(load_recipe(None, args))
     assert "are the list's columns swapped?" in str(e.value)
     assert not (tmp_path / "runs" / "run" / "adapter").exists()
-    monkeypatch.setattr(sys, "argv", ["sam-medft", "data", "check", "recipes/demo.yaml", *args])
+    monkeypatch.setattr(sys, "argv", ["sam-medft", "data", "check", str(DEMO), *args])
     with pytest.raises(SystemExit) as exit_:
         main()
     out = capsys.readouterr()
@@ -292,7 +295,7 @@ def test_the_no_validation_advice_holds_the_last_step_adapter_is_saved(tmp_path)
     root = tmp_path / "syn"
     write_synthetic(root, n_train=4, n_val=0, n_test=0, size=32)
     recipe = load_recipe(
-        "recipes/demo.yaml",
+        DEMO,
         [
             "data.source=lists", f"data.img_folder={root}", f"data.mask_folder={root}",
             f"data.train_list={root / 'train.csv'}", "data.val_list=null",

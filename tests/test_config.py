@@ -6,10 +6,13 @@ import pytest
 
 from sam_medft.config import load_recipe
 from sam_medft.errors import SamMedftError
+from sam_medft.resources import recipes_dir
+
+DEMO = recipes_dir() / "demo.yaml"  # absolute: the tests run from any folder
 
 
 def test_demo_recipe_with_overrides():
-    r = load_recipe("recipes/demo.yaml", ["train.max_steps=50", "model.name=medsam",
+    r = load_recipe(DEMO, ["train.max_steps=50", "model.name=medsam",
                                           "peft.layers=[0, 2]", "data.labels={0: bg, 255: fg}"])
     assert r.train.max_steps == 50 and r.model.name == "medsam"
     assert r.peft.layers == [0, 2] and r.data.labels == {0: "bg", 255: "fg"}
@@ -17,28 +20,28 @@ def test_demo_recipe_with_overrides():
 
 def test_unknown_key_names_the_key_and_the_allowed_ones():
     with pytest.raises(SamMedftError) as e:
-        load_recipe("recipes/demo.yaml", ["train.max_stepz=5"])
+        load_recipe(DEMO, ["train.max_stepz=5"])
     msg = str(e.value)
     assert "train.max_stepz" in msg and "max_steps" in msg
 
 
 def test_bad_literal_lists_allowed_values():
     with pytest.raises(SamMedftError) as e:
-        load_recipe("recipes/demo.yaml", ["train.schedule=linear"])
+        load_recipe(DEMO, ["train.schedule=linear"])
     assert "train.schedule" in str(e.value) and "cosine" in str(e.value)
 
 
 def test_bad_number_and_bad_override_syntax():
     with pytest.raises(SamMedftError, match="train.batch_size"):
-        load_recipe("recipes/demo.yaml", ["train.batch_size=0"])
+        load_recipe(DEMO, ["train.batch_size=0"])
     with pytest.raises(SamMedftError, match="section.key=value"):
-        load_recipe("recipes/demo.yaml", ["train.max_steps"])
+        load_recipe(DEMO, ["train.max_steps"])
 
 
 @pytest.mark.parametrize("value", ["-1", "many", "true"])
 def test_bad_worker_count_is_one_message(value):
     with pytest.raises(SamMedftError) as e:
-        load_recipe("recipes/demo.yaml", [f"train.num_workers={value}"])
+        load_recipe(DEMO, [f"train.num_workers={value}"])
     lines = str(e.value).splitlines()
     assert len(lines) == 2 and "train.num_workers" in lines[1]
     assert "a positive number, or auto" in lines[1]
@@ -49,10 +52,10 @@ def test_speed_settings_accept_their_yaml_spellings():
 
     from sam_medft.training.data_pipeline import loader_workers
 
-    r = load_recipe("recipes/demo.yaml", ["train.preprocess_cache=off", "train.num_workers=3"])
+    r = load_recipe(DEMO, ["train.preprocess_cache=off", "train.num_workers=3"])
     assert r.train.preprocess_cache == "off"  # YAML reads a bare off as false
     assert loader_workers(r) == 3
-    auto = load_recipe("recipes/demo.yaml")
+    auto = load_recipe(DEMO)
     assert auto.train.num_workers == "auto"
     if not torch.cuda.is_available():
         assert loader_workers(auto) == 0  # no GPU: the model step dominates

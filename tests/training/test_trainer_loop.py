@@ -9,8 +9,10 @@ import torch
 
 from sam_medft.config import load_recipe
 from sam_medft.errors import SamMedftError
+from sam_medft.resources import recipes_dir
 from sam_medft.training.trainer import train
 
+DEMO = recipes_dir() / "demo.yaml"  # absolute: the tests run from any folder
 SMALL = ["data.synthetic.n_train=8", "data.synthetic.n_val=4", "data.synthetic.n_test=2",
          "train.log_with=none", "train.batch_size=4", "peft.method=lora", "peft.scope=decoder",
          "augment.enabled=false"]
@@ -18,7 +20,7 @@ SMALL = ["data.synthetic.n_train=8", "data.synthetic.n_val=4", "data.synthetic.n
 
 def test_early_stopping_with_patience(tmp_path):
     # a learning rate too small to change the Dice: no improvement after the first evaluation
-    r = load_recipe("recipes/demo.yaml", [*SMALL, f"output_dir={tmp_path}", "name=es",
+    r = load_recipe(DEMO, [*SMALL, f"output_dir={tmp_path}", "name=es",
                                           "train.lr=1e-12", "train.warmup_steps=0",
                                           "train.max_steps=40", "train.eval_every=2",
                                           "train.patience=1"])
@@ -33,15 +35,15 @@ def test_early_stopping_with_patience(tmp_path):
 def test_existing_run_folder_needs_resume_or_overwrite(tmp_path):
     args = [*SMALL, f"output_dir={tmp_path}", "name=twice", "train.max_steps=2",
             "train.eval_every=2"]
-    train(load_recipe("recipes/demo.yaml", args))
+    train(load_recipe(DEMO, args))
     with pytest.raises(SamMedftError, match="--overwrite"):
-        train(load_recipe("recipes/demo.yaml", args))
-    result = train(load_recipe("recipes/demo.yaml", args), overwrite=True)
+        train(load_recipe(DEMO, args))
+    result = train(load_recipe(DEMO, args), overwrite=True)
     assert result.steps == 2
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
-    r = load_recipe("recipes/demo.yaml", [*SMALL, f"output_dir={tmp_path}", "name=nothing"])
+    r = load_recipe(DEMO, [*SMALL, f"output_dir={tmp_path}", "name=nothing"])
     with pytest.raises(SamMedftError, match="no checkpoint"):
         train(r, resume=True)
 
@@ -52,7 +54,7 @@ def test_cached_embeddings_train_like_uncached(tmp_path):
 
     weights = {}
     for cache in ("true", "false"):
-        r = load_recipe("recipes/demo.yaml", [*SMALL, f"output_dir={tmp_path}", f"name=c{cache}",
+        r = load_recipe(DEMO, [*SMALL, f"output_dir={tmp_path}", f"name=c{cache}",
                                               "train.max_steps=6", "train.eval_every=3",
                                               f"train.cache_embeddings={cache}"])
         result = train(r)
@@ -64,7 +66,7 @@ def test_cached_embeddings_train_like_uncached(tmp_path):
 
 
 def test_cache_on_a_trained_encoder_is_refused(tmp_path):
-    r = load_recipe("recipes/demo.yaml", [*SMALL, f"output_dir={tmp_path}", "name=bad",
+    r = load_recipe(DEMO, [*SMALL, f"output_dir={tmp_path}", "name=bad",
                                           "peft.scope=encdec", "train.cache_embeddings=true"])
     with pytest.raises(SamMedftError, match="cache_embeddings"):
         train(r)
@@ -87,7 +89,7 @@ def test_data_pipelines_train_identically(tmp_path, pipeline):
 
     weights = {}
     for name, extra in (("default", []), ("other", pipeline)):
-        r = load_recipe("recipes/demo.yaml", [
+        r = load_recipe(DEMO, [
             *SMALL, f"output_dir={tmp_path}", f"name={name}", "augment.enabled=true",
             "augment.vflip=0.5", "augment.gamma=0.2", "peft.scope=encdec",
             "train.max_steps=4", "train.eval_every=2", *extra])

@@ -6,17 +6,16 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from sam_medft.resources import recipes_dir
 
 
 @pytest.mark.slow
 def test_demo_recipe_learns(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", SAM_MEDFT_CACHE=str(tmp_path / "cache"))
-    cmd = [sys.executable, "-m", "sam_medft", "train", str(ROOT / "recipes" / "demo.yaml"),
+    cmd = [sys.executable, "-m", "sam_medft", "train", str(recipes_dir() / "demo.yaml"),
            f"output_dir={tmp_path / 'runs'}"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

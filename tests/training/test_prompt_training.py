@@ -9,15 +9,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from sam_medft.config import load_recipe
+from sam_medft.resources import recipes_dir
 from sam_medft.training.trainer import train
 
+DEMO = recipes_dir() / "demo.yaml"  # absolute: the tests run from any folder
 SMALL = ["data.synthetic.n_train=12", "data.synthetic.n_val=6", "data.synthetic.n_test=2",
          "train.log_with=none", "train.batch_size=4", "peft.method=vanilla", "peft.scope=encdec"]
 
 
 @pytest.mark.parametrize("mode", ["point", "box", "hybrid"])
 def test_each_prompt_mode_trains(tmp_path, mode):
-    r = load_recipe("recipes/demo.yaml", [*SMALL, f"output_dir={tmp_path}", f"name={mode}",
+    r = load_recipe(DEMO, [*SMALL, f"output_dir={tmp_path}", f"name={mode}",
                                           f"prompt.mode={mode}", "train.max_steps=3",
                                           "train.eval_every=3", "prompt.n_points=2"])
     result = train(r)
@@ -34,7 +36,7 @@ def test_mixed_object_counts_in_one_batch_train(tmp_path):
     from sam_medft.models.registry import build_tiny
     from sam_medft.tasks.prompted import prompt_loss, prompt_settings, prompted_forward
 
-    r = load_recipe("recipes/demo.yaml", [*SMALL, "prompt.mode=box", "augment.enabled=false"])
+    r = load_recipe(DEMO, [*SMALL, "prompt.mode=box", "augment.enabled=false"])
     label_map = check_dataset(r.data).label_map
     source = build_splits(r.data)["train"]
     from sam_medft.data.transforms import SamGeometry
@@ -69,7 +71,7 @@ def test_box_training_improves_box_dice(tmp_path):
     from sam_medft.tasks.prompted import prompt_settings
     from sam_medft.training.validate import validate
 
-    r = load_recipe("recipes/demo.yaml", [*SMALL, f"output_dir={tmp_path}", "name=box",
+    r = load_recipe(DEMO, [*SMALL, f"output_dir={tmp_path}", "name=box",
                                           "prompt.mode=box", "train.max_steps=60",
                                           "train.eval_every=30", "train.lr=1e-3"])
     label_map = check_dataset(r.data).label_map
