@@ -1,5 +1,8 @@
 """uint8 model-frame batches -> what the model trains on: normalised pixels and int64 labels.
 
+The pixels are made by the one normalisation every route uses (`transforms.normalize_batch`
+of `transforms.preprocess_image`'s uint8 images; prediction: `sam_medft.infer.pipeline`).
+
 The data loader hands over uint8 images and compact class masks (a quarter of the bytes of
 float pixels and int64 labels). `finish_batch` normalises, augments and makes the low-res
 labels for a whole batch at once, on whatever device the batch is on: the GPU in training
@@ -20,9 +23,10 @@ import torch
 
 from sam_medft.config import AugmentConfig
 from sam_medft.data.preprocessed import lowres_from_input, stored_to_labels
-from sam_medft.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SamGeometry
+from sam_medft.data.transforms import SamGeometry, normalize_batch, valid_window
 
 UINT8_KEYS = ("image_u8", "mask_input", "mask_lowres")
+__all__ = ["UINT8_KEYS", "HostMeta", "finish_batch", "normalize_batch", "valid_window"]
 
 
 @dataclass
@@ -41,35 +45,6 @@ class HostMeta:
             augment = {k: torch.cat([m.augment[k] for m in metas]) for k in metas[0].augment}
         keys = None if metas[0].keys is None else [k for m in metas for k in m.keys]
         return HostMeta(torch.cat([m.resized for m in metas]), metas[0].pad, augment, keys)
-
-
-def valid_window(resized: torch.Tensor, size: int, device) -> torch.Tensor:
-    """(B, 1, S, S) bool: True inside each image's un-padded window."""
-    r = resized.to(device, non_blocking=True)
-    idx = torch.arange(size, device=device)
-    rows = idx[None, :, None] < r[:, 0, None, None]
-    cols = idx[None, None, :] < r[:, 1, None, None]
-    return (rows & cols)[:, None]
-
-
-def normalize_batch(images_u8: torch.Tensor, valid: torch.Tensor, preset: str) -> torch.Tensor:
-    """(B, 3, S, S) uint8 -> float, normalised inside the window, zero in the padding (as
-    `transforms.normalize` then `pad` give for one image)."""
-    x = images_u8.float()
-    if preset == "sam":
-        # built on the host, copied without blocking (torch.tensor(..., device=cuda) would
-        # wait for the queued training step)
-        mean = (torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255).to(x.device, non_blocking=True)
-        std = (torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255).to(x.device, non_blocking=True)
-        x = (x - mean) / std
-    elif preset == "medsam":
-        v = valid.expand_as(x)
-        lo = x.masked_fill(~v, float("inf")).amin((1, 2, 3), keepdim=True)
-        hi = x.masked_fill(~v, float("-inf")).amax((1, 2, 3), keepdim=True)
-        x = (x - lo) / torch.clamp(hi - lo, min=1e-8)
-    else:
-        raise ValueError(f"unknown normalisation preset {preset!r}; use 'sam' or 'medsam'")
-    return x.masked_fill(~valid, 0.0)
 
 
 def finish_batch(batch: dict, geometry: SamGeometry, normalization: str,

@@ -4,9 +4,9 @@ Decoding a PNG/NIfTI/DICOM slice, mapping its labels and resizing it to 1024 px 
 CPU time per image than a GPU spends on the model step, every epoch. A `PreprocessedStore`
 does that work once per run (in parallel, with the loader's workers) and keeps the result:
 
-- `images`  [N, 3, S, S] uint8: resized (longest side S, bilinear, antialiased), rounded to
-  uint8 and zero-padded bottom/right. Rounding is the only change from decoding every time
-  (at most half a grey level; SAM's own processor also resizes uint8 images).
+- `images`  [N, 3, S, S] uint8: `transforms.preprocess_image` (longest side S, bilinear,
+  antialiased, rounded to uint8, zero-padded bottom/right), the very pixels eval and
+  prediction feed the model too.
 - `masks`   [N, S, S] class ids at the input size (nearest), for augmentation and prompts.
 - `lowres`  [N, M, M] class ids on the decoder's grid, resized from the original mask (the
   labels of un-augmented batches, exactly as before).
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from sam_medft.data.sources import SampleSource
-from sam_medft.data.transforms import IGNORE_INDEX, SamGeometry
+from sam_medft.data.transforms import IGNORE_INDEX, SamGeometry, preprocess_image
 
 log = logging.getLogger("sam_medft.data")
 
@@ -69,15 +69,14 @@ def stored_to_labels(mask: torch.Tensor, pad: int) -> torch.Tensor:
 
 
 def preprocess_sample(sample, geometry: SamGeometry, label_map) -> PreprocessedSample:
-    """Source sample (image in [0, 255], raw mask) -> uint8 model-frame sample."""
+    """Source sample (image in [0, 255], raw mask) -> uint8 model-frame sample (the image
+    by `preprocess_image`, as every route makes it)."""
     dtype, pad = mask_dtype(label_map.num_classes)
     classes = label_map.apply(sample.raw_mask, source=sample.name)
-    pixels, original, resized = geometry.image_to_model(sample.image)
-    pixels = pixels.round_().clamp_(0, 255).to(torch.uint8)
-    image = geometry.pad(pixels, geometry.input_size)
+    image = preprocess_image(sample.image, geometry)
     mask = _pad_ids(geometry.mask_to_input(classes), pad, dtype)
     lowres = _pad_ids(geometry.mask_to_lowres(classes), pad, dtype)
-    return PreprocessedSample(image, mask, lowres, tuple(resized), tuple(original))
+    return PreprocessedSample(image.pixels, mask, lowres, image.resized, image.original)
 
 
 def image_key(image: torch.Tensor) -> str:

@@ -5,12 +5,17 @@ padded bottom/right to a square; its masks live on a low-res grid (256 = 4x the 
 grid). Everything that moves between the original image frame and the model frame (images,
 masks, prompt coordinates, predicted logits) goes through `SamGeometry`, so training,
 prompts and prediction agree to the pixel.
+
+Every image reaches a model by the same two steps, whichever route it takes (training,
+validation, eval, prediction): `preprocess_image` (resize, round to uint8, pad: what the
+training store keeps) and `normalize_batch` (uint8 -> normalised floats, on any device).
+One path, so a pixel is never rounded in training and not in prediction (no skew).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -52,12 +57,11 @@ class SamGeometry:
         return preprocess_shape(original[0], original[1], self.mask_size)
 
     # ---- images -------------------------------------------------------------------------
-    def image_to_model(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """HxWx3 (or 3xHxW tensor) in [0, 255] -> 3xSxS float, resized (bilinear) and padded.
-
-        Normalisation is applied separately (`normalize`) so padding stays zero *after*
-        normalisation, as in segment-anything.
-        """
+    def image_to_model(self, image: np.ndarray | torch.Tensor
+                       ) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """HxWx3 (or 3xHxW tensor) in [0, 255] -> 3 x h x w float resized (bilinear,
+        antialiased, not padded), the original and the resized size: the resize step of
+        `preprocess_image`, which is what callers want."""
         t = _as_chw_float(image)
         h, w = t.shape[-2:]
         nh, nw = self.resized_shape((h, w))
@@ -121,28 +125,67 @@ class SamGeometry:
         return c
 
 
-def normalize(pixels: torch.Tensor, preset: Normalization) -> torch.Tensor:
-    """Normalise a 3xHxW image in [0, 255] (before padding).
+class ModelImage(NamedTuple):
+    """An image in the model frame, as every route hands it to the model."""
+
+    pixels: torch.Tensor  # (3, S, S) uint8, zero-padded bottom/right
+    original: tuple[int, int]  # (H, W) of the image as given
+    resized: tuple[int, int]  # (h, w) of the un-padded window at the input size
+
+
+def preprocess_image(image: np.ndarray | torch.Tensor, geometry: SamGeometry) -> ModelImage:
+    """The one preprocessing of an image in [0, 255] (HxWx3, HxW or a 3xHxW tensor):
+    longest side resized to the input size, rounded to uint8, zero-padded to a square.
+
+    uint8 at the input size is what training keeps per image (a quarter of the bytes of
+    floats), so every other route rounds at the same place (at most half a grey level from
+    the float resize; SAM's own processor also resizes uint8 images)."""
+    pixels, original, resized = geometry.image_to_model(image)
+    pixels = pixels.round_().clamp_(0, 255).to(torch.uint8)
+    return ModelImage(geometry.pad(pixels, geometry.input_size), tuple(original), tuple(resized))
+
+
+def valid_window(resized: torch.Tensor, size: int, device) -> torch.Tensor:
+    """(B, 1, S, S) bool: True inside each image's un-padded window."""
+    r = resized.to(device, non_blocking=True)
+    idx = torch.arange(size, device=device)
+    rows = idx[None, :, None] < r[:, 0, None, None]
+    cols = idx[None, None, :] < r[:, 1, None, None]
+    return (rows & cols)[:, None]
+
+
+def normalize_batch(images_u8: torch.Tensor, valid: torch.Tensor, preset: str) -> torch.Tensor:
+    """The one normalisation: (B, 3, S, S) uint8 from `preprocess_image` -> float,
+    normalised inside the window (`valid_window`) and zero in the padding (segment-anything
+    pads after normalising), on whatever device the batch is on.
 
     `sam`: ImageNet mean/std, what facebook/sam-* were trained with.
-    `medsam`: per-image min-max to [0, 1], what the original MedSAM was trained with.
+    `medsam`: per-image min-max of the window to [0, 1], what the original MedSAM used.
     """
+    x = images_u8.float()
     if preset == "sam":
-        mean = torch.tensor(IMAGENET_MEAN, dtype=pixels.dtype).view(3, 1, 1) * 255
-        std = torch.tensor(IMAGENET_STD, dtype=pixels.dtype).view(3, 1, 1) * 255
-        return (pixels - mean) / std
-    if preset == "medsam":
-        lo, hi = pixels.min(), pixels.max()
-        return (pixels - lo) / torch.clamp(hi - lo, min=1e-8)
-    raise ValueError(f"unknown normalisation preset {preset!r}; use 'sam' or 'medsam'")
+        # built on the host, copied without blocking (torch.tensor(..., device=cuda) would
+        # wait for the queued training step)
+        mean = (torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255).to(x.device, non_blocking=True)
+        std = (torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255).to(x.device, non_blocking=True)
+        x = (x - mean) / std
+    elif preset == "medsam":
+        v = valid.expand_as(x)
+        lo = x.masked_fill(~v, float("inf")).amin((1, 2, 3), keepdim=True)
+        hi = x.masked_fill(~v, float("-inf")).amax((1, 2, 3), keepdim=True)
+        x = (x - lo) / torch.clamp(hi - lo, min=1e-8)
+    else:
+        raise ValueError(f"unknown normalisation preset {preset!r}; use 'sam' or 'medsam'")
+    return x.masked_fill(~valid, 0.0)
 
 
 def to_model_input(image: np.ndarray | torch.Tensor, geometry: SamGeometry,
                    preset: Normalization) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
-    """Image in [0,255] -> normalised, resized, padded 3xSxS tensor, original and resized sizes."""
-    t, original, resized = geometry.image_to_model(image)
-    t = normalize(t, preset)
-    return geometry.pad(t, geometry.input_size), original, resized
+    """One image through the one path (`preprocess_image`, then `normalize_batch`) -> the
+    normalised, padded 3xSxS float tensor, the original and the resized size."""
+    m = preprocess_image(image, geometry)
+    valid = valid_window(torch.tensor([m.resized]), geometry.input_size, m.pixels.device)
+    return normalize_batch(m.pixels[None], valid, preset)[0], m.original, m.resized
 
 
 def _as_chw_float(image: np.ndarray | torch.Tensor) -> torch.Tensor:

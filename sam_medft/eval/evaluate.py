@@ -35,6 +35,7 @@ from sam_medft.data.sources import PairSource, SampleSource, build_splits
 from sam_medft.errors import SamMedftError
 from sam_medft.eval.metrics import case_metrics
 from sam_medft.eval.summary import compare, summarize, write_per_case_csv, write_summary_json
+from sam_medft.infer.pipeline import predict_images
 from sam_medft.tasks import task_from_meta
 
 EVAL_SEED = 0  # prompt simulation seed when the recipe has no `eval.seed` (always recorded)
@@ -206,6 +207,23 @@ class Case:
     predictions: dict[str, np.ndarray]  # setting key -> (K,H,W) bool mask per fg class
 
 
+class _EvalSamples:
+    """The samples to score, as prediction-pipeline inputs: loader workers decode each
+    sample and map its reference; both travel with the prediction."""
+
+    def __init__(self, source: SampleSource, indices: Sequence[int], label_map: LabelMap):
+        self.source, self.indices, self.label_map = source, list(indices), label_map
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, k: int):
+        i = self.indices[k]
+        sample = self.source.load(i)
+        return sample.image, (sample, self.label_map.apply(sample.raw_mask,
+                                                           source=self.source.where(i)))
+
+
 def iter_cases(
     predictor,
     source: SampleSource,
@@ -214,37 +232,34 @@ def iter_cases(
     indices: Sequence[int] | None = None,
     batch_size: int = 8,
     seed: int = EVAL_SEED,
+    num_workers: int = 0,
 ) -> Iterator[Case]:
-    """Predict each sample (automatic mode in batches, prompt modes one image at a time;
-    prompts are seeded by (seed, image index), so a case predicts the same every time)."""
+    """Predict each sample with the prediction pipeline (`infer.pipeline`, as `predict`
+    does): automatic mode as label maps; prompt modes (`settings`) embed a batch of images
+    at once and decode each image's simulated prompts against its embeddings. Prompts are
+    seeded by (seed, image index), so a case predicts the same every time."""
     from sam_medft.eval.prompt_eval import predict_settings
 
     indices = list(range(len(source))) if indices is None else list(indices)
     fg = list(range(1, label_map.num_classes))
-    for start in range(0, len(indices), batch_size if settings is None else 1):
-        chunk = indices[start : start + (batch_size if settings is None else 1)]
-        samples = [source.load(i) for i in chunk]
-        refs = [
-            label_map.apply(s.raw_mask, source=source.where(i))
-            for s, i in zip(samples, chunk, strict=True)
-        ]
-        if settings is None:
-            probs = predictor.proba_from_arrays([s.image for s in samples])
-            preds = [{AUTOMATIC: np.stack([p.argmax(0) == c for c in fg])} for p in probs]
+    decode = None
+    if settings is not None:
+
+        def decode(emb, original, k, extra):
+            return predict_settings(
+                predictor, emb, original, extra[1], fg, settings, index=indices[k], seed=seed
+            )
+
+    inputs = _EvalSamples(source, indices, label_map)
+    for done in predict_images(
+        predictor, inputs, batch_size=batch_size, num_workers=num_workers, decode_image=decode
+    ):
+        sample, ref = done.extra
+        if decode is None:
+            pred = {AUTOMATIC: np.stack([done.labels == c for c in fg])}
         else:
-            preds = [
-                predict_settings(
-                    predictor,
-                    samples[0].image,
-                    refs[0],
-                    fg,
-                    settings,
-                    index=chunk[0],
-                    seed=seed,
-                )
-            ]
-        for i, s, ref, pred in zip(chunk, samples, refs, preds, strict=True):
-            yield Case(i, s.name, s.image, ref, s.spacing, pred)
+            pred = done.decoded
+        yield Case(indices[done.index], sample.name, sample.image, ref, sample.spacing, pred)
 
 
 def score(

@@ -7,13 +7,14 @@ simulated per object from the ORIGINAL-resolution reference mask (seeded, no box
 i.e. they are GT-derived and say how well the model follows a good prompt, not how well
 it finds the object on its own; every table and JSON says so.
 
-Per image, the image is encoded once; each object is decoded with
-`sam_medft.infer.prompted.decode` (the same code as prompted prediction), the mask with the
-highest predicted IoU is kept and resized back to the original size, and the objects are
-painted into a class map (union per class; where classes overlap the higher logit wins).
-Corrective clicks follow SAM/RITM: a click at the most interior pixel of the largest error
-region of each object's current mask (`corrective_click`), and the previous low-res logits
-go back in as `input_masks`.
+Each image is encoded once, by the prediction pipeline (`sam_medft.infer.pipeline`: a batch
+of images per encoder call, as in prompted prediction; `evaluate.iter_cases` runs it); each
+object is decoded with `sam_medft.infer.prompted.decode` (the same code as prompted
+prediction), the mask with the highest predicted IoU is kept and resized back to the
+original size, and the objects are painted into a class map (union per class; where classes
+overlap the higher logit wins). Corrective clicks follow SAM/RITM: a click at the most
+interior pixel of the largest error region of each object's current mask
+(`corrective_click`), and the previous low-res logits go back in as `input_masks`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from sam_medft.data.prompts import (
     corrective_click,
     simulate_prompts,
 )
-from sam_medft.infer.prompted import class_masks, decode, embed_image
+from sam_medft.infer.prompted import class_masks, decode
 
 if TYPE_CHECKING:
     from sam_medft.infer.predict import FineTunedSam
@@ -107,7 +108,8 @@ def _rng(seed: int, index: int, key: str) -> np.random.Generator:
 
 def predict_settings(
     predictor: FineTunedSam,
-    image: np.ndarray,
+    embeddings: Any,
+    original: tuple[int, int],
     reference: np.ndarray,
     class_ids: Sequence[int],
     settings: Sequence[PromptSetting],
@@ -117,9 +119,11 @@ def predict_settings(
 ) -> dict[str, np.ndarray]:
     """Per setting (keyed by `PromptSetting.key`), the (K,H,W) bool class masks of one image
     at its original size: for each of the K `class_ids`, the union of its objects' masks.
-    `reference` is the original-resolution class map the prompts come from; the click chain
-    starts from the "1 point" prompts of the same seed."""
-    emb, original = embed_image(predictor, image)
+    `embeddings`: the image's, from the prediction pipeline (`pipeline.predict_images`, or
+    `infer.prompted.embed_image` for one image); `reference` is the original-resolution
+    class map the prompts come from; the click chain starts from the "1 point" prompts of
+    the same seed."""
+    emb = embeddings
     out: dict[str, np.ndarray] = {}
     start: tuple[PromptSet, Any] | None = None
     for s in settings:

@@ -2,7 +2,8 @@
 
 `FineTunedSam` is the Python API (`sam_medft.load(run_or_hub_id).predict(image)`);
 `predict_paths` is what `sam-medft predict` runs: batched, bf16 on GPU, a progress bar,
-and output names that mirror the inputs so nothing is overwritten silently.
+and output names that mirror the inputs so nothing is overwritten silently. Both run the
+one prediction pipeline (`sam_medft.infer.pipeline`), as prompted prediction and eval do.
 
 The user's files are never replaced: `check_output_folder` refuses an --out folder that is,
 or is inside, an input folder or holds an input image, and a file there that this package
@@ -23,10 +24,11 @@ import torch
 from PIL import Image
 
 from sam_medft.config import IntensityConfig
-from sam_medft.data.transforms import SamGeometry, to_model_input
+from sam_medft.data.transforms import SamGeometry
 from sam_medft.errors import SamMedftError
+from sam_medft.infer.pipeline import Images, model_batches, predict_images, to_image
 from sam_medft.models.artifact import AdapterMeta, find_adapter_folder, load_adapter_model
-from sam_medft.models.forward import automatic_forward
+from sam_medft.models.forward import automatic_forward, image_embeddings
 from sam_medft.tasks import task_from_meta
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy"}
@@ -73,32 +75,27 @@ class FineTunedSam:
         return list(self.meta.class_names)
 
     def _to_image(self, image) -> np.ndarray:
-        from sam_medft.data.io import read_image, scale_intensity
+        return to_image(image, self.intensity)
 
-        if isinstance(image, str | Path):
-            return read_image(Path(image), self.intensity)
-        return scale_intensity(np.asarray(image), self.intensity, source="array")
-
-    def predict_proba(self, images: Sequence) -> list[np.ndarray]:
+    def predict_proba(self, images: Sequence, *, batch_size: int = 8) -> list[np.ndarray]:
         """Per-class probabilities (C,H,W) at each image's original size."""
-        return self.proba_from_arrays([self._to_image(im) for im in images])
+        done = predict_images(self, Images(images, self.intensity), batch_size=batch_size,
+                              probs=torch.float32)
+        return [d.probs for d in done]
 
     def pixel_batch(self, arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[tuple]]:
-        """HxWx3 arrays in [0, 255] -> the normalised, padded model batch and original sizes."""
-        pixels, originals = [], []
-        for arr in arrays:
-            px, original, _ = to_model_input(arr, self.geometry, self.meta.normalization)
-            pixels.append(px)
-            originals.append(original)
-        return torch.stack(pixels).to(self.device), originals
+        """HxWx3 arrays in [0, 255] -> the normalised, padded model batch (on the device) and
+        the original sizes, as the prediction pipeline makes it."""
+        batch = next(model_batches(Images(arrays, scaled=True), self.geometry,
+                                   self.meta.normalization, self.device, batch_size=len(arrays)))
+        return batch.pixels, batch.originals
 
-    @torch.inference_mode()
-    def proba_from_arrays(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """`predict_proba` for images already scaled to HxWx3 [0, 255] (as data sources give
-        them), so evaluation and prediction share one path and cannot drift apart."""
-        self.task.check_prediction(has_prompts=False)
-        batch, originals = self.pixel_batch(arrays)
-        return [p.cpu().numpy() for p in self._proba_on_device(batch, originals)]
+    @torch.no_grad()
+    def embed_pixels(self, pixels: torch.Tensor):
+        """(B,3,S,S) model batch -> its image embeddings, computed once per image for all
+        its prompts (SAM: a (B,C,E,E) tensor; SAM-HQ: a tuple, see `models.forward`)."""
+        with self.autocast:
+            return image_embeddings(self.model, pixels)
 
     def _proba_on_device(self, pixels: torch.Tensor, originals: Sequence[tuple]) -> list:
         """(B,3,S,S) model batch -> per-image (C,H,W) probabilities, on the model's device."""
@@ -109,12 +106,14 @@ class FineTunedSam:
 
     @torch.inference_mode()
     def labels_from_pixels(self, pixels: torch.Tensor, originals: Sequence[tuple], *,
-                           probs: bool = False) -> tuple[list[np.ndarray], list | None]:
-        """Label maps (uint8, argmax taken on the device: only H x W bytes come back) and,
-        when asked, float16 probabilities, for a model batch from `pixel_batch`."""
+                           probs: torch.dtype | None = None) -> tuple[list[np.ndarray], list | None]:
+        """Label maps (argmax taken on the device: only H x W bytes come back; uint8 up to
+        256 classes) and, when `probs` names a dtype, the probabilities in it, for a model
+        batch from the pipeline (`pixel_batch`)."""
         on_device = self._proba_on_device(pixels, originals)
-        labels = [p.argmax(0).to(torch.uint8).cpu().numpy() for p in on_device]
-        return labels, ([p.half().cpu().numpy() for p in on_device] if probs else None)
+        dtype = torch.uint8 if len(self.meta.class_names) <= 256 else torch.int32
+        labels = [p.argmax(0).to(dtype).cpu().numpy() for p in on_device]
+        return labels, (None if probs is None else [p.to(probs).cpu().numpy() for p in on_device])
 
     def predict(self, image, prompts: list[dict] | None = None) -> np.ndarray:
         """One image (path or array) -> HxW uint8 class-index map at its original size."""
@@ -122,7 +121,7 @@ class FineTunedSam:
             from sam_medft.infer.prompted import predict_with_prompts
 
             return predict_with_prompts(self, image, prompts)
-        return self.predict_proba([image])[0].argmax(0).astype(np.uint8)
+        return next(predict_images(self, Images([image], self.intensity))).labels
 
 
 def trained_multimask(adapter_folder: Path) -> bool:
@@ -325,40 +324,15 @@ def write_legend(meta: AdapterMeta, out_dir: Path) -> Path:
     return path
 
 
-class _PredictInputs(torch.utils.data.Dataset):
-    """Input paths -> model-frame pixels, decoded and resized in loader workers."""
-
-    def __init__(self, paths: Sequence[Path], predictor: FineTunedSam):
-        self.paths = list(paths)
-        self.intensity = predictor.intensity
-        self.geometry = predictor.geometry
-        self.normalization = predictor.meta.normalization
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        from sam_medft.data.io import read_image
-
-        image = read_image(Path(self.paths[i]), self.intensity)
-        pixels, original, _ = to_model_input(image, self.geometry, self.normalization)
-        return i, pixels, original
-
-
-def _collate_inputs(items):
-    return ([i for i, _, _ in items], torch.stack([p for _, p, _ in items]),
-            [o for _, _, o in items])
-
-
 def predict_paths(predictor: FineTunedSam, inputs: Sequence[str | Path], out_dir: Path, *,
                   batch_size: int = 8, save_probs: bool = False, overlays: bool = False,
                   overwrite: bool = False, show_progress: bool = True,
                   num_workers: int = 0) -> list[Path]:
     """Predict every input image; returns the written label PNGs.
 
-    A pipeline, so a GPU is not left waiting: loader workers decode and resize the next
-    batches while the model runs, the argmax is taken on the device, and PNGs are written by
-    a thread pool while the next batch is predicted."""
+    The prediction pipeline (`infer.pipeline`), so a GPU is not left waiting: loader
+    workers decode and resize the next batches while the model runs, the argmax is taken
+    on the device, and PNGs are written by a thread pool while the next batch is predicted."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
@@ -374,20 +348,16 @@ def predict_paths(predictor: FineTunedSam, inputs: Sequence[str | Path], out_dir
     check_output_folder(inputs, _with_extras(targets, save_probs, overlays), out_dir,
                         overwrite=overwrite)
     write_legend(predictor.meta, out_dir)
-    loader = torch.utils.data.DataLoader(
-        _PredictInputs([p for p, _ in pairs], predictor), batch_size=batch_size,
-        num_workers=num_workers, collate_fn=_collate_inputs,
-        pin_memory=predictor.device.type == "cuda")
+    done = predict_images(predictor, Images([p for p, _ in pairs], predictor.intensity),
+                          batch_size=batch_size, num_workers=num_workers,
+                          probs=torch.float16 if save_probs else None)
     bar = tqdm(total=len(pairs), desc="predict", unit="img", disable=not show_progress)
     with bar, ThreadPoolExecutor(max_workers=2) as writer:  # the bar ends its line on Ctrl-C
         pending = []
-        for indices, pixels, originals in loader:
-            labels, probs = predictor.labels_from_pixels(pixels, originals, probs=save_probs)
-            for k, i in enumerate(indices):
-                pending.append(writer.submit(
-                    _write_outputs, predictor, pairs[i][0], labels[k],
-                    None if probs is None else probs[k], targets[i], overlays))
-            bar.update(len(indices))
+        for d in done:
+            pending.append(writer.submit(_write_outputs, predictor, pairs[d.index][0], d.labels,
+                                         d.probs, targets[d.index], overlays))
+            bar.update(1)
         for job in pending:
             job.result()  # re-raise the first write error, if any
     return targets

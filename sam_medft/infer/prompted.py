@@ -8,8 +8,11 @@ one label map: a pixel takes the class of the prompt whose mask logit there is h
 among the prompts that cover it (> 0). So overlapping prompts never depend on their order:
 the more confident mask wins.
 
-Evaluation (`sam_medft.eval.prompt_eval`) decodes its simulated prompts with the same
-functions, so evaluated and deployed predictions cannot drift apart.
+Images reach the model through the one prediction pipeline (`sam_medft.infer.pipeline`):
+decoded and preprocessed in loader workers, embedded a batch at a time (one encoder call),
+then each image's prompts are decoded against its embeddings here. Evaluation
+(`sam_medft.eval.prompt_eval`) decodes its simulated prompts with the same functions on the
+same pipeline's embeddings, so evaluated and deployed predictions cannot drift apart.
 
 Automatic-mode runs raise: their decoder has one mask token per class and was never
 trained to read prompt tokens, so a box would be a silent no-op or noise.
@@ -36,7 +39,8 @@ from sam_medft.data.prompts import (
     to_model_frame,
 )
 from sam_medft.errors import SamMedftError
-from sam_medft.models.forward import embedding_kwargs, image_embeddings
+from sam_medft.infer.pipeline import Images, predict_images
+from sam_medft.models.forward import embedding_kwargs
 from sam_medft.tasks import task_from_meta
 from sam_medft.tasks.prompted import select_masks
 
@@ -60,15 +64,12 @@ class Decoded:
     iou: torch.Tensor
 
 
-@torch.no_grad()
 def embed_image(predictor: FineTunedSam, array: np.ndarray) -> tuple[Any, tuple]:
-    """An HxWx3 [0, 255] image -> its image embeddings and (H, W), computed once for all
-    prompts (and all refinement rounds) of the image. SAM: a (1,C,E,E) tensor; SAM-HQ: a
-    tuple (embeddings, intermediate ViT embeddings), as `models.forward` handles them."""
-    batch, originals = predictor.pixel_batch([array])
-    with predictor.autocast:
-        emb = image_embeddings(predictor.model, batch)
-    return emb, originals[0]
+    """One HxWx3 [0, 255] image -> its image embeddings and (H, W), by the pipeline's path
+    (for a single image; batches are embedded by `pipeline.predict_images`). SAM: a
+    (1,C,E,E) tensor; SAM-HQ: a tuple (embeddings, intermediate ViT embeddings)."""
+    pixels, originals = predictor.pixel_batch([array])
+    return predictor.embed_pixels(pixels), originals[0]
 
 
 def _repeat(embeddings: Any, n: int) -> dict[str, Any]:
@@ -177,21 +178,37 @@ def _is_empty(v: Any) -> bool:
     return isinstance(v, list | tuple) and len(v) == 0
 
 
+def paint_prompts(predictor: FineTunedSam, embeddings: Any, original: tuple[int, int],
+                  entries: list[dict]) -> np.ndarray:
+    """One image's checked prompt entries, decoded against its embeddings -> HxW uint8
+    class-index map at the original size; overlaps go to the highest mask logit."""
+    h, w = original
+    logits = torch.zeros((len(entries), h, w))
+    class_ids = np.zeros(len(entries), dtype=np.int64)
+    for idx, ps in prompt_sets_from_entries(entries):
+        logits[idx] = decode(predictor, embeddings, ps, original).logits
+        class_ids[idx] = np.asarray(ps.class_ids)
+    return paint_labels(logits, class_ids, original).astype(np.uint8)
+
+
+def predict_prompted(predictor: FineTunedSam, images: Sequence, entries: Sequence[list[dict]],
+                     *, batch_size: int = 8, num_workers: int = 0, scaled: bool = False):
+    """Images (paths or arrays) and each one's checked prompt entries -> a `Predicted` per
+    image, in order, its label map in `.decoded` (the pipeline embeds a batch at once)."""
+    return predict_images(
+        predictor, Images(images, predictor.intensity, scaled=scaled), batch_size=batch_size,
+        num_workers=num_workers,
+        decode_image=lambda emb, original, k, _: paint_prompts(predictor, emb, original,
+                                                               entries[k]))
+
+
 def predict_with_prompts(predictor: FineTunedSam, image: Any, prompts: list[dict]) -> np.ndarray:
     """One image (path or array) and its prompts (original pixel coordinates) -> HxW uint8
     class-index map at the original size; overlaps go to the highest mask logit."""
     predictor.task.check_prediction(has_prompts=True)
     array = predictor._to_image(image)
-    size = tuple(array.shape[:2])
-    entries = check_prompts(prompts, size, predictor.class_names)
-    emb, original = embed_image(predictor, array)
-    h, w = original
-    logits = torch.zeros((len(entries), h, w))
-    class_ids = np.zeros(len(entries), dtype=np.int64)
-    for idx, ps in prompt_sets_from_entries(entries):
-        logits[idx] = decode(predictor, emb, ps, original).logits
-        class_ids[idx] = np.asarray(ps.class_ids)
-    return paint_labels(logits, class_ids, original).astype(np.uint8)
+    entries = check_prompts(prompts, tuple(array.shape[:2]), predictor.class_names)
+    return next(predict_prompted(predictor, [array], [entries], scaled=True)).decoded
 
 
 def _split_label(text: str, flag: str) -> tuple[int | str | None, str]:
@@ -308,8 +325,11 @@ def predict_paths_with_prompts(
     show_progress: bool = True,
     device: str | None = None,
     revision: str | None = None,
+    batch_size: int = 8,
+    num_workers: int = 0,
 ) -> list[Path]:
-    """Prompted label maps (PNG + legend.json) for the prompted input images.
+    """Prompted label maps (PNG + legend.json) for the prompted input images, through the
+    prediction pipeline (`batch_size` images embedded at once, `num_workers` decoding).
 
     `predictor` may be a run folder / Hub id: then the prompts, image names and sizes are
     checked against its sam_medft.json BEFORE the weights load (a typo fails in a second).
@@ -333,10 +353,10 @@ def predict_paths_with_prompts(
         predictor = FineTunedSam.load(predictor, device=device, revision=revision)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_legend(predictor.meta, out_dir)
-    for (src, _, entries), target in zip(
-        tqdm(plan, desc="predict", unit="img", disable=not show_progress), targets, strict=True
-    ):
-        save_label_png(predict_with_prompts(predictor, src, entries), target)
+    done = predict_prompted(predictor, [src for src, _, _ in plan], [e for _, _, e in plan],
+                            batch_size=batch_size, num_workers=num_workers)
+    for d in tqdm(done, total=len(plan), desc="predict", unit="img", disable=not show_progress):
+        save_label_png(d.decoded, targets[d.index])
     return targets
 
 
@@ -348,7 +368,9 @@ __all__ = [
     "decode",
     "embed_image",
     "paint_labels",
+    "paint_prompts",
     "plan_prompted",
     "predict_paths_with_prompts",
+    "predict_prompted",
     "predict_with_prompts",
 ]

@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from sam_medft.data.transforms import (
     IGNORE_INDEX,
     SamGeometry,
-    normalize,
+    normalize_batch,
     preprocess_shape,
     to_model_input,
+    valid_window,
 )
 from sam_medft.errors import SamMedftError
 
@@ -104,11 +105,14 @@ def test_prompt_coordinates_round_trip(h, w, geo, xy):
 
 @FUZZ
 @given(
-    value=st.floats(0, 255),
+    value=st.integers(0, 255),
     preset=st.sampled_from(["sam", "medsam"]),
     h=st.integers(1, 8),
     w=st.integers(1, 8),
 )
 def test_normalising_a_constant_image_is_finite(value, preset, h, w):
-    out = normalize(torch.full((3, h, w), value), preset)
+    images = torch.full((1, 3, 8, 8), value, dtype=torch.uint8)
+    valid = valid_window(torch.tensor([[h, w]]), 8, "cpu")
+    out = normalize_batch(images, valid, preset)
     assert torch.isfinite(out).all()
+    assert (out[:, :, h:] == 0).all() and (out[:, :, :, w:] == 0).all()  # padding stays 0

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from sam_medft.cli import app
 from sam_medft.config import PromptConfig
 from sam_medft.eval.prompt_eval import predict_settings, table_settings
+from sam_medft.infer.prompted import embed_image
 
 runner = CliRunner()
 
@@ -78,10 +79,11 @@ def test_click_chain_and_shapes(box_run: Path):
     ref = lm.apply(sample.raw_mask)
     assert ref.shape[0] != ref.shape[1]
     _, rows = table_settings(recipe.prompt, clicks=2)
-    preds = predict_settings(predictor, sample.image, ref, [1, 2], rows, index=i)
+    emb, original = embed_image(predictor, sample.image)
+    preds = predict_settings(predictor, emb, original, ref, [1, 2], rows, index=i)
     assert set(preds) == {r.key for r in rows}
     for masks in preds.values():  # per class, the union of its objects' masks
         assert masks.shape == (2, *ref.shape) and masks.dtype == bool
     assert preds["box"][0].any() and preds["box"][1].any()
-    again = predict_settings(predictor, sample.image, ref, [1, 2], rows, index=i)
+    again = predict_settings(predictor, emb, original, ref, [1, 2], rows, index=i)
     assert all(np.array_equal(preds[k], again[k]) for k in preds)  # seeded
