@@ -14,4 +14,13 @@ def load(run_or_hub_id, *, device=None, revision=None, fast_attention=True):
                              fast_attention=fast_attention)
 
 
-__all__ = ["SamMedftError", "__version__", "load"]
+def train(recipe="demo", train_data=None, val_data=None, **kwargs):
+    """Fine-tune from Python: a recipe (path, shipped name or `Recipe`), optional data in
+    memory (`datasets.Dataset`, torch `Dataset`, list of (image, mask)) and overrides
+    (`train__max_steps=50`). See `sam_medft.training.api.train`."""
+    from sam_medft.training.api import train as _train
+
+    return _train(recipe, train_data, val_data, **kwargs)
+
+
+__all__ = ["SamMedftError", "__version__", "load", "train"]

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from sam_medft.resources import find_recipe
+
 
 def bench_command(
     recipe: Annotated[
@@ -111,7 +113,7 @@ def bench_command(
         raise SamMedftError(f"bench --threads {threads} is too small; use 1 or more")
     if threads is not None:
         torch.set_num_threads(threads)
-    r = load_recipe(_recipe_path(recipe)) if recipe is not None else None
+    r = load_recipe(find_recipe(recipe)) if recipe is not None else None
     # a flag left out is None: the recipe's value, else the schema's default; 0 and "" are
     # given values, so --batch 0 reaches BenchSettings.check instead of becoming the default
     settings = BenchSettings.from_recipe(
@@ -125,9 +127,3 @@ def bench_command(
         typer.echo(json.dumps(result.as_dict()))
     else:
         print_renderable(result_table(result))
-
-
-def _recipe_path(recipe: Path) -> Path:
-    from sam_medft.cli import _recipe_path as resolve
-
-    return resolve(recipe)

@@ -29,7 +29,7 @@ from sam_medft.console import (
 )
 from sam_medft.errors import SamMedftError
 from sam_medft.eval.cli import eval_command
-from sam_medft.resources import recipes_dir
+from sam_medft.resources import find_recipe, recipes_dir
 
 
 class CtrlC(Exception):
@@ -68,7 +68,7 @@ def train(
     """Fine-tune a SAM model as the recipe says; writes runs/<name>/."""
     from sam_medft.config import load_recipe
 
-    r = load_recipe(_recipe_path(recipe), overrides or [])
+    r = load_recipe(find_recipe(recipe), overrides or [])
     if r.hub.push and not dry_run:
         from sam_medft.hub import check_push_target
 
@@ -128,7 +128,8 @@ def predict(
         check_out_location(inputs, out_dir)
         written = predict_paths_with_prompts(model, inputs, out_dir, prompts_file=prompts,
                                              box=box, points=point or [], overwrite=overwrite,
-                                             device=device, revision=revision)
+                                             device=device, revision=revision,
+                                             batch_size=batch_size, num_workers=workers)
     else:
         # the --out folder is checked before the model loads (a mistake fails in a second)
         check_output_folder(inputs, output_files(inputs, out_dir, probs=probs, overlays=overlays),
@@ -232,29 +233,13 @@ def data_check(recipe: Path, overrides: Overrides = None):
     from sam_medft.config import load_recipe
     from sam_medft.data.check import check_dataset
 
-    r = load_recipe(_recipe_path(recipe), overrides or [])
+    r = load_recipe(find_recipe(recipe), overrides or [])
     report = check_dataset(r.data)
     print_renderable(report.table(), console=out)
     for w in report.warnings:
         print_warning(w, console=out)  # stdout, beside the table they explain
     report.raise_for_errors()
     print_info(("data set OK", "green"), console=out)
-
-
-def _recipe_path(recipe: Path) -> Path:
-    """Accept a path, or a shipped recipe's short name (`demo`, `sam-vit-base/lora_encdec`);
-    `recipes/<name>.yaml` as the checkout spells it also finds the shipped one elsewhere."""
-    if recipe.exists():
-        return recipe
-    names = [recipe]
-    if not recipe.is_absolute() and len(recipe.parts) > 1 and recipe.parts[0] == "recipes":
-        names.append(Path(*recipe.parts[1:]))
-    for name in names:
-        shipped = RECIPES_DIR / name
-        for cand in (shipped, shipped.with_suffix(".yaml")):
-            if cand.is_file():
-                return cand
-    return recipe
 
 
 def main() -> None:

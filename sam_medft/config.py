@@ -47,7 +47,8 @@ class SyntheticConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: Literal["lists", "folder", "hf", "synthetic"] = "synthetic"
+    # python: the data is handed over in Python (`sam_medft.train(..., train_data=...)`)
+    source: Literal["lists", "folder", "hf", "synthetic", "python"] = "synthetic"
     # study layout: CSV/TSV lists of image_path,mask_path relative to the two roots
     img_folder: Path | None = None
     mask_folder: Path | None = None
@@ -84,6 +85,7 @@ class DataConfig(_Section):
             "folder": ["folder"],
             "hf": ["hf"],
             "synthetic": [],
+            "python": [],
         }[self.source]
         for key in need:
             if getattr(self, key) is None:

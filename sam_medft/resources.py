@@ -65,3 +65,21 @@ def accelerate_config(name: str) -> Path:
             return path
     raise SamMedftError(f"no shipped accelerate config {name!r}; the shipped ones are "
                         f"{', '.join(p.stem for p in shipped)}")
+
+
+def find_recipe(recipe: str | Path) -> Path:
+    """A recipe file: the path as given when it exists, else the shipped recipe of that short
+    name (`demo`, `sam-vit-base/lora_encdec`, also spelt `recipes/demo.yaml` as in a
+    checkout). An unknown name comes back unchanged, for `load_recipe` to report."""
+    recipe = Path(recipe)
+    if recipe.exists():
+        return recipe
+    names = [recipe]
+    if not recipe.is_absolute() and len(recipe.parts) > 1 and recipe.parts[0] == "recipes":
+        names.append(Path(*recipe.parts[1:]))
+    for name in names:
+        shipped = recipes_dir() / name
+        for cand in (shipped, shipped.with_suffix(".yaml")):
+            if cand.is_file():
+                return cand
+    return recipe

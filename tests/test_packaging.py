@@ -55,13 +55,13 @@ def test_lookups_find_the_shipped_folders():
 def test_recipe_names_resolve_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no recipes/ here: the shipped ones answer
     demo = cli.RECIPES_DIR / "demo.yaml"
-    assert cli._recipe_path(Path("demo")) == demo
-    assert cli._recipe_path(Path("recipes/demo.yaml")) == demo  # the checkout's spelling
-    assert cli._recipe_path(Path("sam-vit-base/lora_encdec")) == cli.RECIPES_DIR / "sam-vit-base" / "lora_encdec.yaml"
-    assert cli._recipe_path(Path("recipes/nope.yaml")) == Path("recipes/nope.yaml")  # load_recipe reports it
+    assert resources.find_recipe(Path("demo")) == demo
+    assert resources.find_recipe(Path("recipes/demo.yaml")) == demo  # the checkout's spelling
+    assert resources.find_recipe(Path("sam-vit-base/lora_encdec")) == cli.RECIPES_DIR / "sam-vit-base" / "lora_encdec.yaml"
+    assert resources.find_recipe(Path("recipes/nope.yaml")) == Path("recipes/nope.yaml")  # load_recipe reports it
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "demo.yaml").write_text("name: mine\n")
-    assert cli._recipe_path(Path("recipes/demo.yaml")) == Path("recipes/demo.yaml")  # a user's file wins
+    assert resources.find_recipe(Path("recipes/demo.yaml")) == Path("recipes/demo.yaml")  # a user's file wins
 
 
 def test_configs_command_prints_paths():
@@ -149,7 +149,7 @@ def test_installed_wheel_finds_its_recipes(site, tmp_path):
              "from sam_medft import cli, resources; print(json.dumps({"
              "'pkg': sam_medft.__file__, 'recipes': str(resources.recipes_dir()), "
              "'configs': str(resources.accelerate_configs_dir()), "
-             "'readme_spelling': str(cli._recipe_path(Path('recipes/demo.yaml')))}))")
+             "'readme_spelling': str(resources.find_recipe(Path('recipes/demo.yaml')))}))")
     proc = _run(site, tmp_path, "-c", probe)
     assert proc.returncode == 0, proc.stderr
     got = {k: Path(v) for k, v in json.loads(proc.stdout).items()}

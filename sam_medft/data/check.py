@@ -131,13 +131,15 @@ class DataReport:
         return t
 
 
-def check_dataset(data: DataConfig, progress: bool = False) -> DataReport:
-    """Check every split of the recipe's data section; never raises for data problems (see
-    `DataReport.raise_for_errors`)."""
+def check_dataset(data: DataConfig, progress: bool = False,
+                  sources: dict[str, SampleSource] | None = None) -> DataReport:
+    """Check every split of the recipe's data section, or the `sources` handed over in
+    Python; never raises for data problems (see `DataReport.raise_for_errors`)."""
     errors: list[str] = []
     warns: list[str] = []
-    sources, split_errors = _sources(data)
-    errors.extend(split_errors)
+    if sources is None:
+        sources, split_errors = _sources(data)
+        errors.extend(split_errors)
     splits = {name: _scan(name, src, progress) for name, src in sources.items()}
 
     label_map = default_label_map(data)
@@ -205,6 +207,7 @@ def _no_val_fix(data: DataConfig) -> str:
         "folder": "set data.val_fraction: 0",
         "hf": "set data.hf.val_split: null",
         "synthetic": "set data.synthetic.n_val: 0",
+        "python": "leave out val_data",
     }[data.source]
 
 

@@ -425,6 +425,12 @@ def build_splits(data: DataConfig) -> dict[str, SampleSource]:
         }
     if data.source == "hf":
         return _hf_splits(data.hf, data.intensity)
+    if data.source == "python":
+        raise SamMedftError(
+            "data.source=python: this run's data was handed over in Python "
+            "(sam_medft.train(recipe, train_data=..., val_data=...)), so there are no files to "
+            "read again; pass the images as a list (`sam-medft eval RUN --list test.csv`) or set "
+            "data.source to lists, folder, hf or synthetic")
     raise SamMedftError(f"unknown data.source {data.source!r}; use lists, folder, hf or synthetic")
 
 

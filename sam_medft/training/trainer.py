@@ -15,20 +15,38 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
+from accelerate.utils import set_seed
 
-from sam_medft.adapters.methods import DECODER_HEADS
+from sam_medft.adapters.methods import DECODER_HEADS, encoder_is_frozen
 from sam_medft.config import Recipe
+from sam_medft.data.check import check_dataset
+from sam_medft.data.dataset import ModelFrameSpec
+from sam_medft.data.sources import SampleSource, build_splits
 from sam_medft.errors import Interrupted, SamMedftError
 from sam_medft.files import disk_errors, write_text_atomic
+from sam_medft.models.artifact import AdapterMeta, save_adapter
+from sam_medft.models.loading import model_geometry
 from sam_medft.precision import device_type, resolve_precision
 from sam_medft.runs import RunFolder, RunLock
-from sam_medft.tasks import Task, task_for
-from sam_medft.training.checkpoint import list_checkpoints, resume_checkpoint, save_checkpoint
+from sam_medft.tasks import task_for
+from sam_medft.training.checkpoint import (
+    is_sharded,
+    list_checkpoints,
+    resume_checkpoint,
+    save_checkpoint,
+)
+from sam_medft.training.data_pipeline import (
+    build_stores,
+    build_train_data,
+    remove_disk_stores,
+    transform_on_accelerator,
+)
 from sam_medft.training.embedding_cache import embedding_cache
+from sam_medft.training.presets import apply_preset
 from sam_medft.training.schedules import build_scheduler
 from sam_medft.training.step import optimizer_step
 from sam_medft.training.validate import validate
@@ -238,208 +256,316 @@ def build_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optim
     return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay, fused=fused or None)
 
 
-# ---- the loop ---------------------------------------------------------------------------
+# ---- the run ----------------------------------------------------------------------------
 
 
-def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
-    from accelerate.utils import set_seed
+@dataclass
+class TrainState:
+    """Where a run is and what it has found: exactly what a checkpoint's trainer_state.json
+    holds next to the tensors, so a resumed run continues the same loop."""
 
-    from sam_medft.data.check import check_dataset
-    from sam_medft.data.sources import build_splits
-    from sam_medft.training.presets import apply_preset
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    best_dice: float = -1.0
+    best_step: int = 0
+    bad_evals: int = 0
+    accelerator_step: int = 0
+    history: list[dict] = field(default_factory=list)
+    num_processes: int = 1
+    batch_size: int = 1
 
-    state = init_state()
-    is_main = state.is_main_process
-    check_launch(recipe)
-    run, lock = prepare_run_dir(recipe, resume=resume, overwrite=overwrite, state=state)
-    handler = None
-    try:
-        state.wait_for_everyone()
-        handler = attach_log_file(run.train_log) if is_main else None
-        recipe, preset_note = apply_preset(recipe)
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainState:
+        """A checkpoint's state (older ones may lack the layout fields: this run's stand)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
+          splits: dict[str, SampleSource] | None = None) -> TrainResult:
+    """Fine-tune as `recipe` says. `splits`: data handed over in Python (`train`, optional
+    `val`), used instead of the recipe's data source (`sam_medft.train` builds them)."""
+    return Trainer(recipe, resume=resume, overwrite=overwrite, splits=splits).run()
+
+
+class Trainer:
+    """One fine-tuning run. `run` takes the named set-up steps in order (each fails fast
+    with one clear message, before the first step), then `fit`s; `step` is the one
+    training step, which `sam-medft bench` and the `--dry-run` plan also run
+    (`training.step`)."""
+
+    def __init__(self, recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
+                 splits: dict[str, SampleSource] | None = None) -> None:
+        self.recipe = recipe
+        self.resume = resume
+        self.overwrite = overwrite
+        self.given_splits = splits
+        self.state = TrainState()
+
+    def run(self) -> TrainResult:
+        process = init_state()
+        check_launch(self.recipe)
+        self.run_folder, lock = prepare_run_dir(self.recipe, resume=self.resume,
+                                                overwrite=self.overwrite, state=process)
+        handler = None
+        try:
+            process.wait_for_everyone()
+            handler = attach_log_file(self.run_folder.train_log) if process.is_main_process else None
+            self.setup_data()
+            self.setup_model()
+            self.setup_accelerator()
+            self.setup_loaders()
+            self.setup_optimizer()
+            self.restore()
+            return self.fit()
+        finally:
+            if handler is not None:
+                logging.getLogger("sam_medft").removeHandler(handler)
+                handler.close()
+            if lock is not None:
+                lock.release()
+
+    # -- set-up steps ----------------------------------------------------------------------
+
+    def setup_data(self) -> None:
+        """The hardware preset, the data check (every file, before any model loads), the
+        splits and the label map."""
+        self.recipe, preset_note = apply_preset(self.recipe)
         if preset_note:
             log.info("%s", preset_note)
-        report = check_dataset(recipe.data)
+        report = check_dataset(self.recipe.data, sources=self.given_splits)
         report.raise_for_errors()
-        label_map = report.label_map
-        splits = build_splits(recipe.data)
-        if "train" not in splits or len(splits["train"]) == 0:
+        self.label_map = report.label_map
+        self.splits = self.given_splits or build_splits(self.recipe.data)
+        if "train" not in self.splits or len(self.splits["train"]) == 0:
             raise SamMedftError("the training split is empty: check data.train_list / data.folder")
+
+    def setup_model(self) -> None:
+        """Seeded base model + fine-tuning method, speed-ups, and the task of the mode."""
+        recipe = self.recipe
         set_seed(recipe.train.seed)
-        model, base_id, normalization = build_model(recipe, label_map)
-        enable_speedups(model, recipe)
-        accelerator = build_accelerator(recipe, run.root, model)
-        return _run(recipe, run, accelerator, model, base_id, normalization, label_map,
-                    splits, resume=resume)
-    finally:
-        if handler is not None:
-            logging.getLogger("sam_medft").removeHandler(handler)
-            handler.close()
-        if lock is not None:
-            lock.release()
+        self.model, self.base_id, self.normalization = build_model(recipe, self.label_map)
+        enable_speedups(self.model, recipe)
+        self.task = task_for(recipe.prompt, recipe.loss)
+        self.frozen_encoder = encoder_is_frozen(self.model)
+        self.geometry = model_geometry(self.model)
 
+    def setup_accelerator(self) -> None:
+        self.accelerator = build_accelerator(self.recipe, self.run_folder.root, self.model)
 
-def _run(recipe, run: RunFolder, accelerator, model, base_id, normalization, label_map, splits,
-         *, resume):
-    from sam_medft.adapters.methods import encoder_is_frozen
-    from sam_medft.data.dataset import ModelFrameSpec
-    from sam_medft.models.artifact import AdapterMeta
-    from sam_medft.models.loading import model_geometry
-    from sam_medft.training.data_pipeline import (
-        build_stores,
-        build_train_data,
-        transform_on_accelerator,
-    )
+    def setup_loaders(self) -> None:
+        """Embedding cache, preprocessed stores, datasets and loaders."""
+        t, accelerator = self.recipe.train, self.accelerator
+        spec = ModelFrameSpec(self.geometry, self.normalization, self.label_map)
+        self.cache = embedding_cache(t, self.task, self.model, self.frozen_encoder, self.base_id,
+                                     self.normalization)
+        self.train_cache = None if self.recipe.augment.enabled else self.cache
+        stores = build_stores(self.recipe, self.splits, spec, run_dir=self.run_folder.root,
+                              accelerator=accelerator)
+        on_accelerator = transform_on_accelerator(t, self.task, accelerator.device)
+        self.data = build_train_data(
+            self.recipe, self.splits, spec, stores=stores, num_processes=accelerator.num_processes,
+            on_accelerator=on_accelerator, prompts=self.task.prompt_settings(),
+            train_keys=self.train_cache is not None, val_keys=self.cache is not None)
+        log.info("normalisation and augmentation %s", "on the accelerator, per batch"
+                 if on_accelerator else "in the data loader, per image")
 
-    t = recipe.train
-    run_dir = run.root
-    geometry = model_geometry(model)
-    spec = ModelFrameSpec(geometry, normalization, label_map)
-    frozen_encoder = encoder_is_frozen(model)
-    task = task_for(recipe.prompt, recipe.loss)
-    cache = embedding_cache(t, task, model, frozen_encoder, base_id, normalization)
-    train_cache = None if recipe.augment.enabled else cache
-    stores = build_stores(recipe, splits, spec, run_dir=run_dir, accelerator=accelerator)
-    on_accelerator = transform_on_accelerator(t, task, accelerator.device)
-    data = build_train_data(recipe, splits, spec, stores=stores,
-                            num_processes=accelerator.num_processes,
-                            on_accelerator=on_accelerator, prompts=task.prompt_settings(),
-                            train_keys=train_cache is not None, val_keys=cache is not None)
-    log.info("normalisation and augmentation %s", "on the accelerator, per batch"
-             if on_accelerator else "in the data loader, per image")
-    train_ds, sampler, train_dl, val_dl = data.train_ds, data.sampler, data.train_dl, data.val_dl
+    def setup_optimizer(self) -> None:
+        """Optimizer, schedule, `accelerator.prepare`, and the artifact's metadata."""
+        recipe, t, accelerator = self.recipe, self.recipe.train, self.accelerator
+        self.optimizer = build_optimizer(self.model, recipe)
+        self.scheduler = build_scheduler(self.optimizer, warmup=t.warmup_steps, total=t.max_steps,
+                                         kind=t.schedule)
+        self.model, self.optimizer, self.train_dl = accelerator.prepare(
+            self.model, self.optimizer, self.data.train_dl)
+        if len(self.train_dl) == 0:
+            raise SamMedftError(
+                f"the training split has {len(self.data.train_ds)} images, fewer than one global "
+                f"batch ({t.batch_size} x {accelerator.num_processes} processes); lower "
+                f"train.batch_size or add data")
+        self.val_dl = None if self.data.val_dl is None else accelerator.prepare(self.data.val_dl)
+        label_map, geometry, task = self.label_map, self.geometry, self.task
+        normalization, base_id = self.normalization, self.base_id
+        self.meta = AdapterMeta(
+            base_model=base_id, num_classes=label_map.num_classes, class_names=label_map.class_names,
+            method=recipe.peft.method, scope=recipe.peft.scope, normalization=normalization,
+            input_size=geometry.input_size, mask_size=geometry.mask_size,
+            mask_outputs=task.mask_outputs(label_map.num_classes),
+            labels=label_map.to_dict()["values"],
+            binary=recipe.data.binary, prompt_mode=recipe.prompt.mode,
+            intensity=recipe.data.intensity.model_dump(mode="json"),
+            data_description=describe_data(recipe), base_revision=recipe.model.revision)
 
-    optimizer = build_optimizer(model, recipe)
-    scheduler = build_scheduler(optimizer, warmup=t.warmup_steps, total=t.max_steps, kind=t.schedule)
-    model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
-    if len(train_dl) == 0:
-        raise SamMedftError(f"the training split has {len(train_ds)} images, fewer than one global "
-                            f"batch ({t.batch_size} x {accelerator.num_processes} processes); "
-                            f"lower train.batch_size or add data")
-    if val_dl is not None:
-        val_dl = accelerator.prepare(val_dl)
+    def restore(self) -> None:
+        """The state of a fresh run, or of the newest whole checkpoint with `--resume`; then
+        the resolved recipe and the trackers."""
+        t, accelerator = self.recipe.train, self.accelerator
+        self.state = TrainState(num_processes=accelerator.num_processes, batch_size=t.batch_size)
+        if self.resume:
+            last, loaded = resume_checkpoint(accelerator, self.run_folder.checkpoints, self.model,
+                                             self.optimizer, self.scheduler)
+            self.state = TrainState.from_dict({**self.state.to_dict(), **loaded})
+            accelerator.step = self.state.accelerator_step
+            self._continue_layout(last)
+            log.info("resumed from %s (step %d)", last, self.state.step)
+        if accelerator.is_main_process:
+            run = self.run_folder
+            with disk_errors(run.recipe_file, "the resolved recipe"):
+                write_text_atomic(run.recipe_file, self.recipe.to_yaml())
+        if t.log_with != "none":
+            accelerator.init_trackers("train", config=_flat(self.recipe.model_dump(mode="json")))
 
-    meta = AdapterMeta(
-        base_model=base_id, num_classes=label_map.num_classes, class_names=label_map.class_names,
-        method=recipe.peft.method, scope=recipe.peft.scope, normalization=normalization,
-        input_size=geometry.input_size, mask_size=geometry.mask_size,
-        mask_outputs=task.mask_outputs(label_map.num_classes),
-        labels=label_map.to_dict()["values"],
-        binary=recipe.data.binary, prompt_mode=recipe.prompt.mode,
-        intensity=recipe.data.intensity.model_dump(mode="json"),
-        data_description=describe_data(recipe), base_revision=recipe.model.revision)
+    def _continue_layout(self, ckpt: Path) -> None:
+        """The data position is counted in per-process batches: a different layout (processes
+        x batch size) than the checkpoint's moves it to the same sample count."""
+        s, now = self.state, (self.accelerator.num_processes, self.recipe.train.batch_size)
+        was = (s.num_processes, s.batch_size)
+        if was != now and s.batches_in_epoch:
+            samples = s.batches_in_epoch * was[0] * was[1]
+            s.batches_in_epoch = samples // (now[0] * now[1])
+            log.warning("%s was written with %d process(es) x batch %d, this run has %d x %d: the "
+                        "epoch continues after %d samples instead of %d", ckpt, was[0], was[1],
+                        now[0], now[1], s.batches_in_epoch * now[0] * now[1], samples)
+        s.num_processes, s.batch_size = now
 
-    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_dice": -1.0, "best_step": 0,
-             "bad_evals": 0, "accelerator_step": 0, "history": [],
-             "num_processes": accelerator.num_processes, "batch_size": t.batch_size}
-    ckpt_root = run.checkpoints
-    if resume:
-        last, loaded = resume_checkpoint(accelerator, ckpt_root, model, optimizer, scheduler)
-        state.update(loaded)
-        accelerator.step = state["accelerator_step"]
-        _check_resume_layout(state, accelerator.num_processes, t.batch_size, last)
-        log.info("resumed from %s (step %d)", last, state["step"])
+    # -- the loop ----------------------------------------------------------------------------
 
-    if accelerator.is_main_process:
-        with disk_errors(run.recipe_file, "the resolved recipe"):
-            write_text_atomic(run.recipe_file, recipe.to_yaml())
-    if recipe.train.log_with != "none":
-        accelerator.init_trackers("train", config=_flat(recipe.model_dump(mode="json")))
+    def step(self, batch: dict) -> torch.Tensor:
+        """One training step on a finished batch (accumulating when asked) -> its loss."""
+        accelerator, t = self.accelerator, self.recipe.train
 
-    def clip() -> None:
-        if accelerator.sync_gradients and t.grad_clip:
-            accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
+        def clip() -> None:
+            if accelerator.sync_gradients and t.grad_clip:
+                accelerator.clip_grad_norm_(self.model.parameters(), t.grad_clip)
 
-    progress = _progress(accelerator, t.max_steps, state["step"])
-    t0, seen, log_every = time.perf_counter(), 0, 10
-    running = None
-    model.train()
-    stop = state["step"] >= t.max_steps
-    interrupted = None
-    with graceful_stop() as stop_request:
-        while not stop:
-            epoch = state["epoch"]
-            sampler.set_epoch(epoch)
-            train_ds.set_epoch(epoch)
-            # accelerate's loader re-seeds its sampler with its own iteration count on every
-            # pass; set it to the epoch so a resumed run replays the same order
-            train_dl.set_epoch(epoch)
-            dl = train_dl
-            if state["batches_in_epoch"]:
-                dl = accelerator.skip_first_batches(train_dl, state["batches_in_epoch"])
-                dl.set_epoch(epoch)
-            for batch in dl:
-                batch = data.finish_train(batch)
-                with accelerator.accumulate(model):
-                    loss = optimizer_step(
-                        task, model, batch, optimizer, frozen_encoder=frozen_encoder,
-                        cache=train_cache, autocast=accelerator.autocast,
-                        backward=accelerator.backward, before_update=clip)
-                state["batches_in_epoch"] += 1
-                seen += batch["pixel_values"].shape[0] * accelerator.num_processes
-                running = loss.detach() if running is None else running + loss.detach()
-                if not accelerator.sync_gradients:
-                    continue
-                scheduler.step()
-                state["step"] += 1
-                step = state["step"]
-                if step % log_every == 0 or step == t.max_steps:
-                    mean_loss = float(running / max(1, log_every * t.grad_accum))  # one sync per log
-                    running = None
-                    ips = seen / (time.perf_counter() - t0)
-                    lr = scheduler.get_last_lr()[0]
-                    accelerator.log({"train/loss": mean_loss, "train/lr": lr,
-                                     "train/images_per_s": ips}, step=step)
-                    progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
-                progress.update(1)
-                last_step = step >= t.max_steps
-                if val_dl is not None and (step % t.eval_every == 0 or last_step):
-                    stop = _evaluate_and_select(accelerator, model, val_dl, task, frozen_encoder,
-                                                recipe, state, step, meta, run.adapter, cache,
-                                                data.finish_val)
-                # a SIGTERM during the last step (or an early stop) changes nothing: finish.
-                # Several processes agree at steps that sync the host anyway (logging,
-                # checkpoints), so the flag costs the step no extra host sync.
-                check = (accelerator.num_processes == 1 or step % log_every == 0
-                         or step % t.save_every == 0)
-                interrupted = (check and stop_request.agreed(accelerator)
-                               and not (last_step or stop))
-                if step % t.save_every == 0 or last_step or stop or interrupted:
-                    state["accelerator_step"] = accelerator.step
-                    save_checkpoint(accelerator, ckpt_root, step, model, optimizer, scheduler,
-                                    _persistable(state), keep_last=t.keep_last)
-                if last_step or stop or interrupted:
-                    stop = True
-                    break
-            else:
-                state["epoch"] += 1
-                state["batches_in_epoch"] = 0
-    progress.close()
-    if interrupted:
+        with accelerator.accumulate(self.model):
+            return optimizer_step(
+                self.task, self.model, batch, self.optimizer, frozen_encoder=self.frozen_encoder,
+                cache=self.train_cache, autocast=accelerator.autocast,
+                backward=accelerator.backward, before_update=clip)
+
+    def fit(self) -> TrainResult:
+        """Steps until `train.max_steps`, early stopping or a stop request; validation picks
+        the best adapter, checkpoints make it resumable."""
+        t, accelerator, s = self.recipe.train, self.accelerator, self.state
+        data, train_dl, run = self.data, self.train_dl, self.run_folder
+        progress = _progress(accelerator, t.max_steps, s.step)
+        t0, seen, log_every = time.perf_counter(), 0, 10
+        running = None
+        self.model.train()
+        stop = s.step >= t.max_steps
+        interrupted = None
+        with graceful_stop() as stop_request:
+            while not stop:
+                data.sampler.set_epoch(s.epoch)
+                data.train_ds.set_epoch(s.epoch)
+                # accelerate's loader re-seeds its sampler with its own iteration count on
+                # every pass; set it to the epoch so a resumed run replays the same order
+                train_dl.set_epoch(s.epoch)
+                dl = train_dl
+                if s.batches_in_epoch:
+                    dl = accelerator.skip_first_batches(train_dl, s.batches_in_epoch)
+                    dl.set_epoch(s.epoch)
+                for batch in dl:
+                    batch = data.finish_train(batch)
+                    loss = self.step(batch)
+                    s.batches_in_epoch += 1
+                    seen += batch["pixel_values"].shape[0] * accelerator.num_processes
+                    running = loss if running is None else running + loss
+                    if not accelerator.sync_gradients:
+                        continue
+                    self.scheduler.step()
+                    s.step += 1
+                    step = s.step
+                    if step % log_every == 0 or step == t.max_steps:
+                        mean_loss = float(running / max(1, log_every * t.grad_accum))  # one sync
+                        running = None
+                        ips = seen / (time.perf_counter() - t0)
+                        lr = self.scheduler.get_last_lr()[0]
+                        accelerator.log({"train/loss": mean_loss, "train/lr": lr,
+                                         "train/images_per_s": ips}, step=step)
+                        progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}",
+                                             img_s=f"{ips:.1f}")
+                    progress.update(1)
+                    last_step = step >= t.max_steps
+                    if self.val_dl is not None and (step % t.eval_every == 0 or last_step):
+                        stop = self.evaluate_and_select(step)
+                    # a stop request during the last step (or an early stop) changes nothing:
+                    # finish. Several processes agree at steps that sync the host anyway
+                    # (logging, checkpoints), so the flag costs the step no extra host sync.
+                    check = (accelerator.num_processes == 1 or step % log_every == 0
+                             or step % t.save_every == 0)
+                    interrupted = (check and stop_request.agreed(accelerator)
+                                   and not (last_step or stop))
+                    if step % t.save_every == 0 or last_step or stop or interrupted:
+                        s.accelerator_step = accelerator.step
+                        save_checkpoint(accelerator, run.checkpoints, step, self.model,
+                                        self.optimizer, self.scheduler, s.to_dict(),
+                                        keep_last=t.keep_last)
+                    if last_step or stop or interrupted:
+                        stop = True
+                        break
+                else:
+                    s.epoch += 1
+                    s.batches_in_epoch = 0
+        progress.close()
+        if interrupted:
+            accelerator.end_training()
+            ckpt = list_checkpoints(run.checkpoints)[-1]
+            why = stop_request.signal_name or "a stop request"
+            log.warning("%s: stopped after step %d; checkpoint %s written", why, s.step, ckpt)
+            raise TrainingInterrupted(
+                f"training stopped by {why} after step {s.step} of {t.max_steps}; checkpoint "
+                f"{ckpt} written. Continue with the same command plus --resume")
+        if self.val_dl is None:
+            self.save_adapter()
+            s.best_step = s.step
+        accelerator.wait_for_everyone()
+        seconds = time.perf_counter() - t0
+        if accelerator.is_main_process:
+            remove_disk_stores(run.root)
+            summary = {"best_val_dice": s.best_dice, "best_step": s.best_step, "steps": s.step,
+                       "train_seconds": round(seconds, 2), "history": s.history}
+            with disk_errors(run.summary, "the training summary"):
+                write_text_atomic(run.summary, json.dumps(summary, indent=2))
         accelerator.end_training()
-        ckpt = list_checkpoints(ckpt_root)[-1]
-        why = stop_request.signal_name or "a stop request"
-        log.warning("%s: stopped after step %d; checkpoint %s written", why, state["step"], ckpt)
-        raise TrainingInterrupted(
-            f"training stopped by {why} after step {state['step']} of {t.max_steps}; checkpoint "
-            f"{ckpt} written. Continue with the same command plus --resume")
-    if val_dl is None:
-        _save_adapter(accelerator, model, meta, run.adapter)
-        state["best_step"] = state["step"]
-    accelerator.wait_for_everyone()
-    seconds = time.perf_counter() - t0
-    if accelerator.is_main_process:
-        from sam_medft.training.data_pipeline import remove_disk_stores
+        return TrainResult(run.root, s.best_dice, s.best_step, s.step, seconds, s.history)
 
-        remove_disk_stores(run_dir)
-        summary = {"best_val_dice": state["best_dice"], "best_step": state["best_step"],
-                   "steps": state["step"], "train_seconds": round(seconds, 2),
-                   "history": state["history"]}
-        with disk_errors(run.summary, "the training summary"):
-            write_text_atomic(run.summary, json.dumps(summary, indent=2))
-    accelerator.end_training()
-    return TrainResult(run_dir, state["best_dice"], state["best_step"], state["step"], seconds,
-                       state["history"])
+    def evaluate_and_select(self, step: int) -> bool:
+        """Validate, keep the best adapter, and say whether early stopping triggers."""
+        s, accelerator = self.state, self.accelerator
+        metrics = validate(self.model, self.val_dl, accelerator, task=self.task,
+                           frozen_encoder=self.frozen_encoder, cache=self.cache,
+                           finish=self.data.finish_val)
+        dice = metrics["dice"]
+        s.history.append({"step": step, "val_dice": dice, "per_class": metrics.get("per_class"),
+                          "n_images": metrics["n_images"]})
+        accelerator.log({"val/dice": dice}, step=step)
+        if not math.isnan(dice) and dice > s.best_dice:
+            s.best_dice, s.best_step, s.bad_evals = dice, step, 0
+            self.save_adapter()
+        else:
+            s.bad_evals += 1
+        log.info("step %d: val foreground Dice %.4f over %d images (best %.4f at step %d)", step,
+                 dice, metrics["n_images"], s.best_dice, s.best_step)
+        patience = self.recipe.train.patience
+        return patience is not None and s.bad_evals > patience
+
+    def save_adapter(self) -> None:
+        """The main process writes the adapter; under FSDP2 every rank helps gather it first."""
+        accelerator, out_dir = self.accelerator, self.run_folder.adapter
+        inner = accelerator.unwrap_model(self.model)
+        if is_sharded(inner):
+            state_dict = accelerator.get_state_dict(self.model)  # a collective: all ranks
+            if accelerator.is_main_process:
+                save_adapter(inner, self.meta, out_dir, state_dict=state_dict)
+            return
+        if accelerator.is_main_process:
+            save_adapter(inner, self.meta, out_dir)
 
 
 class _StopFlag:
@@ -490,59 +616,6 @@ def graceful_stop():
         signal.signal(signal.SIGINT, flag.previous_sigint)
 
 
-def _check_resume_layout(state: dict, num_processes: int, batch_size: int, ckpt: Path) -> None:
-    """The data position is counted in per-process batches: a different layout changes it."""
-    was = (state.get("num_processes", num_processes), state.get("batch_size", batch_size))
-    if was != (num_processes, batch_size) and state.get("batches_in_epoch"):
-        samples = state["batches_in_epoch"] * was[0] * was[1]
-        state["batches_in_epoch"] = samples // (num_processes * batch_size)
-        log.warning("%s was written with %d process(es) x batch %d, this run has %d x %d: the "
-                    "epoch continues after %d samples instead of %d", ckpt, was[0], was[1],
-                    num_processes, batch_size,
-                    state["batches_in_epoch"] * num_processes * batch_size, samples)
-    state["num_processes"], state["batch_size"] = num_processes, batch_size
-
-
-def _save_adapter(accelerator, model, meta, out_dir: Path) -> None:
-    """The main process writes the adapter; under FSDP2 every rank helps gather it first."""
-    from sam_medft.models.artifact import save_adapter
-    from sam_medft.training.checkpoint import is_sharded
-
-    inner = accelerator.unwrap_model(model)
-    if is_sharded(inner):
-        state_dict = accelerator.get_state_dict(model)  # a collective: all ranks
-        if accelerator.is_main_process:
-            save_adapter(inner, meta, out_dir, state_dict=state_dict)
-        return
-    if accelerator.is_main_process:
-        save_adapter(inner, meta, out_dir)
-
-
-def _evaluate_and_select(accelerator, model, val_dl, task: Task, frozen_encoder, recipe, state,
-                         step, meta, adapter_dir: Path, cache=None, finish=None) -> bool:
-    """Validate, keep the best adapter, and say whether early stopping triggers."""
-    metrics = validate(model, val_dl, accelerator, task=task, frozen_encoder=frozen_encoder,
-                       cache=cache, finish=finish)
-    dice = metrics["dice"]
-    state["history"].append({"step": step, "val_dice": dice, "per_class": metrics.get("per_class"),
-                             "n_images": metrics["n_images"]})
-    accelerator.log({"val/dice": dice}, step=step)
-    improved = not math.isnan(dice) and dice > state["best_dice"]
-    if improved:
-        state.update(best_dice=dice, best_step=step, bad_evals=0)
-        _save_adapter(accelerator, model, meta, adapter_dir)
-    else:
-        state["bad_evals"] += 1
-    log.info("step %d: val foreground Dice %.4f over %d images (best %.4f at step %d)", step, dice,
-             metrics["n_images"], state["best_dice"], state["best_step"])
-    patience = recipe.train.patience
-    return patience is not None and state["bad_evals"] > patience
-
-
-def _persistable(state: dict) -> dict:
-    return {k: v for k, v in state.items()}
-
-
 def _progress(accelerator, total: int, initial: int):
     from tqdm.auto import tqdm
 
@@ -569,4 +642,6 @@ def describe_data(recipe: Recipe) -> str:
         return f"datasets: {d.hf.path}"
     if d.source == "folder":
         return f"image/mask folder {d.folder.name}"
+    if d.source == "python":
+        return "data handed over in Python (sam_medft.train)"
     return f"file lists {d.train_list.name if d.train_list else ''}"
