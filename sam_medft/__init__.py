@@ -1,8 +1,7 @@
 """sam_medft: fine-tune Segment Anything models on your own medical segmentation data."""
 
-__version__ = "0.1.0"
-
-from sam_medft.errors import SamMedftError  # noqa: E402
+from sam_medft.errors import SamMedftError
+from sam_medft.version import __version__
 
 
 def load(run_or_hub_id, *, device=None, revision=None, fast_attention=True):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import platform
 import resource
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -31,11 +32,32 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
+import transformers
+from accelerate.utils import send_to_device
+from rich.table import Table
+from transformers import SamHQModel, SamModel
 
+from sam_medft.adapters.methods import apply_method, encoder_is_frozen
 from sam_medft.config import LossConfig, ModelConfig, PeftSettings, Recipe, TrainConfig
+from sam_medft.data.dataset import ModelFrameSpec
+from sam_medft.data.labels import LabelMap
+from sam_medft.data.preprocessed import PreprocessedStore
+from sam_medft.data.sources import build_splits
+from sam_medft.data.synthetic import SYNTHETIC_LABELS, write_synthetic
 from sam_medft.errors import SamMedftError
+from sam_medft.model_names import lookup
+from sam_medft.models.fast_attention import enable_fast_attention, enable_regional_compile
+from sam_medft.models.forward import automatic_forward, image_embeddings
+from sam_medft.models.loading import model_geometry, unwrap
+from sam_medft.models.registry import ARCH_OF, architecture_config, sam_hq_config
 from sam_medft.precision import resolve_precision
 from sam_medft.tasks import AutomaticTask
+from sam_medft.training.data_pipeline import (
+    build_train_data,
+    loader_workers,
+    transform_on_accelerator,
+)
+from sam_medft.training.embedding_cache import EmbeddingCache, content_keys
 from sam_medft.training.step import optimizer_step
 
 Mode = Literal["train", "predict", "decoder-cached", "epoch"]
@@ -83,8 +105,6 @@ class BenchSettings:
         the `given` ones that are not None (command-line flags)."""
         shared: dict[str, Any] = {}
         if recipe is not None:
-            from sam_medft.training.data_pipeline import loader_workers
-
             t = recipe.train
             shared = dict(model=recipe.model.name, peft=recipe.peft, batch=t.batch_size,
                           fast=t.fast_attention, compile=t.compile,
@@ -201,10 +221,6 @@ def build_bench_model(
     The vision input size, its position-embedding grid and the prompt encoder's embedding
     grid (size / 16) are changed together, so a small image size is a consistent model.
     """
-    from transformers import SamHQModel, SamModel
-
-    from sam_medft.models.registry import ARCH_OF, architecture_config, lookup, sam_hq_config
-
     try:
         cfg = architecture_config(name)
     except KeyError:
@@ -235,12 +251,6 @@ def build_bench_model(
 
 def run_bench(s: BenchSettings) -> BenchResult:
     """Build, prepare and time the step that `s` describes."""
-    import transformers
-
-    from sam_medft.adapters.methods import apply_method, encoder_is_frozen
-    from sam_medft.models.fast_attention import enable_fast_attention, enable_regional_compile
-    from sam_medft.models.loading import unwrap
-
     s.check()
     rss0 = _rss_mib()
     device = torch.device(s.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -374,17 +384,6 @@ def _update_fn(
 def _time_epoch(s: BenchSettings, model, update, size: int, device: torch.device) -> dict:
     """The step fed by the training data pipeline: synthetic slices preprocessed once to `size` (timed apart), uint8 batches from the DataLoader, finished (normalised,
     augmented) on the accelerator or in the workers. Warm-up batches are excluded."""
-    import tempfile
-
-    from accelerate.utils import send_to_device
-
-    from sam_medft.data.dataset import ModelFrameSpec
-    from sam_medft.data.labels import LabelMap
-    from sam_medft.data.sources import build_splits
-    from sam_medft.data.synthetic import SYNTHETIC_LABELS, write_synthetic
-    from sam_medft.models.loading import model_geometry
-    from sam_medft.training.data_pipeline import build_train_data, transform_on_accelerator
-
     n = s.batch * (s.warmup + s.steps)
     labels = dict(SYNTHETIC_LABELS) if s.num_classes == 3 else None
     recipe = Recipe(
@@ -402,8 +401,6 @@ def _time_epoch(s: BenchSettings, model, update, size: int, device: torch.device
         recipe.data.val_fraction = 0
         splits = build_splits(recipe.data)
         t0 = time.perf_counter()
-        from sam_medft.data.preprocessed import PreprocessedStore
-
         store = PreprocessedStore.build(splits["train"], spec.geometry, label_map,
                                         num_workers=s.num_workers)
         preprocess_s = time.perf_counter() - t0
@@ -442,8 +439,6 @@ def _sync(device: torch.device) -> None:
 
 
 def _predict_step(model, pixels, autocast) -> _Step:
-    from sam_medft.models.forward import automatic_forward
-
     def step() -> None:
         with torch.inference_mode(), autocast():
             logits, _ = automatic_forward(model, pixels)
@@ -454,9 +449,6 @@ def _predict_step(model, pixels, autocast) -> _Step:
 
 def _cached_embeddings(model, pixels, autocast, device):
     """The embeddings lookup of a decoder-only step once the cache is warm."""
-    from sam_medft.models.forward import image_embeddings
-    from sam_medft.training.embedding_cache import EmbeddingCache, content_keys
-
     cache = EmbeddingCache("bench", device=device)
     keys = content_keys(pixels)  # in training these come from the data-loader workers
 
@@ -543,8 +535,6 @@ def _sdpa_backends() -> dict[str, bool]:
 
 def result_table(r: BenchResult):
     """A two-column rich table of one result."""
-    from rich.table import Table
-
     title = f"sam-medft bench: {r.model} {r.method}/{r.scope}, {r.mode}"
     table = Table(title=title, show_header=False)
     table.add_column("what", style="bold")

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from sam_medft.console import print_renderable
+from sam_medft.errors import SamMedftError
 from sam_medft.resources import find_recipe
 
 
@@ -98,13 +100,12 @@ def bench_command(
     ] = None,
 ) -> None:
     """Measure images/s and peak memory of a recipe's training or prediction step
-    (random weights, synthetic data, nothing downloaded)."""
+    (random weights, synthetic data, nothing downloaded). torch and the library load here,
+    when the command runs, not when `sam-medft --help` imports this module."""
     import torch
 
     from sam_medft.bench import BenchSettings, result_table, run_bench
     from sam_medft.config import load_recipe
-    from sam_medft.console import print_renderable
-    from sam_medft.errors import SamMedftError
 
     pads = {"auto": None, "on": True, "off": False}
     if pad_value not in pads:

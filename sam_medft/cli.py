@@ -4,6 +4,10 @@ User mistakes (`SamMedftError`) print as one plain-text `error:` line and exit w
 `exit_code` (2; 3 for a resumable interruption); Ctrl-C outside training prints
 `interrupted` and exits 130; anything else is a bug and keeps its traceback (exit 1).
 Every message goes through `sam_medft.console`, so user paths and values print verbatim.
+
+Each command imports the library it calls inside its body (as `bench_cli` and `eval.cli`
+do): torch, transformers and peft load when a command runs, never for `sam-medft --help`.
+These are the only function-local imports of sam_medft modules (tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -29,7 +33,14 @@ from sam_medft.console import (
 )
 from sam_medft.errors import SamMedftError
 from sam_medft.eval.cli import eval_command
-from sam_medft.resources import find_recipe, recipes_dir
+from sam_medft.resources import (
+    accelerate_config,
+    accelerate_configs,
+    accelerate_configs_dir,
+    find_recipe,
+    recipe_files,
+    recipes_dir,
+)
 
 
 class CtrlC(Exception):
@@ -74,7 +85,7 @@ def train(
 
         check_push_target(r.hub.repo_id)  # a bad id or a missing login fails before training
     if dry_run:
-        from sam_medft.training.plan import plan_table
+        from sam_medft.training.dry_run import plan_table
 
         print_renderable(plan_table(r), console=out)
         return
@@ -190,13 +201,11 @@ def configs(
     recipes: Annotated[bool, typer.Option("--recipes", help="the shipped recipes instead")] = False,
 ):
     """Where the shipped accelerate configs (or recipes) are: the folder, then each file."""
-    from sam_medft import resources
-
     if name is not None:
-        typer.echo(resources.accelerate_config(name))
+        typer.echo(accelerate_config(name))
         return
-    files = resources.recipe_files() if recipes else resources.accelerate_configs()
-    typer.echo(resources.recipes_dir() if recipes else resources.accelerate_configs_dir())
+    files = recipe_files() if recipes else accelerate_configs()
+    typer.echo(recipes_dir() if recipes else accelerate_configs_dir())
     for path in files:
         typer.echo(path)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
+from sam_medft.adapters.methods import meta_model
 from sam_medft.config import Recipe, load_recipe
 from sam_medft.errors import SamMedftError
 from sam_medft.models.registry import ARCH_OF, architecture_config
@@ -67,8 +68,6 @@ def count_parameters(recipe: Recipe, num_classes: int = 2) -> ParamCount:
     The mask-output count follows the trainer: one per class in automatic mode, SAM's 3
     multimask outputs in prompt modes.
     """
-    from sam_medft.adapters.methods import meta_model
-
     name = recipe.model.name
     try:
         cfg = architecture_config(name)

@@ -18,7 +18,9 @@ import peft
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.config import PromptLearningConfig
+from transformers import SamModel
 
+from sam_medft.adapters.bottleneck import BottleneckSettings, apply_bottleneck
 from sam_medft.config import PeftSettings
 from sam_medft.errors import SamMedftError
 from sam_medft.models.loading import unwrap
@@ -163,8 +165,6 @@ def apply_method(
     if method == "vanilla":
         model = _apply_vanilla(model, settings.scope)
     elif method == "adapter":
-        from sam_medft.adapters.bottleneck import BottleneckSettings, apply_bottleneck
-
         layers = encoder_layer_ids(model, settings.layers) if settings.scope == "encdec" else []
         bs = BottleneckSettings.from_recipe(settings, encoder_layers=layers)
         heads = [f"mask_decoder.{n}" for n in head_module_names(model)]  # it wants full names
@@ -186,8 +186,6 @@ def meta_model(config, mask_outputs: int, settings: PeftSettings,
                ) -> tuple[torch.nn.Module, MethodInfo]:
     """`config`'s SamModel with `mask_outputs` mask tokens and the method applied, on the meta
     device: shapes without memory or download, for parameter counts and memory plans."""
-    from transformers import SamModel
-
     config.mask_decoder_config.num_multimask_outputs = mask_outputs
     with torch.device("meta"):  # the method's new tensors too
         return apply_method(SamModel(config), settings)

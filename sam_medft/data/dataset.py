@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from sam_medft.config import AugmentConfig
+from sam_medft.data.augment import draw_params
 from sam_medft.data.labels import LabelMap
 from sam_medft.data.model_frame import UINT8_KEYS, HostMeta, finish_batch
 from sam_medft.data.preprocessed import (
@@ -28,7 +29,12 @@ from sam_medft.data.preprocessed import (
     mask_dtype,
     preprocess_sample,
 )
-from sam_medft.data.prompts import PromptSettings
+from sam_medft.data.prompts import (
+    PromptSettings,
+    collate_prompts,
+    simulate_prompts,
+    to_model_frame,
+)
 from sam_medft.data.sources import SampleSource
 from sam_medft.data.transforms import IGNORE_INDEX, SamGeometry
 
@@ -80,8 +86,6 @@ class SamSegmentationDataset(Dataset):
             key = image_key(s.image) if self.cache_keys else None
         params = None
         if self.augment is not None:
-            from sam_medft.data.augment import draw_params
-
             gen = torch.Generator().manual_seed(_mix(self.seed, epoch, index))
             params = draw_params(self.augment, 1, gen)
         host = HostMeta(torch.tensor([s.resized]), self.pad, params,
@@ -102,8 +106,6 @@ class SamSegmentationDataset(Dataset):
 
     def _simulate(self, mask: torch.Tensor, lowres: torch.Tensor, epoch: int, index: int):
         """Prompts from the model-frame mask: coordinates need no further transform."""
-        from sam_medft.data.prompts import simulate_prompts, to_model_frame
-
         g = self.spec.geometry
         label_map = mask.clamp(min=0).numpy()
         rng = np.random.default_rng(_mix(self.seed, epoch, index, 7))
@@ -121,8 +123,6 @@ def collate(items: list[dict]) -> dict:
     out["index"] = torch.tensor([it["index"] for it in items])
     out["host"] = HostMeta.collate([it["host"] for it in items])
     if "prompts" in items[0]:
-        from sam_medft.data.prompts import collate_prompts
-
         sets = [it["prompts"] for it in items]
         out.update(collate_prompts(sets, max(1, max(len(s) for s in sets))))
     return out

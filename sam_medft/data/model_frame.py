@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from sam_medft.config import AugmentConfig
+from sam_medft.data.augment import apply_augment
 from sam_medft.data.preprocessed import lowres_from_input, stored_to_labels
 from sam_medft.data.transforms import SamGeometry, normalize_batch, valid_window
 
@@ -62,8 +63,6 @@ def finish_batch(batch: dict, geometry: SamGeometry, normalization: str,
     pixels = normalize_batch(images, valid, normalization)
     mask = None
     if augment is not None and augment.enabled and host.augment is not None:
-        from sam_medft.data.augment import apply_augment
-
         mask = stored_to_labels(batch["mask_input"], host.pad)
         pixels, mask = apply_augment(pixels, mask, augment, host.augment, valid_hw=host.resized)
     elif keep_input_mask:

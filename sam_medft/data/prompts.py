@@ -457,15 +457,18 @@ def load_prompts_file(
             raise SamMedftError(f"{path}: image {name!r} needs a list of prompts, got {entries!r}")
         where = f"{path}: image {name!r}"
         out[name] = [
-            _check_entry(e, f"{where}, prompt {j}", images[name], class_names)
+            check_entry(e, f"{where}, prompt {j}", images[name], class_names)
             for j, e in enumerate(entries)
         ]
     return out
 
 
-def _check_entry(
+def check_entry(
     entry: Any, where: str, size: tuple[int, int], class_names: Sequence[str] | None
 ) -> dict:
+    """One prompt entry (`{"label", "box", "points", "point_labels"}`, from prompts.json or the
+    Python API) checked against the image size and classes -> the normalised entry; `where`
+    names it in the messages."""
     if not isinstance(entry, dict):
         raise SamMedftError(
             f"{where}: a prompt must be an object like "
@@ -643,6 +646,7 @@ __all__ = [
     "parse_box",
     "parse_point",
     "check_box",
+    "check_entry",
     "check_point",
     "prompt_sets_from_entries",
     "find_objects",

@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from rich.table import Table
@@ -37,10 +37,8 @@ from sam_medft.data.prompts import (
     corrective_click,
     simulate_prompts,
 )
+from sam_medft.infer.predict import FineTunedSam
 from sam_medft.infer.prompted import class_masks, decode
-
-if TYPE_CHECKING:
-    from sam_medft.infer.predict import FineTunedSam
 
 GT_NOTE = (
     "GT-derived prompts: boxes and points are simulated per object from the reference mask "

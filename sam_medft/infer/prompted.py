@@ -31,7 +31,7 @@ import torch
 
 from sam_medft.data.prompts import (
     PromptSet,
-    _check_entry,
+    check_entry,
     load_prompts_file,
     parse_box,
     parse_point,
@@ -170,7 +170,7 @@ def check_prompts(
     for j, entry in enumerate(prompts):
         if isinstance(entry, dict):  # loaded entries carry box=None / points=[]: drop those
             entry = {k: v for k, v in entry.items() if v is not None and not _is_empty(v)}
-        out.append(_check_entry(entry, f"{where}[{j}]", size, list(class_names)))
+        out.append(check_entry(entry, f"{where}[{j}]", size, list(class_names)))
     return out
 
 

@@ -27,6 +27,7 @@ import torch
 from transformers import SamConfig, SamModel
 
 from sam_medft.errors import SamMedftError
+from sam_medft.model_names import lookup
 from sam_medft.models import registry
 
 # ----------------------------------------------------------------------------------------
@@ -496,7 +497,7 @@ def load_base_model(base_model: str) -> SamModel:
     """A registry name, Hub id or local transformers folder -> SamModel."""
     from transformers import AutoConfig
 
-    entry = registry.lookup(base_model)
+    entry = lookup(base_model)
     if entry is not None and entry.hub_id is None:
         return registry.build_tiny()
     target = entry.hub_id if entry is not None else base_model
@@ -586,7 +587,7 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
 
 def _guess_normalization(src: Path, base_model: str | None) -> str:
     """MedSAM was trained on [0, 1] min-max images, SAM on ImageNet mean/std."""
-    entry = registry.lookup(base_model) if base_model else None
+    entry = lookup(base_model) if base_model else None
     if "medsam" in src.name.lower() or (entry is not None and entry.normalization == "medsam"):
         return "medsam"
     return "sam"

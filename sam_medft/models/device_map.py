@@ -18,6 +18,7 @@ another (no pipelining): this is for models that do not fit one GPU, not for spe
 from __future__ import annotations
 
 import math
+import os
 import re
 import warnings
 from collections.abc import Mapping
@@ -210,8 +211,6 @@ def describe(device_map: Mapping[str, str]) -> str:
 
 
 def _visible() -> str:
-    import os
-
     return os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
 
 

@@ -14,17 +14,30 @@ later and one clear message are enough.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoConfig, PreTrainedModel, SamHQModel, SamModel
 
+from sam_medft.data.transforms import SamGeometry
 from sam_medft.errors import SamMedftError
-from sam_medft.models import registry
+from sam_medft.hub import (
+    TRANSPORT_ERRORS,
+    hub_errors,
+    looks_like_path,
+    missing_folder_message,
+    offline_mode,
+)
+from sam_medft.model_names import REGISTRY, lookup
+from sam_medft.models.registry import build_tiny
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +57,7 @@ class BaseModelSpec:
 def resolve_model_name(name: str, normalization: str | None = None) -> BaseModelSpec:
     """Registry name, local folder or Hub id -> where to load from. No network: a string that
     reads as a path (`./x`, `a/b/c`, `runs/typo` when `runs/` exists) must be a folder."""
-    from sam_medft.hub import looks_like_path, missing_folder_message
-
-    entry = registry.lookup(name)
+    entry = lookup(name)
     if entry is not None:
         return BaseModelSpec(name, entry.hub_id or "tiny", normalization or entry.normalization,
                              is_tiny=entry.hub_id is None)
@@ -58,7 +69,7 @@ def resolve_model_name(name: str, normalization: str | None = None) -> BaseModel
             f"original .pth checkpoint with `sam-medft convert {name} OUT_DIR`, then use "
             f"model.name=OUT_DIR")
     if "/" in name and looks_like_path(name):
-        names = ", ".join(registry.REGISTRY)
+        names = ", ".join(REGISTRY)
         raise SamMedftError(missing_folder_message(
             "model", name, f"Check the path; model.name is a local transformers folder, a "
             f"registry name ({names}) or a Hub id owner/name."))
@@ -68,7 +79,7 @@ def resolve_model_name(name: str, normalization: str | None = None) -> BaseModel
         raise SamMedftError(_unknown_model_message(name, "it is not a local folder either")) from None
     if "/" not in name:
         raise SamMedftError(_unknown_model_message(name, "a Hub id looks like owner/name"))
-    by_id = {e.hub_id: e for e in registry.REGISTRY.values() if e.hub_id}
+    by_id = {e.hub_id: e for e in REGISTRY.values() if e.hub_id}
     norm = normalization or (by_id[name].normalization if name in by_id else "sam")
     return BaseModelSpec(name, name, norm)
 
@@ -79,7 +90,7 @@ def load_base_model(spec: BaseModelSpec, num_classes: int, *, revision: str | No
                     max_memory: dict | None = None) -> PreTrainedModel:
     """Load the base model with `num_classes` output masks (fresh heads if the count differs)."""
     if spec.is_tiny:
-        return registry.build_tiny(num_classes)
+        return build_tiny(num_classes)
     cache_only = False if Path(spec.source).is_dir() else check_hub_model(spec, revision)
     try:
         config = AutoConfig.from_pretrained(spec.source, revision=revision,
@@ -118,11 +129,6 @@ def check_hub_model(spec: BaseModelSpec, revision: str | None = None) -> bool:
     seconds. Returns True when the Hub cannot be reached but the model is in the Hub cache:
     then it must load with `local_files_only` (transformers' probes for optional files would
     each be retried 5 times). Skipped (False) with HF_HUB_OFFLINE=1."""
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
-    from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError
-
-    from sam_medft.hub import TRANSPORT_ERRORS, hub_errors, offline_mode
-
     if offline_mode():
         return False
     where = f"loading model {spec.name!r}"
@@ -156,8 +162,6 @@ def check_hub_model(spec: BaseModelSpec, revision: str | None = None) -> bool:
 
 def model_geometry(model: torch.nn.Module):
     """The SamGeometry a (possibly PEFT-wrapped) model expects."""
-    from sam_medft.data.transforms import SamGeometry
-
     cfg = unwrap(model).config
     return SamGeometry(input_size=cfg.vision_config.image_size,
                        mask_size=4 * cfg.prompt_encoder_config.image_embedding_size)
@@ -190,8 +194,6 @@ def trainable_tensors(model: torch.nn.Module, state_dict: dict[str, torch.Tensor
 
 def _folder_norm(folder: str) -> str:
     """A converted folder records its preset (`sam-medft convert` writes it in config.json)."""
-    import json
-
     p = Path(folder) / "config.json"
     if p.is_file():
         return json.loads(p.read_text()).get("sam_medft_normalization", "sam")
@@ -199,14 +201,12 @@ def _folder_norm(folder: str) -> str:
 
 
 def _unknown_model_message(name: str, why: str) -> str:
-    names = ", ".join(registry.REGISTRY)
+    names = ", ".join(REGISTRY)
     return (f"unknown model.name {name!r} ({why}). Use a registry name ({names}), "
             f"a Hub id such as facebook/sam-vit-base, or a local transformers folder.")
 
 
 def _load_failure(spec: BaseModelSpec, err: Exception) -> str:
-    import os
-
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     hint = ("HF_HUB_OFFLINE is set and the model is not in the local cache"

@@ -1,28 +1,14 @@
-"""Short model names -> Hub ids and the defaults that go with them.
+"""The architectures of the registered models: configs without weights, the tiny model.
 
-A recipe says `model.name: sam-vit-base`; everything that depends on the checkpoint
-(normalisation preset, model family) is looked up here so a user cannot pair MedSAM with
-the wrong normalisation by accident. Any other Hub id or local folder works too; its
-defaults are then read from its config.
+A recipe's `model.name` is looked up in `sam_medft.model_names` (Hub id, normalisation
+preset, family); the shapes of those checkpoints live here, so parameter counts and memory
+plans are computed without downloading weights (`recipes --params`, `train --dry-run`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from transformers import SamConfig, SamModel
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    hub_id: str | None  # None: built from `config_kwargs` (no weights)
-    normalization: str = "sam"
-    family: str = "sam"  # sam | sam_hq
-    description: str = ""
-    config_kwargs: dict = field(default_factory=dict)
-
 
 TINY_CONFIG = dict(
     vision_config=dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
@@ -37,27 +23,7 @@ TINY_CONFIG = dict(
 )
 TINY_SEED = 0  # the tiny model's weights are a pure function of this seed
 
-REGISTRY: dict[str, ModelEntry] = {
-    e.name: e
-    for e in [
-        ModelEntry("sam-vit-base", "facebook/sam-vit-base", description="SAM ViT-B, 94M"),
-        ModelEntry("sam-vit-large", "facebook/sam-vit-large", description="SAM ViT-L, 312M"),
-        ModelEntry("sam-vit-huge", "facebook/sam-vit-huge", description="SAM ViT-H, 641M"),
-        ModelEntry("medsam", "wanglab/medsam-vit-base", normalization="medsam",
-                   description="MedSAM ViT-B (trained on [0,1] min-max images)"),
-        ModelEntry("slimsam-50", "nielsr/slimsam-50-uniform", description="SlimSAM-50, 28M"),
-        ModelEntry("slimsam-77", "nielsr/slimsam-77-uniform", description="SlimSAM-77, 9.7M"),
-        ModelEntry("sam-hq-vit-base", "syscv-community/sam-hq-vit-base", family="sam_hq",
-                   description="SAM-HQ ViT-B"),
-        ModelEntry("sam-hq-vit-huge", "syscv-community/sam-hq-vit-huge", family="sam_hq",
-                   description="SAM-HQ ViT-H"),
-        ModelEntry("tiny", None, config_kwargs=TINY_CONFIG,
-                   description="random ~5M-parameter SamModel from a config (tests, offline demo)"),
-    ]
-}
-
-# Architecture-only configs of the real checkpoints, so parameter counts and memory plans
-# can be computed without downloading weights (`recipes --params`, `train --dry-run`).
+# Architecture-only configs of the real checkpoints (shapes, no weights)
 _VIT = {
     "vit_b": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                   global_attn_indexes=[2, 5, 8, 11], mlp_dim=3072),
@@ -102,10 +68,6 @@ def architecture_config(name: str) -> SamConfig:
     if name in _VIT:
         return SamConfig(vision_config=dict(_VIT[name], initializer_range=0.02))
     raise KeyError(name)
-
-
-def lookup(name: str) -> ModelEntry | None:
-    return REGISTRY.get(name)
 
 
 def build_tiny(num_classes: int | None = None) -> SamModel:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import SamModel
 
 from sam_medft.config import TrainConfig
@@ -63,8 +64,6 @@ def model_key(
 ) -> str:
     """Identity of the encoder that makes the embeddings (config, weights, id, preset,
     precision), as a short hex string (also the cache's folder name on disk)."""
-    from sam_medft.models.loading import unwrap
-
     encoder = unwrap(model).vision_encoder
     h = hashlib.sha256()
     meta = {
@@ -180,8 +179,6 @@ class EmbeddingCache:
             return value
         path = self._path(key)
         if path is not None and path.is_file():
-            from safetensors.torch import load_file
-
             value = load_file(str(path), device=str(self.device))["embedding"]
             self.disk_hits += 1
             self._remember(key, value)
@@ -193,8 +190,6 @@ class EmbeddingCache:
         self._remember(key, value)
         path = self._path(key)
         if path is not None:
-            from safetensors.torch import save_file
-
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
             os.close(fd)
             save_file({"embedding": value.cpu().contiguous()}, tmp)

@@ -24,9 +24,17 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import AutoConfig
 
+from sam_medft.adapters.methods import encoder_is_frozen, meta_model
 from sam_medft.config import Recipe
+from sam_medft.data.preprocessed import estimate_bytes
+from sam_medft.data.transforms import SamGeometry
 from sam_medft.errors import SamMedftError
+from sam_medft.model_names import REGISTRY
+from sam_medft.models.device_map import split_counts, validate_fractions
+from sam_medft.models.loading import unwrap
+from sam_medft.models.registry import architecture_config
 from sam_medft.precision import DTYPES, resolve_precision
 from sam_medft.tasks import AutomaticTask, task_for
 from sam_medft.training.step import training_loss
@@ -124,8 +132,6 @@ class MemoryPlan:
 
     def split(self, fractions: dict[str, float]) -> dict[str, dict[str, int]]:
         """Bytes per device for a `model.device_map` split (layers by fraction)."""
-        from sam_medft.models.device_map import split_counts, validate_fractions
-
         pairs = validate_fractions(fractions)
         counts = split_counts(len(self.layer_params), pairs)
         outside_params = self.total_params - sum(self.layer_params)
@@ -216,8 +222,6 @@ def trace_step(
 ) -> dict:
     """Trace the forward + loss of the trainer's step (automatic task) on a meta-device
     model; returns byte counts of what autograd saves for the backward."""
-    from sam_medft.models.loading import unwrap
-
     params = {id(p) for p in model.parameters()}
     saved: dict[int, int] = {}
     keep: list[torch.Tensor] = []  # keeps ids unique while tracing
@@ -277,10 +281,6 @@ def plan_precision(mixed_precision: str) -> str:
 def model_config(recipe: Recipe):
     """The recipe's SamConfig, without weights: registry shapes, a local folder's config.json,
     or (cache/network) a Hub config."""
-    from transformers import AutoConfig
-
-    from sam_medft.models.registry import REGISTRY, architecture_config
-
     name = recipe.model.name
     by_id = {e.hub_id: n for n, e in REGISTRY.items() if e.hub_id}
     try:
@@ -311,8 +311,6 @@ def recipe_classes(recipe: Recipe) -> tuple[int, str | None]:
 
 def estimate(recipe: Recipe) -> MemoryPlan:
     """The memory plan of `recipe` at its batch size, traced on the meta device."""
-    from sam_medft.adapters.methods import encoder_is_frozen, meta_model
-
     cfg = model_config(recipe)
     if getattr(cfg, "model_type", "sam") not in ("sam", "sam_hq"):
         raise SamMedftError(
@@ -323,8 +321,6 @@ def estimate(recipe: Recipe) -> MemoryPlan:
     dtype = DTYPES[precision]
     model, info = meta_model(cfg, num_classes, recipe.peft)
     frozen = encoder_is_frozen(model)
-    from sam_medft.models.loading import unwrap
-
     base = unwrap(model)
     layers = list(base.vision_encoder.layers)
     layer_params = [sum(p.numel() for p in layer.parameters()) for layer in layers]
@@ -373,74 +369,8 @@ def gpu_inventory() -> list[tuple[str, int]]:
     ]
 
 
-def plan_table(recipe: Recipe):
-    """The rich renderable `sam-medft train --dry-run` prints."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    from sam_medft.training.presets import preset_summary
-
-    plan = estimate(recipe)
-    gpus = gpu_inventory()
-    n = max(2, len(gpus))
-    t = recipe.train
-    head = Text(
-        f"{plan.model}  {plan.method}/{plan.scope}  {plan.num_classes} classes  "
-        f"input {plan.image_size}x{plan.image_size}  batch {plan.batch_size} per GPU x "
-        f"{t.grad_accum} accumulation  precision {plan.precision}  activation checkpointing "
-        f"{'on' if plan.checkpointing else 'off'}\n"
-        f"parameters {plan.total_params:,}  trainable {plan.trainable_params:,} "
-        f"({100 * plan.trainable_params / max(1, plan.total_params):.2f}%)"
-    )
-    cols = {
-        "one GPU": plan.per_gpu("single"),
-        "DDP, per GPU": plan.per_gpu("ddp"),
-        f"FSDP2 over {n}, per GPU": plan.per_gpu("fsdp2", n),
-    }
-    if recipe.model.device_map:
-        for device, rows in plan.split(recipe.model.device_map).items():
-            cols[f"split: {device}"] = rows
-    table = Table(
-        title="memory plan (estimate from the model config, no weights loaded)",
-        caption="activations: kept for backward; temporaries: 2 x the largest tensor of the step",
-    )
-    table.add_column("GiB")
-    for c in cols:
-        table.add_column(c, justify="right")
-    for row in next(iter(cols.values())):
-        cells = [_gib(c[row]) for c in cols.values()]
-        table.add_row(
-            f"[bold]{row}[/]" if row == "total" else row,
-            *([f"[bold]{x}[/]" for x in cells] if row == "total" else cells),
-        )
-    lines = []
-    if any(plan.layer_saved):
-        other = plan.activations(not plan.checkpointing)
-        lines.append(
-            f"activation checkpointing {'off' if plan.checkpointing else 'on'} "
-            f"(train.activation_checkpointing={str(not plan.checkpointing).lower()}) "
-            f"would make the activations {_gib(other)} GiB instead of "
-            f"{_gib(plan.activations())} GiB"
-        )
-    if gpus:
-        name, mem = gpus[0]
-        need = plan.per_gpu("single")["total"]
-        verdict = "fits" if need <= 0.9 * mem else "does NOT fit"
-        lines.append(f"GPU 0: {name}, {_gib(mem)} GiB: one-GPU plan {verdict}")
-    else:
-        lines.append("no CUDA GPU here: the plan is for the GPU you will train on")
-    lines.append(preset_summary(recipe, plan))
-    lines.append(host_memory_line(recipe, plan.image_size, plan.num_classes))
-    lines += plan.notes
-    return Group(head, table, Text("\n".join(lines)))
-
-
 def host_memory_line(recipe: Recipe, image_size: int, num_classes: int) -> str:
     """What the preprocessed store costs in host memory, per image (no data is read)."""
-    from sam_medft.data.preprocessed import estimate_bytes
-    from sam_medft.data.transforms import SamGeometry
-
     t = recipe.train
     if t.preprocess_cache == "off":
         return "train.preprocess_cache=off: every image is decoded and resized every epoch"
@@ -456,14 +386,10 @@ def host_memory_line(recipe: Recipe, image_size: int, num_classes: int) -> str:
             f"{per_image / 2**20:.2f} MiB each at {image_size} px, {where}")
 
 
-def _gib(n: int) -> str:
-    return f"{n / GiB:.2f}"
-
-
 __all__ = [
     "MemoryPlan",
     "estimate",
-    "plan_table",
+    "host_memory_line",
     "trace_step",
     "plan_precision",
     "model_config",

@@ -14,9 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import DistributedType
 
 from sam_medft.config import Recipe
-from sam_medft.training.plan import GiB, MemoryPlan
+from sam_medft.models.device_map import validate_fractions
+from sam_medft.training.plan import GiB, MemoryPlan, estimate
 
 HEADROOM = 0.85  # of the card's memory: CUDA context, allocator fragmentation, estimate error
 TYPICAL_GPUS_GIB = (16, 24, 40, 80)
@@ -73,9 +76,6 @@ def choose(
 
 
 def _launch() -> tuple[str, int]:
-    from accelerate import PartialState
-    from accelerate.utils import DistributedType
-
     state = PartialState()
     if state.distributed_type == DistributedType.FSDP:
         return "fsdp2", state.num_processes
@@ -95,13 +95,9 @@ def apply_preset(recipe: Recipe) -> tuple[Recipe, str | None]:
             f"(batch_size={t.batch_size}, grad_accum={t.grad_accum}, "
             f"activation_checkpointing={str(t.activation_checkpointing).lower()})"
         )
-    from sam_medft.training.plan import estimate
-
     fractions = recipe.model.device_map
     strategy, n = ("split", 1) if fractions else _launch()
     if fractions:
-        from sam_medft.models.device_map import validate_fractions
-
         devices = [torch.device(d) for d, _ in validate_fractions(fractions)]
         gpu_bytes = min(
             torch.cuda.get_device_properties(d).total_memory for d in devices if d.type == "cuda"
