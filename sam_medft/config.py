@@ -298,25 +298,33 @@ class Recipe(_Section):
 # ---- loading ---------------------------------------------------------------------------
 
 
+def read_recipe_file(path: str | Path) -> dict[str, Any]:
+    """A recipe file as its raw YAML mapping, unvalidated: the one reader of recipe files
+    (yours, and a run's recipe.yaml read by eval, the Hub card and older artifacts)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SamMedftError(f"recipe file {path} not found; `sam-medft recipes` lists the shipped ones")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise SamMedftError(f"recipe {path} is not valid YAML: {e}") from None
+    except UnicodeDecodeError:
+        raise SamMedftError(f"recipe {path} is not UTF-8 text; save it as UTF-8 YAML") from None
+    except ValueError as e:  # e.g. a number of more than 4300 digits
+        raise SamMedftError(f"recipe {path} is not valid YAML: {e}") from None
+    except (OSError, RecursionError) as e:  # unreadable, or nested beyond reason
+        raise SamMedftError(f"recipe {path} cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(raw, dict):
+        raise SamMedftError(f"recipe {path} must be a YAML mapping of sections (data:, model:, ...)")
+    return raw
+
+
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     """Read a YAML recipe, apply `a.b.c=value` overrides, validate."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise SamMedftError(f"recipe file {path} not found; `sam-medft recipes` lists the shipped ones")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise SamMedftError(f"recipe {path} is not valid YAML: {e}") from None
-        except UnicodeDecodeError:
-            raise SamMedftError(f"recipe {path} is not UTF-8 text; save it as UTF-8 YAML") from None
-        except ValueError as e:  # e.g. a number of more than 4300 digits
-            raise SamMedftError(f"recipe {path} is not valid YAML: {e}") from None
-        except (OSError, RecursionError) as e:  # unreadable, or nested beyond reason
-            raise SamMedftError(f"recipe {path} cannot be read ({type(e).__name__}: {e})") from None
-        if not isinstance(raw, dict):
-            raise SamMedftError(f"recipe {path} must be a YAML mapping of sections (data:, model:, ...)")
+        raw = read_recipe_file(path)
         _resolve_relative_paths(raw, path.parent)
     for item in overrides:
         apply_override(raw, item)

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token
 from huggingface_hub import snapshot_download as _snapshot_download
 from huggingface_hub.errors import (
@@ -40,9 +39,17 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from sam_medft.config import read_recipe_file
 from sam_medft.errors import SamMedftError
+from sam_medft.model_names import lookup
+from sam_medft.runs import (
+    META_FILE,
+    RECIPE_FILE,
+    AdapterMeta,
+    find_adapter_folder,
+    run_recipe_file,
+)
 
-META_FILE = "sam_medft.json"  # same name as sam_medft.models.artifact.META_FILE (torch-free here)
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 CARD_TAGS = ["medical-imaging", "image-segmentation", "segment-anything", "sam_medft"]
@@ -187,34 +194,24 @@ class RunFiles:
 
     run_dir: Path
     adapter_dir: Path
-    meta: dict[str, Any]
+    meta: AdapterMeta
     recipe: Path | None
     summary: Path | None
 
 
-def find_adapter_dir(path: str | Path) -> Path | None:
-    """A run folder (runs/<name>) or an adapter folder -> the folder holding sam_medft.json."""
-    path = Path(path).expanduser()
-    for candidate in (path, path / "adapter"):
-        if (candidate / META_FILE).is_file():
-            return candidate
-    return None
-
-
 def inspect_run(run_dir: str | Path) -> RunFiles:
-    """Check a run folder has what a push needs (meta + weights); only sam_medft.json is read."""
+    """Check a run folder has what a push needs (meta + weights), reading only sam_medft.json
+    (strictly, as loading will: a repo this sam_medft could not load is never pushed).
+
+    The repo gets sam_medft.json as it is: an older format (1, no multimask) stays loadable
+    from the Hub because recipe.yaml travels beside it, where `AdapterMeta.read` looks."""
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
         raise SamMedftError(
             f"run folder {run_dir} does not exist: pass the folder training wrote (runs/<name>)."
         )
-    adapter_dir = find_adapter_dir(run_dir)
-    if adapter_dir is None:
-        raise SamMedftError(
-            f"{run_dir} holds no fine-tuned adapter ({run_dir / 'adapter' / META_FILE} is missing): "
-            "train first (`sam-medft train RECIPE`) or pass the run folder, not its parent."
-        )
-    meta = _read_json(adapter_dir / META_FILE)
+    adapter_dir = find_adapter_folder(run_dir)
+    meta = AdapterMeta.read(adapter_dir)
     weights = sorted(p.name for p in adapter_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES)
     if not weights:
         raise SamMedftError(
@@ -229,15 +226,14 @@ def inspect_run(run_dir: str | Path) -> RunFiles:
             f"{adapter_dir} has PEFT weights but no adapter_config.json: the adapter folder is "
             "incomplete; re-run training (or copy adapter_config.json back)."
         )
-    # recipe.yaml and eval/ sit next to adapter/ (also when the adapter/ folder itself is given)
+    # eval/ sits next to adapter/ (also when the adapter/ folder itself is given)
     root = adapter_dir.parent if adapter_dir.name == "adapter" else adapter_dir
-    recipe = root / "recipe.yaml"
     summary = root / "eval" / "summary.json"
     return RunFiles(
         run_dir=run_dir,
         adapter_dir=adapter_dir,
         meta=meta,
-        recipe=recipe if recipe.is_file() else None,
+        recipe=run_recipe_file(adapter_dir),
         summary=summary if summary.is_file() else None,
     )
 
@@ -252,16 +248,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SamMedftError(f"{path} should hold a JSON object, not {type(data).__name__}.")
     return data
-
-
-def _read_recipe(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise SamMedftError(f"{path} is not readable YAML ({e}): fix or delete it.") from None
-    return data if isinstance(data, dict) else {}
 
 
 # ---- model card ----------------------------------------------------------------------------
@@ -317,9 +303,7 @@ def _card_base_model(base: Any) -> str | None:
     """The Hub id to put in `base_model:` (None for the tiny test model or a local folder)."""
     if not isinstance(base, str) or not base:
         return None
-    from sam_medft.models import registry
-
-    entry = registry.lookup(base)
+    entry = lookup(base)
     if entry is not None:
         return entry.hub_id
     if "/" in base and is_hub_id(base) and not Path(base).expanduser().exists():
@@ -327,14 +311,11 @@ def _card_base_model(base: Any) -> str | None:
     return None
 
 
-def _class_rows(meta: dict[str, Any]) -> list[tuple[int, str, str]]:
+def _class_rows(meta: AdapterMeta) -> list[tuple[int, str, str]]:
     """(class index, name, raw mask value) for the card's class table."""
-    names = meta.get("class_names") or [
-        f"class_{i}" for i in range(int(meta.get("num_classes") or 0))
-    ]
-    labels = meta.get("labels") or {}
-    value_of = {str(name): raw for raw, name in labels.items()} if isinstance(labels, dict) else {}
-    return [(i, str(n), str(value_of.get(str(n), i))) for i, n in enumerate(names)]
+    names = meta.class_names or [f"class_{i}" for i in range(meta.num_classes)]
+    value_of = {name: raw for raw, name in (meta.labels or {}).items()}
+    return [(i, n, str(value_of.get(n, i))) for i, n in enumerate(names)]
 
 
 _METHOD_TEXT = {
@@ -457,7 +438,7 @@ def build_model_card(
 
 def _build_card(run: RunFiles, repo_id: str | None, license: str | None) -> ModelCard:
     meta = run.meta
-    recipe = _read_recipe(run.recipe)
+    recipe = read_recipe_file(run.recipe) if run.recipe else {}
     summary = _read_json(run.summary) if run.summary else {}
     metrics = read_eval_metrics(summary)
     target = repo_id or str(run.run_dir)
@@ -466,16 +447,16 @@ def _build_card(run: RunFiles, repo_id: str | None, license: str | None) -> Mode
     hub_cfg = recipe.get("hub")
     license = (
         license
-        or meta.get("license")
+        or meta.license
         or (hub_cfg.get("license") if isinstance(hub_cfg, dict) else None)
     )
-    method = str(meta.get("method") or "lora")
-    base = meta.get("base_model")
+    method = meta.method
+    base = meta.base_model
     base_id = _card_base_model(base)
     run_info = summary.get("run") if isinstance(summary.get("run"), dict) else {}
     split = summary.get("split") or run_info.get("split")
     split = str(split) if split else None
-    data_description = str(meta.get("data_description") or "").strip()
+    data_description = meta.data_description.strip()
     dataset_type = str(summary.get("dataset") or run_info.get("data") or "custom")[:80]
     dataset_name = (data_description.splitlines() or ["own data"])[0][:80] or "own data"
 
@@ -508,8 +489,8 @@ def _build_card(run: RunFiles, repo_id: str | None, license: str | None) -> Mode
         base_text = "the built-in random `tiny` SamModel (a test/demo model, not for real use)"
     else:
         base_text = f"`{base}` (a local model folder)"
-    if meta.get("base_revision"):
-        base_text += f" at revision `{meta['base_revision']}`"
+    if meta.base_revision:
+        base_text += f" at revision `{meta.base_revision}`"
     recipe_text = run.recipe.read_text(encoding="utf-8").rstrip() if run.recipe else ""
     files = ", ".join(
         f"`{p.name}`"
@@ -523,14 +504,12 @@ def _build_card(run: RunFiles, repo_id: str | None, license: str | None) -> Mode
         repo_id=target,
         base_text=base_text,
         method_text=_METHOD_TEXT.get(method.lower(), f"PEFT `{method}`"),
-        scope_text=_SCOPE_TEXT.get(str(meta.get("scope")), str(meta.get("scope") or "?")),
-        prompt_text=_PROMPT_TEXT.get(
-            str(meta.get("prompt_mode") or "none"), str(meta.get("prompt_mode"))
-        ),
-        norm_text=_NORM_TEXT.get(str(meta.get("normalization")), f"`{meta.get('normalization')}`"),
-        input_size=meta.get("input_size", 1024),
-        mask_size=meta.get("mask_size", 256),
-        binary=bool(meta.get("binary")),
+        scope_text=_SCOPE_TEXT.get(meta.scope, meta.scope),
+        prompt_text=_PROMPT_TEXT.get(meta.prompt_mode, meta.prompt_mode),
+        norm_text=_NORM_TEXT.get(meta.normalization, f"`{meta.normalization}`"),
+        input_size=meta.input_size,
+        mask_size=meta.mask_size,
+        binary=meta.binary,
         classes=_class_rows(meta),
         data_description=data_description or "Not described.",
         metrics=metrics,
@@ -538,7 +517,7 @@ def _build_card(run: RunFiles, repo_id: str | None, license: str | None) -> Mode
         n_cases=summary.get("n_cases") or summary.get("num_cases"),
         policy=summary.get("policy_description"),
         files=files,
-        version=meta.get("sam_medft_version", "?"),
+        version=meta.sam_medft_version,
         recipe=recipe_text if len(recipe_text) < 20_000 else "",
     )
 
@@ -563,7 +542,7 @@ def _stage(run: RunFiles, card: ModelCard, dest: Path) -> list[str]:
         if src.is_file() and rel not in _SKIP_FROM_ADAPTER and not rel.startswith("."):
             put(src, rel)
     if run.recipe:
-        put(run.recipe, "recipe.yaml")
+        put(run.recipe, RECIPE_FILE)
     if run.summary:
         put(run.summary, "eval/summary.json")
     (dest / "README.md").unlink(missing_ok=True)
@@ -644,13 +623,7 @@ def resolve_run(
     text = str(path_or_repo_id)
     path = Path(text).expanduser()
     if path.is_dir():
-        found = find_adapter_dir(path)
-        if found is None:
-            raise SamMedftError(
-                f"{path} holds no fine-tuned adapter ({META_FILE} not found in it or in "
-                f"{path / 'adapter'}): pass a run folder (runs/<name>), its adapter/ folder or a Hub id."
-            )
-        return found
+        return find_adapter_folder(path)
     if path.exists():
         raise SamMedftError(
             f"{path} is a file: pass a run folder (runs/<name>), its adapter/ folder or a Hub id."
@@ -791,7 +764,6 @@ __all__ = [
     "build_model_card",
     "check_push_target",
     "check_repo_id",
-    "find_adapter_dir",
     "inspect_run",
     "hub_errors",
     "is_hub_id",

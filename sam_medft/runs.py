@@ -15,6 +15,12 @@ any way (SIGKILL included), so a lock left by a crash on this machine is recogni
 (the pid is also checked: not alive, or alive but a newer process with a reused pid). A record
 left by a process on another host is not taken over automatically: some shared filesystems
 keep flock per machine, and the run may still be going there; the message says how to clear it.
+
+The artifact (issue 13): `adapter/sam_medft.json` is read and written by `AdapterMeta` only,
+an adapter folder is found by `find_adapter_folder` only, and a run's `recipe.yaml` is located
+by `run_recipe_file` only (and parsed by `config.read_recipe_file`), so a run folder, an adapter
+folder copied elsewhere and a Hub snapshot (flat: sam_medft.json beside recipe.yaml) follow one
+rule. Torch-free: the Hub code reads artifacts without loading a model.
 """
 
 from __future__ import annotations
@@ -27,17 +33,25 @@ import logging
 import os
 import shutil
 import socket
-from dataclasses import dataclass
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
-from sam_medft import __version__
+from sam_medft.config import read_recipe_file
 from sam_medft.errors import SamMedftError
 from sam_medft.files import disk_errors, remove_tree, write_text_atomic
+from sam_medft.version import __version__
 
 log = logging.getLogger("sam_medft.runs")
 
 MARKER = ".sam_medft_run"
 LOCK = ".sam_medft_lock"
+META_FILE = "sam_medft.json"  # the artifact's typed metadata (AdapterMeta)
+RECIPE_FILE = "recipe.yaml"  # the resolved recipe a run was trained with
+ADAPTER_DIR = "adapter"
+SCHEMA_VERSION = 2  # of META_FILE; 1: no schema_version, no multimask (see AdapterMeta.read)
 _KEEP_ON_CLEAR = {LOCK, MARKER}
 _NOT_RESULTS = {LOCK, MARKER, "logs"}  # what a run folder holds before it has any result
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
@@ -70,11 +84,15 @@ class RunFolder:
     # ---- paths ------------------------------------------------------------------------------
     @property
     def recipe_file(self) -> Path:
-        return self.root / "recipe.yaml"
+        return self.root / RECIPE_FILE
 
     @property
     def adapter(self) -> Path:
-        return self.root / "adapter"
+        return self.root / ADAPTER_DIR
+
+    @property
+    def meta_file(self) -> Path:
+        return self.adapter / META_FILE
 
     @property
     def checkpoints(self) -> Path:
@@ -118,10 +136,15 @@ class RunFolder:
         from sam_medft.training.checkpoint import checkpoint_folders
 
         return self.recipe_file.is_file() and (
-            (self.adapter / "sam_medft.json").is_file() or bool(checkpoint_folders(self.checkpoints)))
+            self.meta_file.is_file() or bool(checkpoint_folders(self.checkpoints)))
 
     def is_ours(self) -> bool:
         return self.is_marked() or self.is_legacy_run()
+
+    # ---- contents ---------------------------------------------------------------------------
+    def read_meta(self) -> AdapterMeta:
+        """The trained adapter's typed metadata (`AdapterMeta.read` of adapter/)."""
+        return AdapterMeta.read(self.adapter)
 
     def has_results(self) -> bool:
         """Anything besides the marker, the lock and logs/ (a run that failed its checks)."""
@@ -232,6 +255,171 @@ def _has_checkpoint(run: RunFolder) -> bool:
     from sam_medft.training.checkpoint import checkpoint_folders
 
     return bool(checkpoint_folders(run.checkpoints))
+
+
+# ---- the artifact: adapter folder, its metadata, the run's recipe -----------------------------
+
+
+def find_adapter_folder(path: str | Path) -> Path:
+    """A run folder (with adapter/) or an adapter folder -> the adapter folder."""
+    path = Path(path).expanduser()
+    for candidate in (path, path / ADAPTER_DIR):
+        if (candidate / META_FILE).is_file():
+            return candidate
+    raise SamMedftError(
+        f"{path} holds no fine-tuned adapter ({META_FILE} not found in it or in "
+        f"{path / ADAPTER_DIR}): pass a run folder (runs/<name>), its adapter/ folder or a Hub "
+        f"id; `sam-medft train RECIPE` makes one")
+
+
+def run_recipe_file(folder: str | Path) -> Path | None:
+    """The recipe.yaml of the run an adapter (or run) folder belongs to; None when there is none.
+
+    `<run>/adapter/` takes its run's recipe (a stray adapter/recipe.yaml does not win); any other
+    folder the one beside it (a Hub snapshot is flat), else the one above (a copied adapter)."""
+    folder = Path(folder).expanduser()
+    here, above = folder / RECIPE_FILE, folder.parent / RECIPE_FILE
+    order = (above, here) if folder.name == ADAPTER_DIR else (here, above)
+    return next((c for c in order if c.is_file()), None)
+
+
+def read_run_recipe(folder: str | Path) -> dict[str, Any] | None:
+    """`run_recipe_file(folder)` as raw YAML (None when the run has no recipe)."""
+    path = run_recipe_file(folder)
+    return None if path is None else read_recipe_file(path)
+
+
+_FIX = "re-run training to rewrite it (or download the model again)"
+
+
+@dataclass
+class AdapterMeta:
+    """`adapter/sam_medft.json`: all that rebuilds the model and predicts as it was trained
+    (base model, classes, method, preprocessing, prompt mode, multimask), so loading needs no
+    other file. Read strictly: a missing, unknown or mistyped field is one message naming the
+    file, since a guessed default would predict silently wrong.
+
+    Formats (`schema_version`, always written as SCHEMA_VERSION): 1 = files without it, which
+    have no `multimask` either (it comes from the run's recipe.yaml, as before); 2 = both."""
+
+    base_model: str  # registry name, Hub id or folder, as resolvable by resolve_model_name
+    num_classes: int
+    class_names: list[str]
+    method: str
+    scope: str
+    normalization: str
+    input_size: int
+    mask_size: int
+    mask_outputs: int | None = None  # decoder multimask tokens (None: num_classes)
+    labels: dict[str, str] | None = None  # raw mask value -> class name
+    binary: bool = False
+    prompt_mode: str = "none"
+    multimask: bool = True  # prompt modes: decode SAM's 3 masks (as trained) or token 0 only
+    intensity: dict = field(default_factory=dict)
+    data_description: str = ""
+    base_revision: str | None = None
+    license: str | None = None  # for the Hub card (else the recipe's hub.license)
+    sam_medft_version: str = __version__
+    schema_version: int = SCHEMA_VERSION  # of the file it was read from
+
+    def to_dict(self) -> dict[str, Any]:
+        """What `to_json` writes: every field, in the current format."""
+        data = asdict(self)
+        del data["schema_version"]
+        return {"schema_version": SCHEMA_VERSION, **data}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def read(cls, folder: str | Path) -> AdapterMeta:
+        """`folder/sam_medft.json`, checked, format 1 migrated (multimask from the recipe)."""
+        folder = Path(folder)
+        path = folder / META_FILE
+        if not path.is_file():
+            raise SamMedftError(f"{folder} is not a sam_medft adapter folder: {META_FILE} is missing "
+                                f"(expected a run folder with adapter/, an adapter folder or a Hub id)")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise SamMedftError(f"{path} is not readable JSON ({e}): {_FIX}") from None
+        return cls.from_dict(data, source=path)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: Path) -> AdapterMeta:
+        """Check a parsed `source` (sam_medft.json) and build the meta; the one migration of
+        older formats lives here."""
+        if not isinstance(data, dict):
+            raise SamMedftError(f"{source} should hold a JSON object, not {type(data).__name__}: "
+                                f"{_FIX}")
+        version = data.get("schema_version", 1)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise SamMedftError(f"{source}: schema_version {version!r} is not a format number "
+                                f"(1, 2, ...): {_FIX}")
+        if version > SCHEMA_VERSION:
+            raise SamMedftError(
+                f"{source} is artifact format {version}, written by a newer sam_medft "
+                f"({data.get('sam_medft_version', '?')}); this sam_medft ({__version__}) reads "
+                f"formats up to {SCHEMA_VERSION}: upgrade sam_medft (pip install -U sam-medft)")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SamMedftError(
+                f"{source} has fields sam_medft {__version__} does not know: "
+                f"{', '.join(map(repr, unknown))} (format {version}); remove them, or {_FIX}")
+        required = {f.name for f in fields(cls) if _no_default(f)}
+        if version >= 2:
+            required |= {"multimask"}
+        missing = sorted(required - set(data))
+        if missing:
+            raise SamMedftError(
+                f"{source} lacks the field{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(map(repr, missing))} (format {version}): {_FIX}")
+        hints = typing.get_type_hints(cls)
+        for name, value in data.items():
+            if not _is_a(value, hints[name]):
+                raise SamMedftError(
+                    f"{source}: {name} is {value!r} ({type(value).__name__}), it should be "
+                    f"{_hint_text(hints[name])}: {_FIX}")
+        data = {**data, "schema_version": version}
+        if "multimask" not in data:  # format 1: what the run's recipe said, SAM's True without
+            data["multimask"] = _recipe_multimask(source.parent)
+        return cls(**data)
+
+
+def _recipe_multimask(folder: Path) -> bool:
+    """`prompt.multimask` of the recipe a format-1 adapter was trained with (True: none)."""
+    try:
+        raw = read_run_recipe(folder)
+    except SamMedftError as e:
+        raise SamMedftError(f"{e} (its {META_FILE} predates `multimask` and takes "
+                            f"prompt.multimask from this recipe: fix or remove the recipe)") from None
+    prompt = raw.get("prompt") if raw else None
+    return bool(prompt.get("multimask", True)) if isinstance(prompt, dict) else True
+
+
+def _no_default(f) -> bool:
+    return f.default is MISSING and f.default_factory is MISSING
+
+
+def _is_a(value: Any, hint: Any) -> bool:
+    """isinstance for the simple hints AdapterMeta uses (JSON's true is not an int here)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_is_a(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    base, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    if not isinstance(value, base) or (isinstance(value, bool) and base is not bool):
+        return False
+    if base is list and args:
+        return all(_is_a(v, args[0]) for v in value)
+    if base is dict and args:
+        return all(_is_a(k, args[0]) and _is_a(v, args[1]) for k, v in value.items())
+    return True
+
+
+def _hint_text(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("None", "null")
 
 
 # ---- the lock ----------------------------------------------------------------------------------
@@ -402,4 +590,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
-__all__ = ["LOCK", "MARKER", "RunFolder", "RunLock", "pid_alive"]
+__all__ = ["ADAPTER_DIR", "LOCK", "MARKER", "META_FILE", "RECIPE_FILE", "SCHEMA_VERSION",
+           "AdapterMeta", "RunFolder", "RunLock", "find_adapter_folder", "pid_alive",
+           "read_run_recipe", "run_recipe_file"]

@@ -296,3 +296,107 @@ def test_resume_removes_only_what_a_killed_writer_left(tmp_path):
     (run.checkpoints / ".tmp-checkpoint-00000004").mkdir()
     run.open_for_training(resume=True, overwrite=False).release()
     assert digest(run.root) == keep
+
+
+# ---- the artifact's metadata: adapter/sam_medft.json (issue 13) -------------------------------
+V1_META = {  # format 1, as sam_medft wrote it before schema_version/multimask (no license)
+    "base_model": "tiny", "num_classes": 2, "class_names": ["background", "thing"],
+    "method": "lora", "scope": "decoder", "normalization": "sam", "input_size": 256,
+    "mask_size": 64, "mask_outputs": 3, "labels": {"0": "background", "255": "thing"},
+    "binary": True, "prompt_mode": "box", "intensity": {}, "data_description": "boxes",
+    "base_revision": None, "sam_medft_version": "0.1.0",
+}
+
+
+def write_meta(folder: Path, data: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sam_medft.json").write_text(json.dumps(data))
+    return folder
+
+
+@pytest.mark.parametrize(("layout", "recipe_text", "multimask"), [
+    ("run", "prompt: {mode: box, multimask: false}\n", False),
+    ("run", "prompt: {mode: box, multimask: true}\n", True),
+    ("run", "name: r\n", True),  # no prompt section: the recipe default
+    ("flat", "prompt: {mode: box, multimask: false}\n", False),  # a Hub snapshot
+    ("none", None, True),  # no recipe anywhere: SAM's default
+])
+def test_format_1_loads_with_multimask_from_the_recipe(tmp_path, layout, recipe_text, multimask):
+    from sam_medft.runs import AdapterMeta
+
+    adapter = write_meta(tmp_path / "r" / ("adapter" if layout == "run" else "model"), V1_META)
+    if recipe_text is not None:
+        (adapter.parent if layout == "run" else adapter).joinpath("recipe.yaml").write_text(
+            recipe_text)
+    if layout == "run":  # a stray copy inside adapter/ does not win over the run's own recipe
+        (adapter / "recipe.yaml").write_text("prompt: {multimask: %s}\n" % (not multimask))
+    meta = AdapterMeta.read(adapter)
+    assert meta.multimask is multimask and meta.schema_version == 1
+    assert (meta.prompt_mode, meta.class_names, meta.binary) == ("box", ["background", "thing"], True)
+    # written again it is format 2, multimask included: the recipe is not needed any more
+    for f in adapter.parent.rglob("recipe.yaml"):
+        f.unlink()
+    (adapter / "sam_medft.json").write_text(meta.to_json())
+    again = AdapterMeta.read(adapter)
+    assert json.loads((adapter / "sam_medft.json").read_text())["schema_version"] == 2
+    assert again.multimask is multimask and again.schema_version == 2
+
+
+def test_format_2_round_trip(tmp_path):
+    from sam_medft.runs import SCHEMA_VERSION, AdapterMeta
+
+    meta = AdapterMeta(**{**V1_META, "multimask": False, "license": "mit"})
+    folder = write_meta(tmp_path / "a", json.loads(meta.to_json()))
+    assert SCHEMA_VERSION == 2 and json.loads(meta.to_json())["schema_version"] == 2
+    assert AdapterMeta.read(folder) == meta
+    assert RunFolder(tmp_path / "run").meta_file == tmp_path / "run" / "adapter" / "sam_medft.json"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    # a missing field: named, with the file
+    (lambda d: d.pop("num_classes"), r"sam_medft.json lacks the field 'num_classes' \(format 1\)"),
+    (lambda d: d.update(schema_version=2), r"lacks the field 'multimask' \(format 2\)"),
+    (lambda d: [d.pop("method"), d.pop("scope")], r"lacks the fields 'method', 'scope'"),
+    # an unknown field: a newer sam_medft wrote it, or a typo in this format
+    (lambda d: d.update(schema_version=3, tiling=True), r"is artifact format 3, written by a newer "
+     r"sam_medft \(0.1.0\); this sam_medft \(.*\) reads formats up to 2: upgrade sam_medft"),
+    (lambda d: d.update(schema_version=2, multimask=True, multi_mask=False),
+     r"has fields sam_medft .* does not know: 'multi_mask' \(format 2\); remove them"),
+    (lambda d: d.update(clases=["a"]), r"does not know: 'clases' \(format 1\)"),
+    # a value of the wrong type, and a version that is no version
+    (lambda d: d.update(num_classes=True), r"num_classes is True \(bool\), it should be int"),
+    (lambda d: d.update(labels={"0": 1}), r"labels is \{'0': 1\} \(dict\), it should be "
+     r"dict\[str, str\] \| null"),
+    (lambda d: d.update(schema_version="2"), r"schema_version '2' is not a format number"),
+])
+def test_a_bad_meta_file_is_one_message_naming_it(tmp_path, change, message):
+    from sam_medft.runs import AdapterMeta
+
+    data = dict(V1_META)
+    change(data)
+    folder = write_meta(tmp_path / "a", data)
+    with pytest.raises(SamMedftError, match=message) as err:
+        AdapterMeta.read(folder)
+    assert str(folder / "sam_medft.json") in str(err.value)
+
+
+def test_unreadable_meta_and_recipe_are_one_message(tmp_path):
+    from sam_medft.runs import AdapterMeta, find_adapter_folder
+
+    folder = tmp_path / "a"
+    folder.mkdir()
+    (folder / "sam_medft.json").write_text("{not json")
+    with pytest.raises(SamMedftError, match=r"a/sam_medft.json is not readable JSON"):
+        AdapterMeta.read(folder)
+    (folder / "sam_medft.json").write_text("[1, 2]")
+    with pytest.raises(SamMedftError, match=r"should hold a JSON object, not list"):
+        AdapterMeta.read(folder)
+    write_meta(folder, V1_META)  # format 1 needs the recipe for multimask: a broken one is named
+    (folder / "recipe.yaml").write_text("prompt: [unclosed\n")
+    with pytest.raises(SamMedftError, match=r"(?s)a/recipe.yaml is not valid YAML.*predates "
+                                            r"`multimask`.*fix or remove the recipe"):
+        AdapterMeta.read(folder)
+    assert find_adapter_folder(folder) == folder == find_adapter_folder(tmp_path / "a" / ".")
+    with pytest.raises(SamMedftError, match=r"holds no fine-tuned adapter \(sam_medft.json not "
+                                            r"found in it or in .*/adapter\)"):
+        find_adapter_folder(tmp_path)

@@ -36,6 +36,7 @@ from sam_medft.errors import SamMedftError
 from sam_medft.eval.metrics import case_metrics
 from sam_medft.eval.summary import compare, summarize, write_per_case_csv, write_summary_json
 from sam_medft.infer.pipeline import predict_images
+from sam_medft.runs import run_recipe_file
 from sam_medft.tasks import task_from_meta
 
 EVAL_SEED = 0  # prompt simulation seed when the recipe has no `eval.seed` (always recorded)
@@ -86,10 +87,7 @@ def find_run(run: str | Path, revision: str | None = None) -> tuple[Path, Path |
     from sam_medft.hub import resolve_run
 
     folder = Path(resolve_run(str(run), revision=revision))
-    recipe = next(
-        (c for c in (folder / "recipe.yaml", folder.parent / "recipe.yaml") if c.is_file()), None
-    )
-    return folder, recipe, Path(str(run)).expanduser().is_dir()
+    return folder, run_recipe_file(folder), Path(str(run)).expanduser().is_dir()
 
 
 def default_eval_dir(
@@ -442,7 +440,7 @@ def evaluate_run(
         table_settings,
         write_prompt_table,
     )
-    from sam_medft.infer.predict import FineTunedSam, trained_multimask
+    from sam_medft.infer.predict import FineTunedSam
     from sam_medft.models.artifact import AdapterMeta, load_adapter_model
 
     if clicks is not None and clicks < 0:
@@ -466,7 +464,7 @@ def evaluate_run(
         main, settings = table_settings(task.prompt, clicks)
 
     model, meta = load_adapter_model(adapter)
-    predictor = FineTunedSam(model, meta, device=device, multimask=trained_multimask(adapter))
+    predictor = FineTunedSam(model, meta, device=device, multimask=meta.multimask)
     rows_by, spacings = score(
         predictor, data, label_map, settings, desc="eval", show_progress=show_progress
     )

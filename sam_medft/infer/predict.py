@@ -67,7 +67,7 @@ class FineTunedSam:
 
         folder = find_adapter_folder(resolve_run(str(run_or_hub_id), revision=revision))
         model, meta = load_adapter_model(folder)
-        return cls(model, meta, device=device, multimask=trained_multimask(folder),
+        return cls(model, meta, device=device, multimask=meta.multimask,
                    fast_attention=fast_attention)
 
     @property
@@ -122,22 +122,6 @@ class FineTunedSam:
 
             return predict_with_prompts(self, image, prompts)
         return next(predict_images(self, Images([image], self.intensity))).labels
-
-
-def trained_multimask(adapter_folder: Path) -> bool:
-    """`prompt.multimask` of the recipe the adapter was trained with (recipe.yaml beside or
-    above the adapter folder; True when there is none, SAM's own default)."""
-    import yaml
-
-    for cand in (Path(adapter_folder) / "recipe.yaml", Path(adapter_folder).parent / "recipe.yaml"):
-        if cand.is_file():
-            try:
-                raw = yaml.safe_load(cand.read_text()) or {}
-            except yaml.YAMLError:
-                return True
-            prompt = raw.get("prompt") if isinstance(raw, dict) else None
-            return bool(prompt.get("multimask", True)) if isinstance(prompt, dict) else True
-    return True
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:

@@ -1,9 +1,11 @@
 """The fine-tuned artifact: an `adapter/` folder that rebuilds the model on any machine.
 
-`sam_medft.json` says what the base model is, how many classes there are, their names and
-raw label values, the method and the preprocessing; the weights are a PEFT adapter
-(`adapter_config.json` + `adapter_model.safetensors`) or, for vanilla fine-tuning, the
-trainable tensors by name (`trainable_model.safetensors`). The frozen base is never saved.
+`sam_medft.json` (`AdapterMeta`, defined with the other run-folder paths in
+`sam_medft.runs`, torch-free) says what the base model is, how many classes there are, their
+names and raw label values, the method, the preprocessing, the prompt mode and multimask; the
+weights are a PEFT adapter (`adapter_config.json` + `adapter_model.safetensors`) or, for vanilla
+fine-tuning, the trainable tensors by name (`trainable_model.safetensors`). The frozen base is
+never saved.
 """
 
 from __future__ import annotations
@@ -11,53 +13,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
-from sam_medft import __version__
 from sam_medft.errors import SamMedftError
 from sam_medft.files import apply_umask_modes, disk_error, make_temp_dir
 from sam_medft.models.loading import load_base_model, resolve_model_name, trainable_tensors, unwrap
+from sam_medft.runs import META_FILE, AdapterMeta, find_adapter_folder
 
-META_FILE = "sam_medft.json"
 VANILLA_FILE = "trainable_model.safetensors"
-
-
-@dataclass
-class AdapterMeta:
-    base_model: str  # registry name, Hub id or folder, as resolvable by resolve_model_name
-    num_classes: int
-    class_names: list[str]
-    method: str
-    scope: str
-    normalization: str
-    input_size: int
-    mask_size: int
-    mask_outputs: int | None = None  # decoder multimask tokens (None: num_classes)
-    labels: dict[str, str] | None = None  # raw mask value -> class name
-    binary: bool = False
-    prompt_mode: str = "none"
-    intensity: dict = field(default_factory=dict)
-    data_description: str = ""
-    base_revision: str | None = None
-    sam_medft_version: str = __version__
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def read(cls, folder: Path) -> AdapterMeta:
-        path = Path(folder) / META_FILE
-        if not path.is_file():
-            raise SamMedftError(f"{folder} is not a sam_medft adapter folder: {META_FILE} is missing "
-                                f"(expected a run folder with adapter/, an adapter folder or a Hub id)")
-        data = json.loads(path.read_text())
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def save_adapter(model: torch.nn.Module, meta: AdapterMeta, out_dir: Path, *,
@@ -143,17 +110,6 @@ def load_adapter_model(folder: Path, *, is_trainable: bool = False,
     return PeftModel.from_pretrained(base, str(folder), is_trainable=is_trainable), meta
 
 
-def find_adapter_folder(path: Path) -> Path:
-    """A run folder (with adapter/) or an adapter folder -> the adapter folder."""
-    path = Path(path)
-    if (path / META_FILE).is_file():
-        return path
-    if (path / "adapter" / META_FILE).is_file():
-        return path / "adapter"
-    raise SamMedftError(f"{path} holds no fine-tuned adapter ({META_FILE} not found in it or in "
-                        f"{path / 'adapter'}); train first (`sam-medft train RECIPE`) or pass a Hub id")
-
-
 def _write_processor_config(folder: Path, meta: AdapterMeta) -> None:
     """The preprocessing as a transformers image-processor config, for users of SamProcessor."""
     from sam_medft.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -182,5 +138,5 @@ def unwrap_for_save(model: torch.nn.Module) -> torch.nn.Module:
     return m
 
 
-__all__ = ["AdapterMeta", "save_adapter", "load_adapter_model", "find_adapter_folder", "unwrap",
-           "unwrap_for_save"]
+__all__ = ["META_FILE", "AdapterMeta", "save_adapter", "load_adapter_model", "find_adapter_folder",
+           "unwrap", "unwrap_for_save"]

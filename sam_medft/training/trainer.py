@@ -397,6 +397,7 @@ class Trainer:
             mask_outputs=task.mask_outputs(label_map.num_classes),
             labels=label_map.to_dict()["values"],
             binary=recipe.data.binary, prompt_mode=recipe.prompt.mode,
+            multimask=recipe.prompt.multimask,
             intensity=recipe.data.intensity.model_dump(mode="json"),
             data_description=describe_data(recipe), base_revision=recipe.model.revision)
 

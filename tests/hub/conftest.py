@@ -131,7 +131,6 @@ def make_run(tmp_path: Path, lora_adapter: Path) -> Callable[..., Path]:
         shutil.copytree(lora_adapter, adapter)
         meta = {
             "base_model": base_model,
-            "model_name": "tiny" if base_model == "tiny" else base_model,
             "num_classes": len(CLASS_NAMES),
             "class_names": CLASS_NAMES,
             "labels": LABELS,

@@ -102,12 +102,6 @@ def test_is_hub_id(text, ok):
     assert hub.is_hub_id(text) is ok
 
 
-def test_meta_file_name_matches_the_artifact_module():
-    from sam_medft.models import artifact
-
-    assert hub.META_FILE == artifact.META_FILE
-
-
 def test_inspect_run_errors(tmp_path, make_run):
     with pytest.raises(SamMedftError, match="does not exist"):
         hub.inspect_run(tmp_path / "nope")
@@ -132,7 +126,10 @@ def test_inspect_run_accepts_an_adapter_folder(make_run):
     files = hub.inspect_run(run / "adapter")
     assert files.adapter_dir == run / "adapter"
     assert files.recipe == run / "recipe.yaml" and files.summary == run / "eval" / "summary.json"
-    assert json.loads((run / "adapter" / "sam_medft.json").read_text()) == files.meta
+    assert files.meta.class_names == json.loads((run / "adapter" / "sam_medft.json").read_text())[
+        "class_names"
+    ]
+    assert files.meta.multimask is True  # format 1, recipe without prompt: SAM's default
 
 
 def test_check_push_target(monkeypatch, tmp_path):

@@ -157,3 +157,14 @@ def test_explicit_cache_dir(fake_hub, make_run, tmp_path):
     hub.push_run(make_run(), REPO)
     folder = hub.resolve_run(REPO, cache_dir=tmp_path / "elsewhere")
     assert folder.is_relative_to(tmp_path / "elsewhere")
+
+
+def test_format_1_repo_takes_multimask_from_the_recipe_beside_it(fake_hub, make_run):
+    # sam_medft.json without schema_version/multimask (as pushed before format 2): the repo is
+    # flat, so its recipe.yaml sits beside sam_medft.json where the reader looks
+    from sam_medft.runs import AdapterMeta
+
+    recipe = {"name": "boxes", "prompt": {"mode": "box", "multimask": False}}
+    hub.push_run(make_run(prompt_mode="box", recipe=recipe), REPO)
+    meta = AdapterMeta.read(hub.resolve_run(REPO))
+    assert (meta.schema_version, meta.prompt_mode, meta.multimask) == (1, "box", False)

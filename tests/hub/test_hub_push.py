@@ -151,3 +151,18 @@ def test_staging_never_writes_through_links(fake_hub, make_run, tree_digest):
     hub.push_run(run, REPO)
     assert tree_digest(run) == before
     assert fake_hub.repos[REPO].files()["recipe.yaml"] == (run / "recipe.yaml").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({"schema_version": 3, "new_field": 1}, "format 3, written by a newer sam_medft.*upgrade"),
+        ({"num_clases": 3}, "does not know: 'num_clases'"),
+        ({"num_classes": "3"}, "num_classes is '3' \\(str\\), it should be int"),
+    ],
+)
+def test_push_refuses_a_meta_this_sam_medft_cannot_load(fake_hub, make_run, meta, message):
+    run = make_run(**meta)
+    with pytest.raises(SamMedftError, match=message):
+        hub.push_run(run, REPO)
+    assert fake_hub.requests == []  # checked before the first request
