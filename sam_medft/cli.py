@@ -130,11 +130,10 @@ def predict(
         check_output_folder,
         output_files,
         predict_paths,
+        predict_paths_with_prompts,
     )
 
     if prompts or box or point:
-        from sam_medft.infer.prompted import predict_paths_with_prompts
-
         # --out and the prompts are checked against the images before the model is loaded
         check_out_location(inputs, out_dir)
         written = predict_paths_with_prompts(model, inputs, out_dir, prompts_file=prompts,

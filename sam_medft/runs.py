@@ -31,6 +31,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import types
@@ -51,6 +52,8 @@ LOCK = ".sam_medft_lock"
 META_FILE = "sam_medft.json"  # the artifact's typed metadata (AdapterMeta)
 RECIPE_FILE = "recipe.yaml"  # the resolved recipe a run was trained with
 ADAPTER_DIR = "adapter"
+CHECKPOINT_PREFIX = "checkpoint-"  # checkpoints/checkpoint-NNNNNNNN (training.checkpoint)
+_CHECKPOINT_NAME = re.compile(rf"{CHECKPOINT_PREFIX}\d+")
 SCHEMA_VERSION = 2  # of META_FILE; 1: no schema_version, no multimask (see AdapterMeta.read)
 _KEEP_ON_CLEAR = {LOCK, MARKER}
 _NOT_RESULTS = {LOCK, MARKER, "logs"}  # what a run folder holds before it has any result
@@ -133,8 +136,6 @@ class RunFolder:
     def is_legacy_run(self) -> bool:
         """A run folder written before markers existed: the resolved recipe plus an adapter
         or a checkpoint in sam_medft's own layout (a recipe.yaml alone is not enough)."""
-        from sam_medft.training.checkpoint import checkpoint_folders
-
         return self.recipe_file.is_file() and (
             self.meta_file.is_file() or bool(checkpoint_folders(self.checkpoints)))
 
@@ -252,9 +253,15 @@ class RunFolder:
 
 
 def _has_checkpoint(run: RunFolder) -> bool:
-    from sam_medft.training.checkpoint import checkpoint_folders
-
     return bool(checkpoint_folders(run.checkpoints))
+
+
+def checkpoint_folders(ckpt_root: Path) -> list[Path]:
+    """Every `checkpoint-NNNNNNNN` folder, oldest first, complete or not."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and _CHECKPOINT_NAME.fullmatch(p.name))
 
 
 # ---- the artifact: adapter folder, its metadata, the run's recipe -----------------------------
@@ -590,6 +597,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
-__all__ = ["ADAPTER_DIR", "LOCK", "MARKER", "META_FILE", "RECIPE_FILE", "SCHEMA_VERSION",
-           "AdapterMeta", "RunFolder", "RunLock", "find_adapter_folder", "pid_alive",
-           "read_run_recipe", "run_recipe_file"]
+__all__ = ["ADAPTER_DIR", "CHECKPOINT_PREFIX", "LOCK", "MARKER", "META_FILE", "RECIPE_FILE",
+           "SCHEMA_VERSION", "AdapterMeta", "RunFolder", "RunLock", "checkpoint_folders",
+           "find_adapter_folder", "pid_alive", "read_run_recipe", "run_recipe_file"]

@@ -59,10 +59,11 @@ def box_run(tmp_path_factory):
 def untrained_run(tmp_path_factory):
     """`make(prompt_mode) -> run folder`: the tiny base saved as a vanilla adapter without any
     training (a real artifact in a second, for tests that only need a loadable model)."""
+    from sam_medft.adapters.artifact import save_adapter
     from sam_medft.adapters.methods import apply_method
     from sam_medft.config import PeftSettings
-    from sam_medft.models.artifact import AdapterMeta, save_adapter
     from sam_medft.models.registry import build_tiny
+    from sam_medft.runs import AdapterMeta
 
     def make(prompt_mode: str = "none") -> Path:
         run = tmp_path_factory.mktemp(f"untrained_{prompt_mode}")

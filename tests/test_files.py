@@ -46,7 +46,7 @@ def tiny_lora():
 
 
 def meta(**kw):
-    from sam_medft.models.artifact import AdapterMeta
+    from sam_medft.runs import AdapterMeta
 
     base = dict(base_model="tiny", num_classes=3, class_names=["background", "organ_a", "organ_b"],
                 method="lora", scope="decoder", normalization="sam", input_size=256, mask_size=64,
@@ -67,7 +67,7 @@ def test_current_umask_reads_without_changing_it():
 def test_adapter_checkpoint_and_run_folder_follow_the_umask(tmp_path, umask):
     from accelerate import Accelerator
 
-    from sam_medft.models.artifact import save_adapter
+    from sam_medft.adapters.artifact import save_adapter
     from sam_medft.runs import RunFolder
     from sam_medft.training.checkpoint import save_checkpoint
     from sam_medft.training.schedules import build_scheduler
@@ -96,9 +96,9 @@ def test_adapter_checkpoint_and_run_folder_follow_the_umask(tmp_path, umask):
 
 @pytest.mark.parametrize("umask", [0o002], indirect=True, ids=oct)
 def test_eval_outputs_follow_the_umask(tmp_path, umask):
+    from sam_medft.adapters.artifact import save_adapter
     from sam_medft.adapters.methods import apply_method
     from sam_medft.eval.evaluate import evaluate_run
-    from sam_medft.models.artifact import save_adapter
     from sam_medft.models.registry import build_tiny
 
     run = tmp_path / "run"

@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from sam_medft.adapters.artifact import load_adapter_model, save_adapter
 from sam_medft.adapters.methods import apply_method, encoder_is_frozen
 from sam_medft.config import Recipe, load_recipe
-from sam_medft.models.artifact import AdapterMeta, load_adapter_model, save_adapter
 from sam_medft.models.forward import automatic_forward
 from sam_medft.models.registry import architecture_config, build_tiny
 from sam_medft.recipes_index import ParamCount, count_parameters
+from sam_medft.runs import AdapterMeta
 from sam_medft.tasks.losses import iou_head_loss, segmentation_loss
 from sam_medft.training.trainer import build_optimizer, train
 

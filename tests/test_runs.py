@@ -166,10 +166,11 @@ def hold_lock(root: Path) -> subprocess.Popen:
 
 def small_run(root: Path) -> RunFolder:
     """A finished-looking run: marker, recipe.yaml, a real (untrained) adapter."""
+    from sam_medft.adapters.artifact import save_adapter
     from sam_medft.adapters.methods import apply_method
     from sam_medft.config import PeftSettings
-    from sam_medft.models.artifact import AdapterMeta, save_adapter
     from sam_medft.models.registry import build_tiny
+    from sam_medft.runs import AdapterMeta
 
     run = RunFolder(root)
     run.open_for_training(resume=False, overwrite=False).release()

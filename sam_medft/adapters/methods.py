@@ -163,7 +163,7 @@ def apply_method(
     method = settings.method
     check_method(method)
     if method == "vanilla":
-        model = _apply_vanilla(model, settings.scope)
+        model = apply_vanilla(model, settings.scope)
     elif method == "adapter":
         layers = encoder_layer_ids(model, settings.layers) if settings.scope == "encdec" else []
         bs = BottleneckSettings.from_recipe(settings, encoder_layers=layers)
@@ -241,7 +241,7 @@ def build_peft_config(model: torch.nn.Module, settings: PeftSettings) -> peft.Pe
         ) from None
 
 
-def _apply_vanilla(model: torch.nn.Module, scope: str) -> torch.nn.Module:
+def apply_vanilla(model: torch.nn.Module, scope: str) -> torch.nn.Module:
     """Vanilla: real weights train. decoder = the mask decoder; encdec = everything."""
     for name, p in model.named_parameters():
         p.requires_grad_(scope == "encdec" or name.startswith("mask_decoder."))

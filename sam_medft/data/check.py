@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rich.progress import track
 from rich.table import Table
 
 from sam_medft.config import DataConfig
@@ -262,8 +263,6 @@ def _scan(name: str, src: SampleSource, progress: bool) -> SplitReport:
     rep = SplitReport(name, n=len(src))
     indices = range(len(src))
     if progress:
-        from rich.progress import track
-
         indices = track(indices, description=f"checking {name}", transient=True)
     for i in indices:
         where = src.where(i)

@@ -36,6 +36,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from sam_medft.data.sources import SampleSource
 from sam_medft.data.transforms import IGNORE_INDEX, SamGeometry, preprocess_image
@@ -134,8 +135,6 @@ class PreprocessedStore:
               mode: Literal["memory", "disk"] = "memory", folder: Path | None = None,
               num_workers: int = 0, desc: str = "preprocess") -> PreprocessedStore:
         """Decode, map and resize every sample of `source` once (workers in parallel)."""
-        from tqdm.auto import tqdm
-
         if mode == "disk" and folder is None:
             raise ValueError("a disk store needs a folder")
         n = len(source)

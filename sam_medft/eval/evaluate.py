@@ -27,17 +27,37 @@ from typing import Any
 
 import numpy as np
 import torch
+from peft import PeftModel
+from tqdm.auto import tqdm
 
-from sam_medft import __version__
+from sam_medft.adapters.artifact import load_adapter_model
 from sam_medft.config import Recipe, load_recipe
 from sam_medft.data.labels import LabelMap
+from sam_medft.data.lists import read_pair_list
 from sam_medft.data.sources import PairSource, SampleSource, build_splits
 from sam_medft.errors import SamMedftError
 from sam_medft.eval.metrics import case_metrics
-from sam_medft.eval.summary import compare, summarize, write_per_case_csv, write_summary_json
+from sam_medft.eval.prompt_eval import (
+    build_prompt_table,
+    predict_settings,
+    table_settings,
+    write_prompt_table,
+)
+from sam_medft.eval.report import overlay_path, pick_cases, render_overlay, write_report
+from sam_medft.eval.summary import (
+    compare,
+    json_clean,
+    summarize,
+    write_per_case_csv,
+    write_summary_json,
+)
+from sam_medft.hub import resolve_run
 from sam_medft.infer.pipeline import predict_images
-from sam_medft.runs import run_recipe_file
+from sam_medft.infer.predict import FineTunedSam
+from sam_medft.models.loading import load_base_model, resolve_model_name
+from sam_medft.runs import AdapterMeta, RunFolder, run_recipe_file
 from sam_medft.tasks import task_from_meta
+from sam_medft.version import __version__
 
 EVAL_SEED = 0  # prompt simulation seed when the recipe has no `eval.seed` (always recorded)
 AUTOMATIC = "automatic"
@@ -84,8 +104,6 @@ class EvalResult:
 # ---- resolving the run and the data ------------------------------------------------------------
 def find_run(run: str | Path, revision: str | None = None) -> tuple[Path, Path | None, bool]:
     """-> (adapter folder, recipe.yaml or None, is_local). Local folders win over Hub ids."""
-    from sam_medft.hub import resolve_run
-
     folder = Path(resolve_run(str(run), revision=revision))
     return folder, run_recipe_file(folder), Path(str(run)).expanduser().is_dir()
 
@@ -138,8 +156,6 @@ def load_eval_data(
     recipe = load_recipe(recipe_file, [_with_section(o) for o in overrides])
     data = recipe.data
     if list_file is not None:
-        from sam_medft.data.lists import read_pair_list
-
         list_file = Path(list_file)
         pairs = read_pair_list(list_file, data.img_folder, data.mask_folder)
         root = data.img_folder if data.img_folder is not None else list_file.parent
@@ -236,8 +252,6 @@ def iter_cases(
     does): automatic mode as label maps; prompt modes (`settings`) embed a batch of images
     at once and decode each image's simulated prompts against its embeddings. Prompts are
     seeded by (seed, image index), so a case predicts the same every time."""
-    from sam_medft.eval.prompt_eval import predict_settings
-
     indices = list(range(len(source))) if indices is None else list(indices)
     fg = list(range(1, label_map.num_classes))
     decode = None
@@ -270,8 +284,6 @@ def score(
     show_progress: bool,
 ) -> tuple[dict[str, list[dict]], list[tuple[float, float] | None]]:
     """Per-case rows for every setting key, and each case's spacing (None: pixels)."""
-    from tqdm.auto import tqdm
-
     cfg = data.recipe.eval
     names = {c: n for c, n in enumerate(label_map.class_names) if c}
     rows: dict[str, list[dict]] = {}
@@ -322,11 +334,6 @@ def baseline_of(predictor) -> Iterator[tuple[Any, str]]:
     adapter to switch off, so the base model is loaded fresh (seeded: new class heads are
     random, and the same every time).
     """
-    from peft import PeftModel
-
-    from sam_medft.infer.predict import FineTunedSam
-    from sam_medft.models.loading import load_base_model, resolve_model_name
-
     meta = predictor.meta
     outputs = meta.mask_outputs or meta.num_classes
     if not task_from_meta(meta).prompted:
@@ -394,8 +401,6 @@ def _spacing_units(spacings: Sequence) -> str:
 def _eval_lock(run: str | Path, out_dir: str | Path | None) -> Iterator[None]:
     """A local run folder's eval outputs have one writer at a time: its lock, as training
     holds it (an eval into a run that is training, or a second eval, stops with a message)."""
-    from sam_medft.runs import RunFolder
-
     folder = Path(str(run)).expanduser()
     root = next((c for c in (folder, folder.parent) if (c / "recipe.yaml").is_file()), None)
     if not folder.is_dir() or root is None:
@@ -435,14 +440,6 @@ def evaluate_run(
     show_progress: bool = True,
 ) -> EvalResult:
     """Evaluate a run folder, adapter folder or Hub id; writes the eval folder (see module)."""
-    from sam_medft.eval.prompt_eval import (
-        build_prompt_table,
-        table_settings,
-        write_prompt_table,
-    )
-    from sam_medft.infer.predict import FineTunedSam
-    from sam_medft.models.artifact import AdapterMeta, load_adapter_model
-
     if clicks is not None and clicks < 0:
         raise SamMedftError(f"--clicks {clicks} must be 0 or more")
     if not Path(str(run)).expanduser().is_dir() and not data_overrides and list_file is None:
@@ -522,7 +519,7 @@ def evaluate_run(
             extra | {"baseline": note, "adapter_folder": None},
         )
         delta_doc = {"note": note, **result.delta}
-        (eval_dir / "delta.json").write_text(json.dumps(_clean(delta_doc), indent=2) + "\n")
+        (eval_dir / "delta.json").write_text(json.dumps(json_clean(delta_doc), indent=2) + "\n")
     if settings is not None:
         result.prompt_table = build_prompt_table(
             settings, summaries, main, seed=data.seed, baseline=base_summaries
@@ -531,12 +528,6 @@ def evaluate_run(
     result.overlays = render_overlays(predictor, data, label_map, settings, rows, main, eval_dir)
     result.report = write_eval_report(result, extra)
     return result
-
-
-def _clean(obj: Any) -> Any:
-    from sam_medft.eval.summary import _json_clean
-
-    return _json_clean(obj)
 
 
 def render_overlays(
@@ -550,8 +541,6 @@ def render_overlays(
 ) -> list[Path]:
     """Worst and best cases per class (`eval.overlays` each), re-predicted (deterministic:
     the prompt seeds depend on the image index) rather than kept in memory for every case."""
-    from sam_medft.eval.report import overlay_path, pick_cases, render_overlay
-
     k = data.recipe.eval.overlays
     if k <= 0:
         return []
@@ -586,8 +575,6 @@ def render_overlays(
 
 def write_eval_report(result: EvalResult, extra: dict) -> Path:
     """report.html with the run facts, the summary, the baseline delta and the prompt table."""
-    from sam_medft.eval.report import write_report
-
     facts = {k: v for k, v in extra.items() if k != "recipe" and v is not None}
     where = extra["split"]
     title = f"Evaluation of {Path(str(extra['model'])).name or extra['model']} ({where})"

@@ -37,6 +37,7 @@ from sam_medft.data.prompts import (
     corrective_click,
     simulate_prompts,
 )
+from sam_medft.eval.summary import json_clean
 from sam_medft.infer.predict import FineTunedSam
 from sam_medft.infer.prompted import class_masks, decode
 
@@ -268,11 +269,9 @@ def format_prompt_table(table: dict) -> Table:
 
 def write_prompt_table(table: dict, path: str | Path) -> Path:
     """prompt_table.json (undefined values as null)."""
-    from sam_medft.eval.summary import _json_clean
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_clean(table), indent=2, allow_nan=False) + "\n")
+    path.write_text(json.dumps(json_clean(table), indent=2, allow_nan=False) + "\n")
     return path
 
 

@@ -167,15 +167,16 @@ def read_per_case_csv(path: str | Path) -> list[dict]:
     return rows
 
 
-def _json_clean(obj: Any) -> Any:
+def json_clean(obj: Any) -> Any:
+    """`obj` as plain JSON values: NaN/inf -> null, numpy scalars -> numbers, paths -> text."""
     if isinstance(obj, dict):
-        return {str(k): _json_clean(v) for k, v in obj.items()}
+        return {str(k): json_clean(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_clean(v) for v in obj]
+        return [json_clean(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, np.generic):
-        return _json_clean(obj.item())
+        return json_clean(obj.item())
     if isinstance(obj, Path):
         return str(obj)
     return obj
@@ -185,7 +186,7 @@ def write_summary_json(summary: dict, path: str | Path, extra: dict | None = Non
     """Write the summary with ``extra`` (recipe, model ids, split, prompt mode) under "run"."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"run": _json_clean(extra or {}), **_json_clean(summary)}
+    payload = {"run": json_clean(extra or {}), **json_clean(summary)}
     path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path
 

@@ -22,9 +22,10 @@ before any image is read.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -38,12 +39,36 @@ from sam_medft.data.transforms import (
     preprocess_image,
     valid_window,
 )
-
-if TYPE_CHECKING:
-    from sam_medft.infer.predict import FineTunedSam
+from sam_medft.runs import AdapterMeta
+from sam_medft.tasks import Task
 
 #: `decode_image(embeddings, original, index, extra)`: one image's prompted result
 DecodeImage = Callable[[Any, tuple[int, int], int, Any], Any]
+
+
+class Predictor(Protocol):
+    """A fine-tuned model as the prediction code uses it (`infer.predict.FineTunedSam`): the
+    pipeline and prompted decoding are written against this, below the class itself."""
+
+    meta: AdapterMeta
+    task: Task
+    model: torch.nn.Module
+    device: torch.device
+    geometry: SamGeometry
+    intensity: IntensityConfig
+    multimask: bool  # prompt modes: decode SAM's 3 masks (as trained) or token 0 only
+    autocast: AbstractContextManager
+
+    @property
+    def class_names(self) -> list[str]: ...
+
+    def pixel_batch(self, arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[tuple]]: ...
+
+    def embed_pixels(self, pixels: torch.Tensor) -> Any: ...
+
+    def labels_from_pixels(self, pixels: torch.Tensor, originals: Sequence[tuple], *,
+                           probs: torch.dtype | None = None
+                           ) -> tuple[list[np.ndarray], list | None]: ...
 
 
 class PredictInputs(Protocol):
@@ -166,7 +191,7 @@ def image_embeddings_of(embeddings: Any, k: int) -> Any:
     return embeddings[k : k + 1]
 
 
-def predict_images(predictor: FineTunedSam, inputs: PredictInputs, *, batch_size: int = 8,
+def predict_images(predictor: Predictor, inputs: PredictInputs, *, batch_size: int = 8,
                    num_workers: int = 0, probs: torch.dtype | None = None,
                    decode_image: DecodeImage | None = None) -> Iterator[Predicted]:
     """Predict every input, in order (see the module). `decode_image` given: prompts are
@@ -178,7 +203,7 @@ def predict_images(predictor: FineTunedSam, inputs: PredictInputs, *, batch_size
     return _predict(predictor, batches, probs, decode_image)
 
 
-def _predict(predictor: FineTunedSam, batches: Iterator[ModelBatch], probs: torch.dtype | None,
+def _predict(predictor: Predictor, batches: Iterator[ModelBatch], probs: torch.dtype | None,
              decode_image: DecodeImage | None) -> Iterator[Predicted]:
     for batch in batches:
         rows = zip(batch.indices, batch.originals, batch.extras, strict=True)
@@ -200,6 +225,7 @@ __all__ = [
     "ModelBatch",
     "PredictInputs",
     "Predicted",
+    "Predictor",
     "image_embeddings_of",
     "model_batches",
     "predict_images",

@@ -1,9 +1,10 @@
 """Prediction with a fine-tuned model: label maps at each image's original size.
 
 `FineTunedSam` is the Python API (`sam_medft.load(run_or_hub_id).predict(image)`);
-`predict_paths` is what `sam-medft predict` runs: batched, bf16 on GPU, a progress bar,
-and output names that mirror the inputs so nothing is overwritten silently. Both run the
-one prediction pipeline (`sam_medft.infer.pipeline`), as prompted prediction and eval do.
+`predict_paths` (and `predict_paths_with_prompts`, with boxes/points decoded by
+`sam_medft.infer.prompted`) is what `sam-medft predict` runs: batched, bf16 on GPU, a
+progress bar, and output names that mirror the inputs so nothing is overwritten silently.
+All of them run the one prediction pipeline (`sam_medft.infer.pipeline`), as eval does.
 
 The user's files are never replaced: `check_output_folder` refuses an --out folder that is,
 or is inside, an input folder or holds an input image, and a file there that this package
@@ -14,22 +15,33 @@ replaces only those). Both before the model loads.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
+from sam_medft.adapters.artifact import load_adapter_model
 from sam_medft.config import IntensityConfig
+from sam_medft.data.io import image_size, read_image
+from sam_medft.data.prompts import load_prompts_file
 from sam_medft.data.transforms import SamGeometry
 from sam_medft.errors import SamMedftError
-from sam_medft.infer.pipeline import Images, model_batches, predict_images, to_image
-from sam_medft.models.artifact import AdapterMeta, find_adapter_folder, load_adapter_model
+from sam_medft.hub import resolve_run
+from sam_medft.infer.pipeline import Images, model_batches, predict_images
+from sam_medft.infer.prompted import cli_entry, predict_prompted, predict_with_prompts
+from sam_medft.models.fast_attention import enable_fast_attention
 from sam_medft.models.forward import automatic_forward, image_embeddings
+from sam_medft.runs import AdapterMeta, find_adapter_folder
 from sam_medft.tasks import task_from_meta
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy"}
 LIST_SUFFIXES = (".txt", ".csv", ".tsv")
@@ -46,8 +58,6 @@ class FineTunedSam:
 
     def __init__(self, model: torch.nn.Module, meta: AdapterMeta, device: str | None = None,
                  *, multimask: bool = True, fast_attention: bool = True):
-        from sam_medft.models.fast_attention import enable_fast_attention
-
         self.meta = meta
         self.multimask = multimask  # prompt modes: decode SAM's 3 masks (as trained) or token 0
         self.task = task_from_meta(meta, multimask=multimask)
@@ -63,8 +73,6 @@ class FineTunedSam:
     @classmethod
     def load(cls, run_or_hub_id: str | Path, *, device: str | None = None,
              revision: str | None = None, fast_attention: bool = True) -> FineTunedSam:
-        from sam_medft.hub import resolve_run
-
         folder = find_adapter_folder(resolve_run(str(run_or_hub_id), revision=revision))
         model, meta = load_adapter_model(folder)
         return cls(model, meta, device=device, multimask=meta.multimask,
@@ -73,9 +81,6 @@ class FineTunedSam:
     @property
     def class_names(self) -> list[str]:
         return list(self.meta.class_names)
-
-    def _to_image(self, image) -> np.ndarray:
-        return to_image(image, self.intensity)
 
     def predict_proba(self, images: Sequence, *, batch_size: int = 8) -> list[np.ndarray]:
         """Per-class probabilities (C,H,W) at each image's original size."""
@@ -118,8 +123,6 @@ class FineTunedSam:
     def predict(self, image, prompts: list[dict] | None = None) -> np.ndarray:
         """One image (path or array) -> HxW uint8 class-index map at its original size."""
         if prompts:
-            from sam_medft.infer.prompted import predict_with_prompts
-
             return predict_with_prompts(self, image, prompts)
         return next(predict_images(self, Images([image], self.intensity))).labels
 
@@ -317,10 +320,6 @@ def predict_paths(predictor: FineTunedSam, inputs: Sequence[str | Path], out_dir
     The prediction pipeline (`infer.pipeline`), so a GPU is not left waiting: loader
     workers decode and resize the next batches while the model runs, the argmax is taken
     on the device, and PNGs are written by a thread pool while the next batch is predicted."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm.auto import tqdm
-
     predictor.task.check_prediction(has_prompts=False)
     if batch_size < 1:
         raise SamMedftError(f"predict --batch-size {batch_size} is too small; use 1 or more")
@@ -357,9 +356,92 @@ def _write_outputs(predictor: FineTunedSam, src: Path, labels: np.ndarray,
 
 
 def _save_overlay(predictor: FineTunedSam, src: Path, labels: np.ndarray, path: Path) -> None:
-    from sam_medft.data.io import read_image
-
     image = read_image(src, predictor.intensity).astype(np.uint8)
     colour = np.array([PALETTE[i % len(PALETTE)] for i in range(256)], dtype=np.uint8)[labels]
     alpha = (labels > 0)[..., None] * 0.45
     Image.fromarray((image * (1 - alpha) + colour * alpha).astype(np.uint8)).save(path)
+
+
+# ---- prompted prediction of image files (`sam-medft predict --prompts/--box/--point`) ----
+
+
+def _meta_of(model: FineTunedSam | str | Path, revision: str | None) -> AdapterMeta:
+    if isinstance(model, str | Path):
+        return AdapterMeta.read(find_adapter_folder(resolve_run(str(model), revision=revision)))
+    return model.meta
+
+
+def plan_prompted(
+    meta: AdapterMeta,
+    inputs: Sequence[str | Path],
+    *,
+    prompts_file: str | Path | None = None,
+    box: str | None = None,
+    points: Sequence[str] = (),
+) -> list[tuple[Path, Path, list[dict]]]:
+    """Check the inputs and prompts without touching model weights -> (image, output name,
+    entries) per prompted image. Images of a folder without prompts are skipped (logged)."""
+    task_from_meta(meta).check_prediction(has_prompts=True)
+    pairs = collect_inputs(inputs)
+    if prompts_file is not None and (box is not None or points):
+        raise SamMedftError("give either --prompts FILE or --box/--point, not both")
+    if prompts_file is None and box is None and not points:
+        raise SamMedftError("no prompts: pass --prompts prompts.json, or --box / --point")
+    if prompts_file is not None:
+        sizes = {rel.as_posix(): image_size(path) for path, rel in pairs}
+        by_name = load_prompts_file(prompts_file, sizes, class_names=meta.class_names)
+        plan = [
+            (p, rel, by_name[rel.as_posix()]) for p, rel in pairs if by_name.get(rel.as_posix())
+        ]
+        skipped = len(pairs) - len(plan)
+        if not plan:
+            raise SamMedftError(f"{prompts_file} has no prompts for any input image")
+        if skipped:
+            log.warning(
+                "%d input image(s) have no prompts in %s and are skipped", skipped, prompts_file
+            )
+        return plan
+    if len(pairs) != 1:
+        raise SamMedftError(
+            f"--box/--point apply to one image, but {len(pairs)} were given; for several images "
+            "write a prompts.json and pass --prompts"
+        )
+    path, rel = pairs[0]
+    return [(path, rel, [cli_entry(box, points, image_size(path), meta.class_names)])]
+
+
+def predict_paths_with_prompts(
+    predictor: FineTunedSam | str | Path,
+    inputs: Sequence[str | Path],
+    out_dir: Path,
+    *,
+    prompts_file: str | Path | None = None,
+    box: str | None = None,
+    points: Sequence[str] = (),
+    overwrite: bool = False,
+    show_progress: bool = True,
+    device: str | None = None,
+    revision: str | None = None,
+    batch_size: int = 8,
+    num_workers: int = 0,
+) -> list[Path]:
+    """Prompted label maps (PNG + legend.json) for the prompted input images, through the
+    prediction pipeline (`batch_size` images embedded at once, `num_workers` decoding).
+
+    `predictor` may be a run folder / Hub id: then the prompts, image names and sizes are
+    checked against its sam_medft.json BEFORE the weights load (a typo fails in a second).
+    """
+    meta = _meta_of(predictor, revision)
+    plan = plan_prompted(meta, inputs, prompts_file=prompts_file, box=box, points=points)
+    out_dir = Path(out_dir)
+    targets = output_paths([rel for _, rel, _ in plan], out_dir, ".png")
+    check_output_folder(inputs, targets, out_dir, overwrite=overwrite)  # never the user's files
+    if isinstance(predictor, str | Path):
+        predictor = FineTunedSam.load(predictor, device=device, revision=revision)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_legend(predictor.meta, out_dir)
+    done = predict_prompted(predictor, [src for src, _, _ in plan], [e for _, _, e in plan],
+                            batch_size=batch_size, num_workers=num_workers)
+    for d in tqdm(done, total=len(plan), desc="predict", unit="img", disable=not show_progress):
+        save_label_png(d.decoded, targets[d.index])
+    return targets

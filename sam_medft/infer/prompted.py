@@ -20,11 +20,9 @@ trained to read prompt tokens, so a box would be a silent no-op or noise.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,23 +30,15 @@ import torch
 from sam_medft.data.prompts import (
     PromptSet,
     check_entry,
-    load_prompts_file,
     parse_box,
     parse_point,
     prompt_sets_from_entries,
     to_model_frame,
 )
 from sam_medft.errors import SamMedftError
-from sam_medft.infer.pipeline import Images, predict_images
+from sam_medft.infer.pipeline import Images, Predictor, predict_images, to_image
 from sam_medft.models.forward import embedding_kwargs
-from sam_medft.tasks import task_from_meta
 from sam_medft.tasks.prompted import select_masks
-
-if TYPE_CHECKING:
-    from sam_medft.infer.predict import FineTunedSam
-    from sam_medft.models.artifact import AdapterMeta
-
-log = logging.getLogger(__name__)
 
 CHUNK = 16  # objects decoded per forward pass (bounds memory on images with many objects)
 
@@ -64,7 +54,7 @@ class Decoded:
     iou: torch.Tensor
 
 
-def embed_image(predictor: FineTunedSam, array: np.ndarray) -> tuple[Any, tuple]:
+def embed_image(predictor: Predictor, array: np.ndarray) -> tuple[Any, tuple]:
     """One HxWx3 [0, 255] image -> its image embeddings and (H, W), by the pipeline's path
     (for a single image; batches are embedded by `pipeline.predict_images`). SAM: a
     (1,C,E,E) tensor; SAM-HQ: a tuple (embeddings, intermediate ViT embeddings)."""
@@ -83,7 +73,7 @@ def _repeat(embeddings: Any, n: int) -> dict[str, Any]:
 
 @torch.no_grad()
 def decode(
-    predictor: FineTunedSam,
+    predictor: Predictor,
     embeddings: Any,
     prompt_set: PromptSet,
     original: tuple[int, int],
@@ -178,7 +168,7 @@ def _is_empty(v: Any) -> bool:
     return isinstance(v, list | tuple) and len(v) == 0
 
 
-def paint_prompts(predictor: FineTunedSam, embeddings: Any, original: tuple[int, int],
+def paint_prompts(predictor: Predictor, embeddings: Any, original: tuple[int, int],
                   entries: list[dict]) -> np.ndarray:
     """One image's checked prompt entries, decoded against its embeddings -> HxW uint8
     class-index map at the original size; overlaps go to the highest mask logit."""
@@ -191,7 +181,7 @@ def paint_prompts(predictor: FineTunedSam, embeddings: Any, original: tuple[int,
     return paint_labels(logits, class_ids, original).astype(np.uint8)
 
 
-def predict_prompted(predictor: FineTunedSam, images: Sequence, entries: Sequence[list[dict]],
+def predict_prompted(predictor: Predictor, images: Sequence, entries: Sequence[list[dict]],
                      *, batch_size: int = 8, num_workers: int = 0, scaled: bool = False):
     """Images (paths or arrays) and each one's checked prompt entries -> a `Predicted` per
     image, in order, its label map in `.decoded` (the pipeline embeds a batch at once)."""
@@ -202,11 +192,11 @@ def predict_prompted(predictor: FineTunedSam, images: Sequence, entries: Sequenc
                                                                entries[k]))
 
 
-def predict_with_prompts(predictor: FineTunedSam, image: Any, prompts: list[dict]) -> np.ndarray:
+def predict_with_prompts(predictor: Predictor, image: Any, prompts: list[dict]) -> np.ndarray:
     """One image (path or array) and its prompts (original pixel coordinates) -> HxW uint8
     class-index map at the original size; overlaps go to the highest mask logit."""
     predictor.task.check_prediction(has_prompts=True)
-    array = predictor._to_image(image)
+    array = to_image(image, predictor.intensity)
     entries = check_prompts(prompts, tuple(array.shape[:2]), predictor.class_names)
     return next(predict_prompted(predictor, [array], [entries], scaled=True)).decoded
 
@@ -262,104 +252,6 @@ def cli_entry(
     return check_prompts([entry], size, class_names, where="--box/--point")[0]
 
 
-def _meta_of(model: FineTunedSam | str | Path, revision: str | None) -> AdapterMeta:
-    from sam_medft.hub import resolve_run
-    from sam_medft.models.artifact import AdapterMeta, find_adapter_folder
-
-    if isinstance(model, str | Path):
-        return AdapterMeta.read(find_adapter_folder(resolve_run(str(model), revision=revision)))
-    return model.meta
-
-
-def plan_prompted(
-    meta: AdapterMeta,
-    inputs: Sequence[str | Path],
-    *,
-    prompts_file: str | Path | None = None,
-    box: str | None = None,
-    points: Sequence[str] = (),
-) -> list[tuple[Path, Path, list[dict]]]:
-    """Check the inputs and prompts without touching model weights -> (image, output name,
-    entries) per prompted image. Images of a folder without prompts are skipped (logged)."""
-    from sam_medft.data.io import image_size
-    from sam_medft.infer.predict import collect_inputs
-
-    task_from_meta(meta).check_prediction(has_prompts=True)
-    pairs = collect_inputs(inputs)
-    if prompts_file is not None and (box is not None or points):
-        raise SamMedftError("give either --prompts FILE or --box/--point, not both")
-    if prompts_file is None and box is None and not points:
-        raise SamMedftError("no prompts: pass --prompts prompts.json, or --box / --point")
-    if prompts_file is not None:
-        sizes = {rel.as_posix(): image_size(path) for path, rel in pairs}
-        by_name = load_prompts_file(prompts_file, sizes, class_names=meta.class_names)
-        plan = [
-            (p, rel, by_name[rel.as_posix()]) for p, rel in pairs if by_name.get(rel.as_posix())
-        ]
-        skipped = len(pairs) - len(plan)
-        if not plan:
-            raise SamMedftError(f"{prompts_file} has no prompts for any input image")
-        if skipped:
-            log.warning(
-                "%d input image(s) have no prompts in %s and are skipped", skipped, prompts_file
-            )
-        return plan
-    if len(pairs) != 1:
-        raise SamMedftError(
-            f"--box/--point apply to one image, but {len(pairs)} were given; for several images "
-            "write a prompts.json and pass --prompts"
-        )
-    path, rel = pairs[0]
-    return [(path, rel, [cli_entry(box, points, image_size(path), meta.class_names)])]
-
-
-def predict_paths_with_prompts(
-    predictor: FineTunedSam | str | Path,
-    inputs: Sequence[str | Path],
-    out_dir: Path,
-    *,
-    prompts_file: str | Path | None = None,
-    box: str | None = None,
-    points: Sequence[str] = (),
-    overwrite: bool = False,
-    show_progress: bool = True,
-    device: str | None = None,
-    revision: str | None = None,
-    batch_size: int = 8,
-    num_workers: int = 0,
-) -> list[Path]:
-    """Prompted label maps (PNG + legend.json) for the prompted input images, through the
-    prediction pipeline (`batch_size` images embedded at once, `num_workers` decoding).
-
-    `predictor` may be a run folder / Hub id: then the prompts, image names and sizes are
-    checked against its sam_medft.json BEFORE the weights load (a typo fails in a second).
-    """
-    from tqdm.auto import tqdm
-
-    from sam_medft.infer.predict import (
-        FineTunedSam,
-        check_output_folder,
-        output_paths,
-        save_label_png,
-        write_legend,
-    )
-
-    meta = _meta_of(predictor, revision)
-    plan = plan_prompted(meta, inputs, prompts_file=prompts_file, box=box, points=points)
-    out_dir = Path(out_dir)
-    targets = output_paths([rel for _, rel, _ in plan], out_dir, ".png")
-    check_output_folder(inputs, targets, out_dir, overwrite=overwrite)  # never the user's files
-    if isinstance(predictor, str | Path):
-        predictor = FineTunedSam.load(predictor, device=device, revision=revision)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_legend(predictor.meta, out_dir)
-    done = predict_prompted(predictor, [src for src, _, _ in plan], [e for _, _, e in plan],
-                            batch_size=batch_size, num_workers=num_workers)
-    for d in tqdm(done, total=len(plan), desc="predict", unit="img", disable=not show_progress):
-        save_label_png(d.decoded, targets[d.index])
-    return targets
-
-
 __all__ = [
     "Decoded",
     "check_prompts",
@@ -369,8 +261,6 @@ __all__ = [
     "embed_image",
     "paint_labels",
     "paint_prompts",
-    "plan_prompted",
-    "predict_paths_with_prompts",
     "predict_prompted",
     "predict_with_prompts",
 ]

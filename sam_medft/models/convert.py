@@ -24,7 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import SamConfig, SamModel
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from transformers import AutoConfig, SamConfig, SamModel, SamProcessor
 
 from sam_medft.errors import SamMedftError
 from sam_medft.model_names import lookup
@@ -277,9 +279,6 @@ def load_checkpoint(src: str | Path) -> dict:
     if not path.is_file():
         raise SamMedftError(f"checkpoint {path} does not exist; check the path.")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError) as err:
@@ -495,8 +494,6 @@ def resolve_config(
 
 def load_base_model(base_model: str) -> SamModel:
     """A registry name, Hub id or local transformers folder -> SamModel."""
-    from transformers import AutoConfig
-
     entry = lookup(base_model)
     if entry is not None and entry.hub_id is None:
         return registry.build_tiny()
@@ -646,8 +643,6 @@ def _build(
 def _processor(config: SamConfig, normalization: str):
     """A SamProcessor whose geometry matches the converted model (PIL backend, no
     torchvision needed)."""
-    from transformers import SamProcessor
-
     try:  # transformers >= 5: PIL backend class; torchvision is not required
         from transformers.models.sam.image_processing_pil_sam import (
             SamImageProcessorPil as ImageProcessor,

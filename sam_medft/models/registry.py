@@ -8,7 +8,7 @@ plans are computed without downloading weights (`recipes --params`, `train --dry
 from __future__ import annotations
 
 import torch
-from transformers import SamConfig, SamModel
+from transformers import SamConfig, SamHQConfig, SamModel
 
 TINY_CONFIG = dict(
     vision_config=dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
@@ -46,8 +46,6 @@ ARCH_OF = {
 
 def sam_hq_config(cfg: SamConfig, initializer_range: float = 0.02):
     """The SAM-HQ config with `cfg`'s shapes (its decoder also reads the ViT's width)."""
-    from transformers import SamHQConfig
-
     decoder = cfg.mask_decoder_config.to_dict()
     decoder["vit_dim"] = cfg.vision_config.hidden_size
     return SamHQConfig(

@@ -21,7 +21,6 @@ import logging
 import os
 import pickle
 import random
-import re
 import shutil
 import time
 import zipfile
@@ -35,11 +34,10 @@ from safetensors.torch import load_file, save_file
 from sam_medft.errors import SamMedftError
 from sam_medft.files import apply_umask_modes, disk_error
 from sam_medft.models.loading import trainable_tensors
+from sam_medft.runs import CHECKPOINT_PREFIX, checkpoint_folders
 
 log = logging.getLogger("sam_medft.training")
 
-PREFIX = "checkpoint-"
-_NAME = re.compile(rf"{PREFIX}\d+")
 CORRUPT_PREFIX = "corrupt-"
 # what reading a damaged checkpoint raises (truncated zip/safetensors, bad JSON or pickle)
 # what a failed write raises: OSError, or a library's wrapper of it (files.os_error_of)
@@ -88,12 +86,12 @@ def _optimizer_state(model, optimizer, is_main: bool) -> dict | None:
 def save_checkpoint(accelerator, ckpt_root: Path, step: int, model: torch.nn.Module,
                     optimizer, scheduler, state: dict, keep_last: int) -> Path:
     ckpt_root = Path(ckpt_root)
-    final = ckpt_root / f"{PREFIX}{step:08d}"
-    tmp = ckpt_root / f".tmp-{PREFIX}{step:08d}"
+    final = ckpt_root / f"{CHECKPOINT_PREFIX}{step:08d}"
+    tmp = ckpt_root / f".tmp-{CHECKPOINT_PREFIX}{step:08d}"
     main = accelerator.is_main_process
     failed: Exception | None = None
     if main:
-        for stale in ckpt_root.glob(f".tmp-{PREFIX}*"):  # left by a run killed while saving
+        for stale in ckpt_root.glob(f".tmp-{CHECKPOINT_PREFIX}*"):  # left by a run killed while saving
             shutil.rmtree(stale, ignore_errors=True)
         try:
             tmp.mkdir(parents=True)
@@ -158,14 +156,6 @@ def _agree_written(accelerator, failed: Exception | None, tmp: Path, final: Path
     if friendly is None:
         raise failed
     raise friendly from failed
-
-
-def checkpoint_folders(ckpt_root: Path) -> list[Path]:
-    """Every `checkpoint-NNNNNNNN` folder, oldest first, complete or not."""
-    root = Path(ckpt_root)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and _NAME.fullmatch(p.name))
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:

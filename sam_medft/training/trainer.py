@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -19,19 +20,47 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-from accelerate.utils import set_seed
+from accelerate import (
+    Accelerator,
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    PartialState,
+)
+from accelerate.utils import (
+    DistributedType,
+    ProjectConfiguration,
+    broadcast_object_list,
+    parse_flag_from_env,
+    set_seed,
+)
+from tqdm.auto import tqdm
 
-from sam_medft.adapters.methods import DECODER_HEADS, encoder_is_frozen
+from sam_medft.adapters.artifact import load_adapter_model, save_adapter
+from sam_medft.adapters.methods import (
+    DECODER_HEADS,
+    apply_method,
+    check_settings,
+    encoder_is_frozen,
+)
 from sam_medft.config import Recipe
 from sam_medft.data.check import check_dataset
 from sam_medft.data.dataset import ModelFrameSpec
 from sam_medft.data.sources import SampleSource, build_splits
 from sam_medft.errors import Interrupted, SamMedftError
 from sam_medft.files import disk_errors, write_text_atomic
-from sam_medft.models.artifact import AdapterMeta, save_adapter
-from sam_medft.models.loading import model_geometry
+from sam_medft.hub import resolve_run
+from sam_medft.models.device_map import (
+    build_device_map,
+    check_devices,
+    describe,
+    place_model,
+    validate_fractions,
+)
+from sam_medft.models.fast_attention import enable_fast_attention, enable_regional_compile
+from sam_medft.models.loading import load_base_model, model_geometry, resolve_model_name
+from sam_medft.models.registry import architecture_config
 from sam_medft.precision import device_type, resolve_precision
-from sam_medft.runs import RunFolder, RunLock
+from sam_medft.runs import AdapterMeta, RunFolder, RunLock, find_adapter_folder
 from sam_medft.tasks import task_for
 from sam_medft.training.checkpoint import (
     is_sharded,
@@ -85,8 +114,6 @@ def prepare_run_dir(recipe: Recipe, *, resume: bool, overwrite: bool,
             failure = e
     message = None if failure is None else str(failure)
     if state.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
         message = broadcast_object_list([message])[0]
     if failure is not None:
         raise failure
@@ -105,9 +132,6 @@ def attach_log_file(path: Path) -> logging.Handler:
 
 
 def build_accelerator(recipe: Recipe, run_dir: Path, model: torch.nn.Module | None = None):
-    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-    from accelerate.utils import ProjectConfiguration
-
     t = recipe.train
     mp = resolve_precision(t.mixed_precision, device_type())
     unused = trains_prompt_encoder(model) if model is not None else (
@@ -139,11 +163,6 @@ def init_state():
     ACCELERATE_USE_CPU only through `Accelerator`, so a torchrun-launched CPU run (gloo)
     would otherwise come up as N separate single-process runs. Several processes on a
     machine without any accelerator are a CPU run too."""
-    import os
-
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
     has_accelerator = getattr(torch, "accelerator", None)
     has_accelerator = has_accelerator.is_available() if has_accelerator else torch.cuda.is_available()
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -152,13 +171,8 @@ def init_state():
 
 def check_launch(recipe: Recipe) -> None:
     """Launch-mode mistakes, before any model loads."""
-    from accelerate import PartialState
-    from accelerate.utils import DistributedType
-
     state = PartialState()
     if recipe.model.device_map:
-        from sam_medft.models.device_map import validate_fractions
-
         validate_fractions(recipe.model.device_map)
         if state.num_processes > 1:
             raise SamMedftError(
@@ -175,14 +189,8 @@ def check_launch(recipe: Recipe) -> None:
 
 def build_model(recipe: Recipe, label_map):
     """Base model + method, or a shared adapter to continue (its base and classes win)."""
-    from sam_medft.adapters.methods import apply_method
-    from sam_medft.models.loading import load_base_model, resolve_model_name
-
     m = recipe.model
     if m.adapter:
-        from sam_medft.hub import resolve_run
-        from sam_medft.models.artifact import find_adapter_folder, load_adapter_model
-
         folder = find_adapter_folder(resolve_run(m.adapter))
         model, meta = load_adapter_model(folder, is_trainable=True)
         if meta.num_classes != label_map.num_classes:
@@ -201,13 +209,6 @@ def build_model(recipe: Recipe, label_map):
                            revision=m.revision,
                            attn_implementation=m.attn_implementation)
     if m.device_map:
-        from sam_medft.models.device_map import (
-            build_device_map,
-            check_devices,
-            describe,
-            place_model,
-        )
-
         device_map = build_device_map(base, m.device_map)
         check_devices(device_map)
         place_model(base, device_map)
@@ -222,9 +223,6 @@ def build_model(recipe: Recipe, label_map):
 
 def _check_method_before_loading(recipe: Recipe) -> None:
     """A bad method or block list fails before a multi-GB download, not after it."""
-    from sam_medft.adapters.methods import check_settings
-    from sam_medft.models.registry import architecture_config
-
     try:
         depth = architecture_config(recipe.model.name).vision_config.num_hidden_layers
     except KeyError:
@@ -235,8 +233,6 @@ def _check_method_before_loading(recipe: Recipe) -> None:
 def enable_speedups(model, recipe: Recipe) -> None:
     """Fast vision attention (exact; rel-pos folded into q/k, one fused SDPA call) and
     optional regional torch.compile of the vision layers."""
-    from sam_medft.models.fast_attention import enable_fast_attention, enable_regional_compile
-
     if recipe.train.fast_attention:
         log.info("fast vision attention in %d modules", enable_fast_attention(model))
     if recipe.train.compile:
@@ -618,8 +614,6 @@ def graceful_stop():
 
 
 def _progress(accelerator, total: int, initial: int):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=initial, desc="train", unit="step",
                 disable=not accelerator.is_local_main_process, dynamic_ncols=True)
 

@@ -15,6 +15,7 @@ import torch
 from peft import GraloraConfig, OFTConfig, get_peft_model
 from torch import nn
 
+from sam_medft.adapters.artifact import load_adapter_model, save_adapter
 from sam_medft.adapters.methods import (
     DECODER_HEADS,
     KNOWN_BROKEN,
@@ -26,10 +27,10 @@ from sam_medft.adapters.methods import (
 )
 from sam_medft.config import PeftSettings, load_recipe
 from sam_medft.errors import SamMedftError
-from sam_medft.models.artifact import AdapterMeta, load_adapter_model, save_adapter
 from sam_medft.models.forward import automatic_forward
 from sam_medft.models.loading import unwrap
 from sam_medft.models.registry import architecture_config, build_tiny
+from sam_medft.runs import AdapterMeta
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 HEADS = DECODER_HEADS

@@ -166,10 +166,11 @@ def test_peft_baseline_switches_the_adapter_off(demo_run: Path, tmp_path: Path):
 
     import torch
 
+    from sam_medft.adapters.artifact import save_adapter
     from sam_medft.adapters.methods import apply_method
     from sam_medft.config import PeftSettings
-    from sam_medft.models.artifact import AdapterMeta, save_adapter
     from sam_medft.models.registry import build_tiny
+    from sam_medft.runs import AdapterMeta
 
     meta = AdapterMeta.read(demo_run / "adapter")
     model, _ = apply_method(

@@ -22,8 +22,8 @@ from sam_medft.data.synthetic import SYNTHETIC_LABELS, write_synthetic
 from sam_medft.data.transforms import SamGeometry
 from sam_medft.eval.evaluate import iter_cases, label_map_of
 from sam_medft.infer.pipeline import Images, model_batches
-from sam_medft.infer.predict import predict_paths
-from sam_medft.infer.prompted import check_prompts, predict_paths_with_prompts, predict_prompted
+from sam_medft.infer.predict import predict_paths, predict_paths_with_prompts
+from sam_medft.infer.prompted import check_prompts, predict_prompted
 
 GEOM = SamGeometry(96, 24)
 

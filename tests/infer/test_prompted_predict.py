@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 import sam_medft
 from sam_medft.cli import app
 from sam_medft.errors import SamMedftError
-from sam_medft.infer.prompted import paint_labels, predict_paths_with_prompts
+from sam_medft.infer.pipeline import to_image
+from sam_medft.infer.predict import predict_paths_with_prompts
+from sam_medft.infer.prompted import paint_labels
 
 runner = CliRunner()
 
@@ -82,7 +84,7 @@ def test_box_geometry_matches_transformers_processor(box_run, case):
 
     folder, ref, boxes = case
     predictor = sam_medft.load(box_run, device="cpu")
-    array = predictor._to_image(folder / "slice.png")
+    array = to_image(folder / "slice.png", predictor.intensity)
     emb, original = embed_image(predictor, array)
 
     def ours(box):
@@ -224,8 +226,8 @@ def test_decode_equals_a_plain_forward(family):
     from sam_medft.data.prompts import PromptSet
     from sam_medft.infer.predict import FineTunedSam
     from sam_medft.infer.prompted import decode, embed_image
-    from sam_medft.models.artifact import AdapterMeta
     from sam_medft.models.registry import TINY_CONFIG
+    from sam_medft.runs import AdapterMeta
     from sam_medft.tasks.prompted import select_masks
 
     torch.manual_seed(0)

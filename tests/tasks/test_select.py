@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sam_medft.config import LossConfig, PromptConfig
-from sam_medft.models.artifact import AdapterMeta
+from sam_medft.runs import AdapterMeta
 from sam_medft.tasks import AutomaticTask, PromptedTask, task_for, task_from_meta
 
 

@@ -197,7 +197,8 @@ def test_a_read_only_checkpoints_folder(two_checkpoints):
 
 
 def save(w: World, out: Path) -> Path:
-    from sam_medft.models.artifact import AdapterMeta, save_adapter
+    from sam_medft.adapters.artifact import save_adapter
+    from sam_medft.runs import AdapterMeta
 
     meta = AdapterMeta(base_model="tiny", num_classes=2, class_names=["background", "organ"],
                        method="vanilla", scope="decoder", normalization="sam", input_size=256,
@@ -206,7 +207,7 @@ def save(w: World, out: Path) -> Path:
 
 
 def test_disk_full_while_saving_the_adapter(tmp_path, monkeypatch):
-    from sam_medft.models import artifact
+    from sam_medft.adapters import artifact
 
     w = World()
     save(w, tmp_path / "run" / "adapter")

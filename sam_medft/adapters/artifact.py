@@ -5,7 +5,7 @@
 names and raw label values, the method, the preprocessing, the prompt mode and multimask; the
 weights are a PEFT adapter (`adapter_config.json` + `adapter_model.safetensors`) or, for vanilla
 fine-tuning, the trainable tensors by name (`trainable_model.safetensors`). The frozen base is
-never saved.
+never saved. Here, above the method builders: loading rebuilds the method the meta names.
 """
 
 from __future__ import annotations
@@ -19,10 +19,13 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
+from sam_medft.adapters.bottleneck import load_bottleneck
+from sam_medft.adapters.methods import apply_vanilla
+from sam_medft.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sam_medft.errors import SamMedftError
 from sam_medft.files import apply_umask_modes, disk_error, make_temp_dir
 from sam_medft.models.loading import load_base_model, resolve_model_name, trainable_tensors, unwrap
-from sam_medft.runs import META_FILE, AdapterMeta, find_adapter_folder
+from sam_medft.runs import META_FILE, AdapterMeta
 
 VANILLA_FILE = "trainable_model.safetensors"
 
@@ -97,23 +100,17 @@ def load_adapter_model(folder: Path, *, is_trainable: bool = False,
                                 f"{meta.base_model} lacks: {sorted(missing)[:5]}")
         base.load_state_dict(state, strict=False)
         if is_trainable:
-            from sam_medft.adapters.methods import _apply_vanilla
-
-            _apply_vanilla(base, meta.scope)
+            apply_vanilla(base, meta.scope)
         else:
             base.requires_grad_(False)  # inference: same kernels as a frozen PEFT model
         return base, meta
     if meta.method == "adapter":
-        from sam_medft.adapters.bottleneck import load_bottleneck
-
         return load_bottleneck(base, folder, is_trainable=is_trainable), meta
     return PeftModel.from_pretrained(base, str(folder), is_trainable=is_trainable), meta
 
 
 def _write_processor_config(folder: Path, meta: AdapterMeta) -> None:
     """The preprocessing as a transformers image-processor config, for users of SamProcessor."""
-    from sam_medft.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
     medsam = meta.normalization == "medsam"
     cfg = {
         "image_processor_type": "SamImageProcessor",
@@ -138,5 +135,4 @@ def unwrap_for_save(model: torch.nn.Module) -> torch.nn.Module:
     return m
 
 
-__all__ = ["META_FILE", "AdapterMeta", "save_adapter", "load_adapter_model", "find_adapter_folder",
-           "unwrap", "unwrap_for_save"]
+__all__ = ["VANILLA_FILE", "load_adapter_model", "save_adapter", "unwrap_for_save"]
