@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import secrets
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from sam_medft.errors import SamMedftError
@@ -170,3 +171,29 @@ def disk_errors(path: Path | str, what: str, after: str = "") -> Iterator[None]:
 def remove_tree(path: Path) -> None:
     """Remove a temporary tree this package made, never failing the caller's real error."""
     shutil.rmtree(path, ignore_errors=True)
+
+
+def write_manifest(path: Path, command: str, files: Iterable[str]) -> None:
+    """Record, next to them, the files `sam-medft <command>` wrote: its `--overwrite` then
+    replaces these and never a file of the user's."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"written_by": f"sam-medft {command}",
+            "about": f"`sam-medft {command} --overwrite` replaces these files and no others",
+            "files": sorted(files)}
+    write_text_atomic(path, json.dumps(body, indent=1) + "\n")
+
+
+def read_manifest(path: Path, command: str, *, keep: Callable[[str], bool], fix: str) -> set[str]:
+    """The files a manifest of `write_manifest` lists that pass `keep` (none without one); an
+    unreadable manifest is one message, since which files are ours is then unknown."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return set()
+    try:
+        files = json.loads(path.read_text())["files"]
+        return {f for f in files if isinstance(f, str) and keep(f)}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SamMedftError(
+            f"{path} cannot be read ({e.__class__.__name__}), so which files in {path.parent} "
+            f"`sam-medft {command}` wrote is unknown: {fix}") from None

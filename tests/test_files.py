@@ -113,3 +113,22 @@ def test_eval_outputs_follow_the_umask(tmp_path, umask):
     assert (run / "eval" / "overlays").is_dir()
     assert assert_modes(run / "eval", umask) >= 5
     assert not (run / ".sam_medft_lock").exists()  # the eval's lock is released
+
+
+def test_manifest_round_trip_and_an_unreadable_one(tmp_path):
+    """The record of what a command wrote: read back as written (filtered), and a damaged one
+    is one message (which files are ours is then unknown, so nothing may be replaced)."""
+    import pytest
+
+    from sam_medft.errors import SamMedftError
+    from sam_medft.files import read_manifest, write_manifest
+
+    path = tmp_path / "out" / "manifest.json"
+    assert read_manifest(path, "predict", keep=lambda f: True, fix="x") == set()
+    write_manifest(path, "predict", {"b.png", "a.png", "../escape.png"})
+    kept = read_manifest(path, "predict", keep=lambda f: ".." not in f, fix="x")
+    assert kept == {"a.png", "b.png"}
+    path.write_text("{not json")
+    with pytest.raises(SamMedftError, match=r"manifest.json cannot be read .*`sam-medft "
+                                            r"predict` wrote is unknown: choose another --out"):
+        read_manifest(path, "predict", keep=lambda f: True, fix="choose another --out")

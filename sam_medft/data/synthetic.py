@@ -16,7 +16,6 @@ module wrote (its `sam_medft_synth.json` lists the files; `overwrite=True` repla
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from sam_medft.errors import SamMedftError
+from sam_medft.files import read_manifest, write_manifest
 
 SYNTHETIC_LABELS: dict[int, str] = {0: "background", 128: "organ_a", 255: "organ_b"}
 SYNTHETIC_VERSION = 2  # bump when the images change (part of the cache key)
@@ -90,7 +90,7 @@ def write_synthetic(
     previous = _prepare_folder(out, planned, overwrite, notes)
     # the manifest lists every file of ours before the first is written: an interrupted call
     # leaves a folder that `--overwrite` can still clean up
-    _write_manifest(out, sorted(set(planned) | previous))
+    write_manifest(out / MANIFEST, "data synth", sorted(set(planned) | previous))
     for rel in sorted(previous - set(planned)):  # a larger earlier set: drop its extra slices
         (out / rel).unlink(missing_ok=True)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,7 @@ def write_synthetic(
         "lists": {split: f"{split}.csv" for split in counts},
     }
     (out / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
-    _write_manifest(out, planned)
+    write_manifest(out / MANIFEST, "data synth", planned)
     return info
 
 
@@ -137,7 +137,8 @@ def _prepare_folder(out: Path, planned: list[str], overwrite: bool,
     entries = sorted(out.iterdir()) if out.is_dir() else []
     if not entries:
         return set()
-    previous = _read_manifest(out)
+    previous = read_manifest(out / MANIFEST, "data synth", keep=_OURS.fullmatch,
+                             fix="give `data synth` a new or empty folder")
     if not overwrite:
         more = f" and {len(entries) - 1} more" if len(entries) > 1 else ""
         fix = (f", or pass --overwrite to replace the data set an earlier `data synth` wrote "
@@ -160,30 +161,6 @@ def _prepare_folder(out: Path, planned: list[str], overwrite: bool,
         notes.append(f"{out} holds {len(foreign)} file(s) `data synth` did not write (e.g. "
                      f"{foreign[0].relative_to(out).as_posix()}); they were left as they are")
     return previous
-
-
-def _read_manifest(out: Path) -> set[str]:
-    """Files an earlier call wrote in `out` (only names of the generator's own pattern)."""
-    path = out / MANIFEST
-    if not path.is_file():
-        return set()
-    try:
-        files = json.loads(path.read_text())["files"]
-        return {f for f in files if isinstance(f, str) and _OURS.fullmatch(f)}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SamMedftError(
-            f"{path} cannot be read ({e.__class__.__name__}), so which files `data synth` wrote "
-            f"there is unknown: give `data synth` a new or empty folder") from None
-
-
-def _write_manifest(out: Path, files: list[str]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    body = {"written_by": "sam-medft data synth",
-            "about": "`sam-medft data synth --overwrite` replaces these files and no others",
-            "files": sorted(files)}
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(body, indent=1) + "\n")
-    os.replace(tmp, out / MANIFEST)
 
 
 def _shape(i: int, size: int, non_square: bool) -> tuple[int, int]:

@@ -33,6 +33,7 @@ from sam_medft.data.io import image_size, read_image
 from sam_medft.data.prompts import load_prompts_file
 from sam_medft.data.transforms import SamGeometry
 from sam_medft.errors import SamMedftError
+from sam_medft.files import read_manifest, write_manifest
 from sam_medft.hub import resolve_run
 from sam_medft.infer.pipeline import Images, model_batches, predict_images
 from sam_medft.infer.prompted import cli_entry, predict_prompted, predict_with_prompts
@@ -209,7 +210,8 @@ def check_output_folder(inputs: Sequence[str | Path], outputs: Sequence[Path], o
         raise SamMedftError(
             f"{twice} would be written twice (an input named like another input's "
             f".overlay.png/.probs.npy): rename that input or leave --overlays/--probs out")
-    ours = _read_manifest(out)
+    ours = read_manifest(out / MANIFEST, "predict", keep=lambda f: ".." not in Path(f).parts,
+                         fix="choose another --out")
     legend = out / LEGEND
     existing = [p for p in [*outputs, legend] if p.exists() or p.is_symlink()]
     foreign = [p for p in existing if _rel(p, out) not in ours]
@@ -227,7 +229,7 @@ def check_output_folder(inputs: Sequence[str | Path], outputs: Sequence[Path], o
             f"another --out")
     if claim:
         out.mkdir(parents=True, exist_ok=True)
-        _write_manifest(out, ours | {_rel(p, out) for p in [*outputs, legend]})
+        write_manifest(out / MANIFEST, "predict", ours | {_rel(p, out) for p in [*outputs, legend]})
 
 
 def check_out_location(inputs: Sequence[str | Path], out_dir: Path) -> None:
@@ -265,30 +267,6 @@ def _beside(folder: Path) -> Path:
 
 def _rel(path: Path, out: Path) -> str:
     return Path(os.path.relpath(path, out)).as_posix()
-
-
-def _read_manifest(out: Path) -> set[str]:
-    """The files an earlier `predict` wrote in `out` (relative names; none when it has no
-    manifest)."""
-    path = out / MANIFEST
-    if not (path.exists() or path.is_symlink()):
-        return set()
-    try:
-        files = json.loads(path.read_text())["files"]
-        return {f for f in files if isinstance(f, str) and ".." not in Path(f).parts}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SamMedftError(
-            f"{path} cannot be read ({e.__class__.__name__}), so which files in {out} an earlier "
-            f"`sam-medft predict` wrote is unknown: choose another --out") from None
-
-
-def _write_manifest(out: Path, files: set[str]) -> None:
-    body = {"written_by": "sam-medft predict",
-            "about": "`sam-medft predict --overwrite` replaces these files and no others",
-            "files": sorted(files)}
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(body, indent=1) + "\n")
-    os.replace(tmp, out / MANIFEST)
 
 
 def save_label_png(labels: np.ndarray, path: Path) -> None:
