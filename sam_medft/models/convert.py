@@ -32,6 +32,9 @@ from sam_medft.errors import SamMedftError
 from sam_medft.model_names import lookup
 from sam_medft.models import registry
 
+#: written into every converted folder: what was converted, and the mark of a folder of ours
+CONVERSION_FILE = "conversion.json"
+
 # ----------------------------------------------------------------------------------------
 # Key mapping
 # ----------------------------------------------------------------------------------------
@@ -572,14 +575,24 @@ def _preview(keys: list[str], n: int = 8) -> str:
     return shown + (f" ... ({len(keys) - n} more)" if len(keys) > n else "")
 
 
-def _check_out_dir(out: Path, overwrite: bool) -> None:
+def _check_out_dir(out: Path, overwrite: bool, src: Path | None = None) -> None:
+    """`--overwrite` replaces only a folder an earlier `convert` wrote (it holds
+    conversion.json), never a folder of the user's, and never the one holding the source."""
     if out.exists() and not out.is_dir():
         raise SamMedftError(f"output {out} exists and is a file; choose a folder path.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if src is not None and out.is_dir() and src.resolve().is_relative_to(out.resolve()):
         raise SamMedftError(
-            f"output folder {out} exists and is not empty; choose another folder or pass "
-            "--overwrite to replace it."
-        )
+            f"output folder {out} holds the checkpoint {src} being converted; choose a new "
+            "folder for the converted model.")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / CONVERSION_FILE).is_file():
+            raise SamMedftError(
+                f"output folder {out} is not empty and was not written by `sam-medft convert` "
+                f"(it has no {CONVERSION_FILE}); choose a new or empty folder.")
+        if not overwrite:
+            raise SamMedftError(
+                f"output folder {out} holds an earlier conversion; choose another folder or "
+                "pass --overwrite to replace it.")
 
 
 def _guess_normalization(src: Path, base_model: str | None) -> str:
@@ -672,7 +685,7 @@ def _write_atomically(
     try:
         model.save_pretrained(tmp)
         _processor(config, report.normalization).save_pretrained(tmp)
-        (tmp / "conversion.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        (tmp / CONVERSION_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
         reloaded = SamModel.from_pretrained(tmp)
         want = model.state_dict()
         got = reloaded.state_dict()
@@ -711,7 +724,7 @@ def convert_checkpoint(
     src, out = Path(src), Path(out_dir)
     if normalization not in (None, "sam", "medsam"):
         raise SamMedftError(f"unknown normalization {normalization!r}; use 'sam' or 'medsam'.")
-    _check_out_dir(out, overwrite)
+    _check_out_dir(out, overwrite, src)
     raw = load_checkpoint(src)
     sd, wrapper_ignored = unwrap_state_dict(raw, src)
     layout, sd, prefixed = detect_layout(sd, src)

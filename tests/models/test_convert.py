@@ -379,14 +379,36 @@ def test_existing_output_needs_overwrite(tmp_path, original):
     src = tmp_path / "sam.pth"
     torch.save(original, src)
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("keep me")
-    with pytest.raises(SamMedftError, match="--overwrite"):
+    convert_checkpoint(src, out)
+    first = (out / "model.safetensors").read_bytes()
+    with pytest.raises(SamMedftError, match="holds an earlier conversion.*--overwrite"):
         convert_checkpoint(src, out)
-    assert (out / "old.txt").read_text() == "keep me"
+    (out / "model.safetensors").write_bytes(b"stale")
     convert_checkpoint(src, out, overwrite=True)
-    assert not (out / "old.txt").exists() and (out / "model.safetensors").is_file()
+    assert (out / "model.safetensors").read_bytes() == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "sam.pth"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_overwrite_never_replaces_a_folder_of_the_users(tmp_path, original, overwrite):
+    """A folder convert did not write (no conversion.json), or the one holding the checkpoint,
+    is refused whatever --overwrite says, and left as it was."""
+    mine = tmp_path / "Documents"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("keep me")
+    src = mine / "sam.pth"
+    torch.save(original, src)
+    with pytest.raises(SamMedftError, match="holds the checkpoint") as e:
+        convert_checkpoint(src, mine, overwrite=overwrite)
+    assert "--overwrite" not in str(e.value)
+    other = tmp_path / "models"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine too")
+    with pytest.raises(SamMedftError, match="not written by `sam-medft convert`") as e:
+        convert_checkpoint(src, other, overwrite=overwrite)
+    assert "--overwrite" not in str(e.value)
+    assert (mine / "thesis.txt").read_text() == "keep me" and src.is_file()
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
 
 
 def test_failure_while_writing_leaves_nothing(tmp_path, original, monkeypatch):
