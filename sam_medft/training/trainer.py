@@ -392,7 +392,7 @@ class Trainer:
             input_size=geometry.input_size, mask_size=geometry.mask_size,
             mask_outputs=task.mask_outputs(label_map.num_classes),
             labels=label_map.to_dict()["values"],
-            binary=recipe.data.binary, prompt_mode=recipe.prompt.mode,
+            binary=recipe.data.binary, prompt_mode=task.mode,
             multimask=recipe.prompt.multimask,
             intensity=recipe.data.intensity.model_dump(mode="json"),
             data_description=describe_data(recipe), base_revision=recipe.model.revision)
