@@ -124,6 +124,7 @@ def predict(
     point: Annotated[list[str] | None, typer.Option(help="[LABEL:]x,y (repeatable), single image")] = None,
 ):
     """Label maps (PNG, palette + legend.json) at each image's original size."""
+    from sam_medft.data.lists import recipe_img_folder
     from sam_medft.infer.predict import (
         FineTunedSam,
         check_out_location,
@@ -132,6 +133,7 @@ def predict(
         predict_paths,
         predict_paths_with_prompts,
     )
+    from sam_medft.runs import run_recipe_file
 
     if prompts or box or point:
         # --out and the prompts are checked against the images before the model is loaded
@@ -142,11 +144,15 @@ def predict(
                                              batch_size=batch_size, num_workers=workers)
     else:
         # the --out folder is checked before the model loads (a mistake fails in a second)
-        check_output_folder(inputs, output_files(inputs, out_dir, probs=probs, overlays=overlays),
+        # a list is read against the run's data.img_folder, as training and eval read it
+        img_folder = recipe_img_folder(run_recipe_file(model)) if Path(model).is_dir() else None
+        check_output_folder(inputs, output_files(inputs, out_dir, probs=probs, overlays=overlays,
+                                                 img_folder=img_folder),
                             out_dir, overwrite=overwrite, claim=False)
         predictor = FineTunedSam.load(model, device=device, revision=revision)
         written = predict_paths(predictor, inputs, out_dir, batch_size=batch_size, save_probs=probs,
-                                overlays=overlays, overwrite=overwrite, num_workers=workers)
+                                overlays=overlays, overwrite=overwrite, num_workers=workers,
+                                img_folder=img_folder)
     print_info(f"wrote {len(written)} label map(s) to {out_dir} "
                f"(legend: {out_dir / 'legend.json'})", console=out)
 

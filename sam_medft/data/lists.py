@@ -16,18 +16,21 @@ every other named column (`case_id`, `spacing`, ...) is allowed and ignored.
 from __future__ import annotations
 
 import csv
+import logging
 import random
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from sam_medft.config import load_recipe
 from sam_medft.data.io import IMAGE_EXTENSIONS
 from sam_medft.errors import SamMedftError
 
 _COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_ \-]*$")  # no dot, no slash: not a path
 _SHOW = 5  # how many offending lines/files an error lists
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")  # what editors count as lines (not str.splitlines)
+log = logging.getLogger("sam_medft.data")
+_WARNED_SLASH: set[Path] = set()  # lists whose leading-'/' paths were reported (once per process)
 
 # header names (lower case, spaces/hyphens as underscores) that mark the two path columns
 IMAGE_COLUMNS = (
@@ -58,10 +61,6 @@ MASK_COLUMNS = (
 class Pair:
     image: Path
     mask: Path
-
-
-class LeadingSlashWarning(UserWarning):
-    """Paths written with a leading `/` that only exist under the data root."""
 
 
 def read_pair_list(
@@ -114,13 +113,7 @@ def read_pair_list(
                 if not _is_file(p):
                     missing.append(f"line {lineno}: {kind} {p}")
     if stripped:
-        warnings.warn(
-            f"{list_path}: {stripped} path(s) start with '/' but exist only under the data "
-            f"folder ({img_root}, {mask_root}); reading them relative to it (as the study's "
-            "loader did). Drop the leading '/' to silence this.",
-            LeadingSlashWarning,
-            stacklevel=2,
-        )
+        _warn_leading_slash(list_path, stripped, f"{img_root}, {mask_root}")
     if missing:
         raise SamMedftError(
             f"{list_path}: {len(missing)} listed file(s) do not exist, e.g.\n  "
@@ -129,6 +122,80 @@ def read_pair_list(
             f"data.mask_folder ({mask_root}); fix those folders or the list"
         )
     return pairs
+
+
+def _warn_leading_slash(list_path: Path, count: int, roots: str) -> None:
+    """One log line per list file per process: a command reads a list several times (data
+    check, the splits, eval), and the same notice each time is noise."""
+    key = _absolute(list_path)
+    if key in _WARNED_SLASH:
+        return
+    _WARNED_SLASH.add(key)
+    log.warning(
+        "%s: %d path(s) start with '/' but exist only under the data folder (%s); reading "
+        "them relative to it (as the study's loader did). Drop the leading '/' to silence this.",
+        list_path, count, roots,
+    )
+
+
+def _absolute(p: Path) -> Path:
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):
+        return p.absolute()
+
+
+def list_images(list_path: str | Path, img_folder: str | Path | None = None) -> list[tuple[Path, Path]]:
+    """The images of a pair (or image-only) list, as (file, name to write its output under).
+
+    The one rule every command uses for lists: paths are relative to `img_folder` when given
+    (a run's recipe data.img_folder), else to the list's own folder; a leading '/' that
+    exists only under that root is read relative to it (one warning per list), as
+    `read_pair_list` does. A header row (image/mask column names) is skipped. Missing images
+    stop with one message listing them."""
+    list_path = Path(list_path)
+    if not _is_file(list_path):
+        raise SamMedftError(f"image list {list_path} not found; give an existing .csv/.txt list")
+    root = Path(img_folder) if img_folder is not None else list_path.parent
+    text = list_path.read_text(encoding="utf-8-sig")
+    lines = [ln for ln in _LINE_BREAK.split(text) if ln.strip() and not ln.lstrip().startswith("#")]
+    delimiter = "\t" if lines and "\t" in lines[0] else ","
+    column, out, missing, stripped = 0, [], [], 0
+    for i, line in enumerate(lines):
+        (fields,) = csv.reader([line], delimiter=delimiter)
+        fields = [f.strip() for f in fields]
+        if i == 0 and len(fields) >= 2 and _is_header(fields, root, root):
+            keys = [_column_key(f) for f in fields]
+            column = next((k for k, name in enumerate(keys) if name in IMAGE_COLUMNS), 0)
+            continue
+        if i == 0 and len(fields) == 1 and _column_key(fields[0]) in IMAGE_COLUMNS:
+            continue
+        text_path = fields[column] if column < len(fields) else ""
+        if not text_path:
+            continue
+        path, s = _resolve(text_path, root)
+        stripped += s
+        if not _is_file(path):
+            missing.append(str(path))
+        out.append((path, Path(text_path.lstrip("/\\"))))
+    if stripped:
+        _warn_leading_slash(list_path, stripped, str(root))
+    if missing:
+        raise SamMedftError(
+            f"{list_path}: {len(missing)} listed image(s) not found, e.g. "
+            + ", ".join(missing[:_SHOW])
+            + f". Paths in the list are relative to {root} (the run's data.img_folder, else the "
+            "list's folder); fix the list or the run's recipe.yaml data.img_folder"
+        )
+    return out
+
+
+def recipe_img_folder(recipe_file: str | Path | None) -> Path | None:
+    """A run's recipe.yaml data.img_folder (None without a recipe or the key): the root its
+    lists were read against, so `predict RUN list.csv` resolves a list as training did."""
+    if recipe_file is None or not _is_file(Path(recipe_file)):
+        return None
+    return load_recipe(recipe_file).data.img_folder
 
 
 def _rows(list_path: Path) -> tuple[list[tuple[int, list[str]]], str]:

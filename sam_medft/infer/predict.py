@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from sam_medft.adapters.artifact import load_adapter_model
 from sam_medft.config import IntensityConfig
 from sam_medft.data.io import image_size, read_image
+from sam_medft.data.lists import list_images
 from sam_medft.data.prompts import load_prompts_file
 from sam_medft.data.transforms import SamGeometry
 from sam_medft.errors import SamMedftError
@@ -52,6 +53,14 @@ MANIFEST = "sam_medft_predictions.json"  # every file `predict` wrote in an --ou
 # a colour per class index (0 = background = black), repeated past 10 classes
 PALETTE = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
            (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)]
+#: what a prediction PNG holds: "class" (class indices, palette PNG) or "raw" (each class's
+#: raw mask value, as the training masks stored it; single-channel uint8/uint16 PNG)
+VALUES = ("class", "raw")
+#: a binary run's foreground in `--values raw` when --foreground-value is not given: its
+#: sam_medft.json does not record the training masks' foreground values (every value > 0 was
+#: foreground), so the common 0/255 convention is written and legend.json says so
+DEFAULT_FOREGROUND = 255
+_PNG_MAX = 65535  # the largest value a (16-bit) PNG holds
 
 
 class FineTunedSam:
@@ -121,15 +130,31 @@ class FineTunedSam:
         labels = [p.argmax(0).to(dtype).cpu().numpy() for p in on_device]
         return labels, (None if probs is None else [p.to(probs).cpu().numpy() for p in on_device])
 
-    def predict(self, image, prompts: list[dict] | None = None) -> np.ndarray:
-        """One image (path or array) -> HxW uint8 class-index map at its original size."""
+    def predict(self, image, prompts: list[dict] | None = None, *, values: str = "class",
+                foreground: int | None = None) -> np.ndarray:
+        """One image (path or array) -> HxW map at its original size: uint8 class indices
+        (`values="class"`), or each pixel's raw mask value (`values="raw"`, see
+        `to_raw_values`; `foreground`: a binary run's foreground value, 255 by default)."""
+        lut = value_table(self.meta, values, foreground)  # a mistake fails before predicting
         if prompts:
-            return predict_with_prompts(self, image, prompts)
-        return next(predict_images(self, Images([image], self.intensity))).labels
+            labels = predict_with_prompts(self, image, prompts)
+        else:
+            labels = next(predict_images(self, Images([image], self.intensity))).labels
+        return labels if lut is None else lut[labels]
+
+    def to_raw_values(self, labels: np.ndarray, *, foreground: int | None = None) -> np.ndarray:
+        """A class-index map -> the raw mask values of its classes (the run's data.labels:
+        raw value -> class name; the first raw value of a class mapped from several), uint8,
+        or uint16 when a raw value is > 255. Binary runs: 0 and `foreground` (default 255;
+        the training masks' foreground values are not recorded, any value > 0 was one)."""
+        return value_table(self.meta, "raw", foreground)[np.asarray(labels)]
 
 
-def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
-    """Files, folders (recursive) or .txt/.csv lists -> (path, name relative to its root)."""
+def collect_inputs(inputs: Sequence[str | Path],
+                   img_folder: str | Path | None = None) -> list[tuple[Path, Path]]:
+    """Files, folders (recursive) or .txt/.csv lists -> (path, name relative to its root).
+    Lists follow `data.lists.list_images` (relative to `img_folder`, the run's
+    data.img_folder, else the list's folder), as training and eval read them."""
     found: list[tuple[Path, Path]] = []
     for raw in inputs:
         p = Path(raw)
@@ -138,14 +163,7 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
                 if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
                     found.append((f, f.relative_to(p)))
         elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
-            for line in p.read_text().splitlines():
-                first = line.replace("\t", ",").split(",")[0].strip()
-                if first and not first.startswith("#"):
-                    f = (p.parent / first) if not Path(first).is_absolute() else Path(first)
-                    if f.is_file():
-                        found.append((f, Path(first.lstrip("/"))))
-                    elif first.lower() not in ("image", "image_path", "img"):
-                        raise SamMedftError(f"{p}: listed image {first} not found")
+            found += list_images(p, img_folder)
         elif p.is_file():
             found.append((p, Path(p.name)))
         else:
@@ -172,9 +190,10 @@ def output_paths(names: Iterable[Path], out_dir: Path, suffix: str) -> list[Path
 
 
 def output_files(inputs: Sequence[str | Path], out_dir: Path, *, probs: bool = False,
-                 overlays: bool = False) -> list[Path]:
+                 overlays: bool = False, img_folder: str | Path | None = None) -> list[Path]:
     """Every file `predict_paths` writes for these inputs (legend and manifest aside)."""
-    targets = output_paths([n for _, n in collect_inputs(inputs)], Path(out_dir), ".png")
+    targets = output_paths([n for _, n in collect_inputs(inputs, img_folder)], Path(out_dir),
+                           ".png")
     return _with_extras(targets, probs, overlays)
 
 
@@ -269,6 +288,66 @@ def _rel(path: Path, out: Path) -> str:
     return Path(os.path.relpath(path, out)).as_posix()
 
 
+def raw_values(meta: AdapterMeta, foreground: int | None = None) -> list[int]:
+    """For each class index, the raw mask value `--values raw` writes: the (first) raw value
+    the run's data.labels mapped to the class; a binary run: 0 and `foreground` (default
+    DEFAULT_FOREGROUND = 255, as its training masks' foreground values are not recorded)."""
+    if foreground is not None and not meta.binary:
+        raise SamMedftError(
+            f"--foreground-value is for binary runs (data.binary: true); this run maps raw mask "
+            f"values to its classes ({_mapping(meta)}) and --values raw writes those")
+    if meta.binary:
+        fg = DEFAULT_FOREGROUND if foreground is None else foreground
+        if isinstance(fg, bool) or not isinstance(fg, int) or not 1 <= fg <= _PNG_MAX:
+            raise SamMedftError(f"--foreground-value {fg!r} must be a whole number 1..{_PNG_MAX} "
+                                f"(what a PNG holds; 0 is the background)")
+        return [0] + [fg] * (len(meta.class_names) - 1)
+    if not meta.labels:  # no mapping recorded: the masks held the class indices themselves
+        return list(range(len(meta.class_names)))
+    out = []
+    for name in meta.class_names:
+        mapped = _mapped_values(meta, name)
+        if not mapped:
+            raise SamMedftError(f"the run's labels ({_mapping(meta)}) give no raw value for the "
+                                f"class {name!r}; use --values class (class indices, see "
+                                f"{LEGEND})")
+        if not 0 <= mapped[0] <= _PNG_MAX:
+            raise SamMedftError(f"--values raw: the class {name!r} has the raw value {mapped[0]}, "
+                                f"which a PNG cannot hold (0..{_PNG_MAX}); use --values class "
+                                f"(class indices, see {LEGEND})")
+        out.append(mapped[0])
+    return out
+
+
+def value_table(meta: AdapterMeta, values: str = "class",
+                foreground: int | None = None) -> np.ndarray | None:
+    """`values="raw"`: class index -> raw value lookup table (uint8, uint16 past 255);
+    `"class"`: None (the class indices are written). Checked before any image is read."""
+    if values not in VALUES:
+        raise SamMedftError(f"--values {values!r}: use one of {', '.join(VALUES)}")
+    if values == "class":
+        if foreground is not None:
+            raise SamMedftError("--foreground-value sets what --values raw writes for a binary "
+                                "run's foreground; add --values raw")
+        return None
+    table = raw_values(meta, foreground)
+    return np.asarray(table, dtype=np.uint8 if max(table) <= 255 else np.uint16)
+
+
+def _mapped_values(meta: AdapterMeta, name: str) -> list[int]:
+    return [int(v) for v, n in (meta.labels or {}).items() if n == name]
+
+
+def _mapping(meta: AdapterMeta) -> str:
+    return ", ".join(f"{v}: {n}" for v, n in (meta.labels or {}).items()) or "class indices"
+
+
+def save_raw_png(raw: np.ndarray, path: Path) -> None:
+    """A raw-value map -> a single-channel PNG (8-bit, or 16-bit for uint16)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(raw).save(path)
+
+
 def save_label_png(labels: np.ndarray, path: Path) -> None:
     img = Image.fromarray(labels.astype(np.uint8), mode="P")
     flat = [c for i in range(256) for c in PALETTE[i % len(PALETTE)]] if labels.max() < 256 else None
@@ -277,23 +356,44 @@ def save_label_png(labels: np.ndarray, path: Path) -> None:
     img.save(path)
 
 
-def write_legend(meta: AdapterMeta, out_dir: Path) -> Path:
-    raw_of = {}
-    if meta.labels:
-        raw_of = {name: int(v) for v, name in meta.labels.items()}
-    legend = {str(i): {"name": n, "color": list(PALETTE[i % len(PALETTE)]),
-                       "raw_value": raw_of.get(n, i if not meta.binary else (0 if i == 0 else None))}
-              for i, n in enumerate(meta.class_names)}
+def legend_of(meta: AdapterMeta, values: str = "class", foreground: int | None = None) -> dict:
+    """legend.json: per class index, its `index`, `name`, overlay `color`, `raw_value` (the
+    raw mask value of the class: what `--values raw` writes, never null) and `png_value`
+    (what the PNGs in this folder hold for it: the index, or the raw value). Binary runs add
+    a `note` saying where the foreground value comes from; a class that data.labels mapped
+    from several raw values lists them in `mapped_raw_values`."""
+    value_table(meta, values, foreground)  # the same checks as the prediction
+    raw = raw_values(meta, foreground)
+    legend = {}
+    for i, name in enumerate(meta.class_names):
+        entry = {"index": i, "name": name, "color": list(PALETTE[i % len(PALETTE)]),
+                 "raw_value": raw[i], "png_value": raw[i] if values == "raw" else i}
+        mapped = _mapped_values(meta, name)
+        if len(mapped) > 1:
+            entry["mapped_raw_values"] = mapped
+        if meta.binary and i > 0:
+            entry["note"] = (
+                f"binary run: every mask value > 0 was this class in training; --values raw "
+                f"writes it as {raw[i]} "
+                + ("(--foreground-value)" if foreground is not None else
+                   f"(the default: the training masks' foreground values are not recorded; "
+                   f"--foreground-value sets another, e.g. 1 for 0/1 masks)"))
+        legend[str(i)] = entry
+    return legend
+
+
+def write_legend(meta: AdapterMeta, out_dir: Path, *, values: str = "class",
+                 foreground: int | None = None) -> Path:
     path = out_dir / LEGEND
-    path.write_text(json.dumps(legend, indent=2))
+    path.write_text(json.dumps(legend_of(meta, values, foreground), indent=2))
     return path
 
 
 def predict_paths(predictor: FineTunedSam, inputs: Sequence[str | Path], out_dir: Path, *,
                   batch_size: int = 8, save_probs: bool = False, overlays: bool = False,
                   overwrite: bool = False, show_progress: bool = True,
-                  num_workers: int = 0) -> list[Path]:
-    """Predict every input image; returns the written label PNGs.
+                  num_workers: int = 0, img_folder: str | Path | None = None) -> list[Path]:
+    """Predict every input image; returns the written label PNGs (lists: `collect_inputs`).
 
     The prediction pipeline (`infer.pipeline`), so a GPU is not left waiting: loader
     workers decode and resize the next batches while the model runs, the argmax is taken
@@ -304,7 +404,7 @@ def predict_paths(predictor: FineTunedSam, inputs: Sequence[str | Path], out_dir
     if num_workers < 0:
         raise SamMedftError(f"predict --workers {num_workers} is too small; use 0 or more")
     out_dir = Path(out_dir)
-    pairs = collect_inputs(inputs)
+    pairs = collect_inputs(inputs, img_folder)
     targets = output_paths([n for _, n in pairs], out_dir, ".png")
     check_output_folder(inputs, _with_extras(targets, save_probs, overlays), out_dir,
                         overwrite=overwrite)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam_medft.data.lists import LeadingSlashWarning, Pair, folder_pairs, read_pair_list
+from sam_medft.data.lists import Pair, folder_pairs, list_images, read_pair_list
 from sam_medft.errors import SamMedftError
 
 
@@ -52,15 +52,29 @@ def test_default_roots_are_the_list_folder(root):
     assert pair.mask == root / "MRI" / "masks" / "a.png"
 
 
-def test_leading_slash_taken_relative_with_one_warning(root):
-    # the study's demo lists: mask paths with a leading '/'
+def test_leading_slash_taken_relative_with_one_log_line_per_list(root, caplog):
+    # the study's demo lists: mask paths with a leading '/'; read twice, reported once
     (root / "l.csv").write_text("".join(f"MRI/images/{n}.png,/MRI/masks/{n}.png\n" for n in "abc"))
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no Python warning (it printed a source line)
         pairs = read_pair_list(root / "l.csv", root, root)
-    slash = [w for w in rec if issubclass(w.category, LeadingSlashWarning)]
-    assert len(slash) == 1 and "3 path(s)" in str(slash[0].message)
+        read_pair_list(root / "l.csv", root, root)
+        list_images(root / "l.csv", root)
+    slash = [r for r in caplog.records if "start with '/'" in r.getMessage()]
+    assert len(slash) == 1 and "3 path(s)" in slash[0].getMessage()
+    assert slash[0].levelname == "WARNING"
     assert all(p.mask == root / "MRI" / "masks" / p.image.name for p in pairs)
+
+
+def test_list_images_uses_the_same_rule_as_pair_lists(root):
+    (root / "MRI" / "v.csv").write_text(
+        "MRI/images/a.png,/MRI/masks/a.png\n/MRI/images/c.png,MRI/masks/c.png\n")
+    pairs = read_pair_list(root / "MRI" / "v.csv", root, root)
+    found = list_images(root / "MRI" / "v.csv", root)  # the run's data.img_folder
+    assert [f for f, _ in found] == [p.image for p in pairs]
+    assert [str(n) for _, n in found] == ["MRI/images/a.png", "MRI/images/c.png"]
+    with pytest.raises(SamMedftError, match="relative to .*MRI.*data.img_folder"):
+        list_images(root / "MRI" / "v.csv")  # relative to the list's folder: not there
 
 
 def test_missing_files_reported_together_with_line_numbers(root):
