@@ -31,12 +31,24 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("_") or "case"
 
 
+_IMAGE_SUFFIX_RE = re.compile(
+    r"\.(png|jpe?g|tiff?|bmp|npy|npz|nii(\.gz)?|nrrd|mha|mhd|dcm)$", re.IGNORECASE
+)
+
+
+def _case_stem(case: str) -> str:
+    """The case name for a file name: path separators to ``_``, an image suffix dropped
+    (case ``ct/a.png`` gives ``ct_a``, so its overlay is ``..._ct_a.png``, not ``.png.png``)."""
+    return _safe(_IMAGE_SUFFIX_RE.sub("", str(case)))
+
+
 def overlay_path(eval_dir: str | Path, pick: dict) -> Path:
-    """Where the overlay of a ``pick_cases`` row goes; ``write_report`` captions it by name."""
+    """Where the overlay of a ``pick_cases`` row goes: ``overlays/<pick>_class<id>_<case>.png``;
+    ``write_report`` captions it by name."""
     return (
         Path(eval_dir)
         / "overlays"
-        / f"{pick['pick']}_class{pick['class_id']}_{_safe(pick['case'])}.png"
+        / f"{pick['pick']}_class{pick['class_id']}_{_case_stem(pick['case'])}.png"
     )
 
 
@@ -70,8 +82,10 @@ def render_overlay(
         )
     h, w = img.shape[:2]
     scale = 5.12 / max(h, w)  # long side 512 px at dpi 100
-    fig = Figure(figsize=(w * scale, h * scale), dpi=100)
-    ax = fig.add_axes((0, 0, 1, 1))
+    band = 0.28 if title else 0.0  # inches: the title goes above the image, never over it
+    fig_h = h * scale + band
+    fig = Figure(figsize=(w * scale, fig_h), dpi=100)
+    ax = fig.add_axes((0, 0, 1, h * scale / fig_h))
     ax.imshow(img, interpolation="nearest")
     for c in class_ids:
         for mask, color, style in ((gt == c, GT_COLOR, "solid"), (pred == c, PRED_COLOR, "dashed")):
@@ -95,10 +109,8 @@ def render_overlay(
     ]
     ax.legend(handles=handles, loc="lower right", fontsize=9, framealpha=0.75)
     if title:
-        ax.text(
-            0.01, 0.99, title, transform=ax.transAxes, va="top", ha="left", fontsize=9,
-            color="white", bbox={"facecolor": "black", "alpha": 0.6, "pad": 2, "lw": 0},
-        )  # fmt: skip
+        fig.text(0.01, 1 - 0.5 * band / fig_h, title, va="center", ha="left", fontsize=9,
+                 color="#1f2933")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
@@ -221,7 +233,7 @@ def _caption(path: Path, rows: Sequence[dict]) -> str:
     if match:
         kind, cid, case = match.group(1), int(match.group(2)), match.group(3)
         for r in rows:
-            if int(r["class_id"]) == cid and _safe(r["case"]) == case:
+            if int(r["class_id"]) == cid and _case_stem(r["case"]) == case:
                 hd = "undefined" if math.isnan(float(r["hd95"])) else f"{float(r['hd95']):.2f}"
                 return (
                     f"{kind} · class {cid} {r['class_name']} · case {r['case']} · "
@@ -231,19 +243,23 @@ def _caption(path: Path, rows: Sequence[dict]) -> str:
 
 
 _CSS = """
+*,*::before,*::after{box-sizing:border-box}
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;
-max-width:1100px;padding:0 1rem;color:#1f2933;line-height:1.45}
+max-width:1100px;padding:0 1rem;color:#1f2933;line-height:1.45;overflow-wrap:anywhere}
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;
 border-bottom:1px solid #d9e2ec;padding-bottom:.2rem}
-table{border-collapse:collapse;font-size:.92rem;margin:.5rem 0}
+table{border-collapse:collapse;font-size:.92rem;margin:.5rem 0;display:block;max-width:100%;
+overflow-x:auto}
 th,td{border:1px solid #d9e2ec;padding:.3rem .6rem;text-align:right}
 th:first-child,td:first-child{text-align:left}th{background:#f0f4f8}
 tr.fg td{font-weight:600;background:#fffbea}
 .policy{background:#f0f4f8;border-left:4px solid #486581;padding:.5rem .8rem}
 .meta td{text-align:left}
-.overlays{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:1rem}
-figure{margin:0}figure img{width:100%;height:auto;border:1px solid #d9e2ec}
-figcaption{font-size:.85rem;color:#52606d}
+.overlays{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(300px,100%),1fr));
+gap:1rem}
+figure{margin:0;min-width:0}
+figure img{display:block;width:100%;max-width:100%;height:auto;border:1px solid #d9e2ec}
+figcaption{font-size:.85rem;color:#52606d;overflow-wrap:anywhere;word-break:break-word}
 img.plot{max-width:100%;height:auto}
 """
 

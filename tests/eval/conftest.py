@@ -7,6 +7,7 @@ It lives in conftest.py so it works under any pytest import mode.
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -150,8 +151,11 @@ class _Pipe:
             os.close(self._r)
 
 
-def load_page(binary: str, url: str, expression: str, timeout: float = 60.0) -> PageLoad:
-    """Open ``url`` in headless Chromium, wait for load, evaluate ``expression`` (JSON value)."""
+def load_page(binary: str, url: str, expression: str, timeout: float = 60.0, *,
+              width: int | None = None, height: int = 900,
+              screenshot: Path | None = None) -> PageLoad:
+    """Open ``url`` in headless Chromium, wait for load, evaluate ``expression`` (JSON value).
+    ``width``: the viewport width in CSS px; ``screenshot``: write a full-page PNG there."""
     deadline = time.monotonic() + timeout
     with tempfile.TemporaryDirectory(prefix="chromium-") as udd:
         pipe = _Pipe(binary, udd)
@@ -164,6 +168,11 @@ def load_page(binary: str, url: str, expression: str, timeout: float = 60.0) -> 
             )["sessionId"]
             for domain in ("Page", "Runtime", "Log"):
                 pipe.call(f"{domain}.enable", session=sid, deadline=deadline)
+            if width is not None:
+                metrics = {"width": width, "height": height, "deviceScaleFactor": 1,
+                           "mobile": False}
+                pipe.call("Emulation.setDeviceMetricsOverride", metrics, session=sid,
+                          deadline=deadline)
             pipe.call("Page.navigate", {"url": url}, session=sid, deadline=deadline)
             pipe.wait_event("Page.loadEventFired", deadline)
             res = pipe.call(
@@ -172,6 +181,11 @@ def load_page(binary: str, url: str, expression: str, timeout: float = 60.0) -> 
                 session=sid,
                 deadline=deadline,
             )
+            if screenshot is not None:
+                shot = pipe.call("Page.captureScreenshot",
+                                 {"format": "png", "captureBeyondViewport": True},
+                                 session=sid, deadline=deadline)
+                Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
             events = [e for e in pipe.events if e.get("sessionId") == sid]
             return PageLoad(events, res.get("result", {}).get("value"))
         finally:
@@ -188,4 +202,4 @@ def chromium_page() -> Callable[[Path, str], PageLoad]:
     binary = find_chromium()
     if binary is None:
         pytest.skip(f"no Chromium binary on PATH (looked for {', '.join(CHROMIUM_NAMES)})")
-    return lambda path, expression: load_page(binary, file_url(path), expression)
+    return lambda path, expression, **kw: load_page(binary, file_url(path), expression, **kw)

@@ -184,3 +184,84 @@ def test_chromium_check_catches_a_broken_page(chromium_page, tmp_path):
     page = chromium_page(bad, "[...document.images].map(i => i.naturalWidth)")
     assert page.value == [0]
     assert any("missing.png" in e for e in page.errors())
+
+
+LONG_DIR = "hospital_A/ct_abdomen_2019_portal_venous_phase/" + "x" * 60
+
+
+@pytest.fixture(scope="module")
+def long_names_report(tmp_path_factory, dataset) -> Path:
+    """Cases named by long paths with an image suffix, as a CSV split names them."""
+    data, rows = dataset
+    rename = {case: f"{LONG_DIR}/{case.replace(' ', '_')}.png" for case in data}
+    rows = [dict(r, case=rename[r["case"]]) for r in rows]
+    eval_dir = tmp_path_factory.mktemp("eval_long")
+    overlays = []
+    for pick in pick_cases(rows, k=2):
+        image, gt, pred = data[next(c for c, n in rename.items() if n == pick["case"])]
+        title = f"{pick['pick']} · class {pick['class_id']} · {pick['case']}"
+        path = overlay_path(eval_dir, pick)
+        overlays.append(render_overlay(image, gt, pred, [pick["class_id"]], path, title=title))
+    summary = summarize(rows, NAMES, "exclude")
+    return write_report(eval_dir, summary, rows, overlays, "Long case names",
+                        extra={"model": "/very/long/" + "y" * 150})
+
+
+def test_overlay_files_are_named_case_png(long_names_report):
+    names = sorted(p.name for p in (long_names_report.parent / "overlays").iterdir())
+    assert len(names) == 7  # class 1: 2 worst + 2 best; class 2: 3 scored cases
+    assert not [n for n in names if n.endswith(".png.png")], names
+    assert "worst_class1_" + LONG_DIR.replace("/", "_") + "_patient5_slice_5.png" in names
+    # the caption still finds its row from the file name
+    assert f"case {LONG_DIR}/patient5/slice_5.png · Dice" in long_names_report.read_text()
+
+
+def test_render_overlay_title_is_above_the_image(tmp_path, dataset):
+    """The title band sits on top of the picture; the image pixels are all still visible."""
+    data, _ = dataset
+    image, gt, pred = data["patient3/slice 3"]
+    plain = np.asarray(Image.open(render_overlay(image, gt, pred, [1], tmp_path / "a.png")))
+    titled = np.asarray(
+        Image.open(render_overlay(image, gt, pred, [1], tmp_path / "b.png", title="T" * 30))
+    )
+    extra = titled.shape[0] - plain.shape[0]
+    assert extra >= 20 and titled.shape[1] == plain.shape[1]
+    assert np.array_equal(titled[extra:], plain)  # the image part is untouched by the title
+
+
+LAYOUT = """(() => {
+  const r = e => { const b = e.getBoundingClientRect();
+                   return [b.left, b.top, b.right, b.bottom]; };
+  return {
+    scrollWidth: document.documentElement.scrollWidth,
+    innerWidth: window.innerWidth,
+    images: [...document.querySelectorAll('.overlays img')].map(
+        i => [i.complete, i.naturalWidth, ...r(i)]),
+    captions: [...document.querySelectorAll('.overlays figcaption')].map(r),
+    sticky: [...document.querySelectorAll('body *')].filter(
+        e => ['sticky', 'fixed'].includes(getComputedStyle(e).position)).length,
+  };
+})()"""
+
+
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_report_layout_fits_the_viewport(chromium_page, long_names_report, tmp_path, width):
+    shot = tmp_path / f"report_{width}.png"
+    page = chromium_page(long_names_report, LAYOUT, width=width, screenshot=shot)
+    assert page.errors() == []
+    s = page.value
+    assert s["innerWidth"] == width
+    assert s["scrollWidth"] <= s["innerWidth"]  # no horizontal scrollbar
+    assert len(s["images"]) == 7
+    for complete, natural, left, _, right, _ in s["images"]:
+        assert complete and natural > 0
+        assert 0 <= left < right <= width  # every overlay fully inside the viewport
+    boxes = s["captions"]
+    for i, a in enumerate(boxes):
+        assert a[2] <= width
+        for b in boxes[i + 1 :]:
+            overlap_x = min(a[2], b[2]) - max(a[0], b[0])
+            overlap_y = min(a[3], b[3]) - max(a[1], b[1])
+            assert overlap_x <= 0 or overlap_y <= 0, (a, b)
+    assert s["sticky"] == 0  # nothing pinned over the images
+    assert width - 20 <= Image.open(shot).size[0] <= width  # less a vertical scrollbar
