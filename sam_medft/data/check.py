@@ -27,7 +27,13 @@ from sam_medft.config import DataConfig
 from sam_medft.data import io
 from sam_medft.data.labels import LabelMap
 from sam_medft.data.lists import read_pair_list
-from sam_medft.data.sources import PairSource, SampleSource, build_splits, default_label_map
+from sam_medft.data.sources import (
+    PairSource,
+    SampleSource,
+    build_splits,
+    default_label_map,
+    test_list_present,
+)
 from sam_medft.errors import SamMedftError
 
 _SHOW = 5  # files named per problem
@@ -55,6 +61,11 @@ _IMAGE_MIN_VALUES = 16
 _IMAGE_MIN_ROUGH = 0.5
 _IMAGE_MAX_STEP = 1 / 8
 _BINARY_MANY_VALUES = 64  # binary masks with more values than this get a warning
+# A training class is rare (the trainer warns before the first step) when it is in at most
+# this share of the training images (1 in 5), or covers less than this share of all
+# labelled training pixels: such a class often stays unpredicted (validation Dice 0).
+RARE_IMAGE_SHARE = 0.20
+RARE_PIXEL_SHARE = 0.01
 
 
 @dataclass
@@ -80,6 +91,40 @@ class SplitReport:
     @property
     def checked(self) -> int:
         return len(self.file_values)
+
+    def rare_classes(self, class_names: list[str]) -> list[RareClass]:
+        """Foreground classes at or below RARE_IMAGE_SHARE of the images or below
+        RARE_PIXEL_SHARE of the labelled pixels (the class table's counts, no new read)."""
+        images = self.checked - len(self.flagged)
+        total = sum(self.class_pixels)
+        fg = sum(self.class_pixels[1:])
+        if not images or not total or len(self.class_images) != len(class_names):
+            return []
+        out = []
+        for c in range(1, len(class_names)):
+            image_share = self.class_images[c] / images
+            pixel_share = self.class_pixels[c] / total
+            if image_share <= RARE_IMAGE_SHARE or pixel_share < RARE_PIXEL_SHARE:
+                out.append(RareClass(class_names[c], c, self.class_images[c], images,
+                                     pixel_share, self.class_pixels[c] / fg if fg else 0.0))
+        return out
+
+
+@dataclass
+class RareClass:
+    """A class few training images or pixels hold (`SplitReport.rare_classes`)."""
+
+    name: str
+    index: int
+    images: int  # training images holding it
+    of_images: int
+    pixel_share: float  # of all labelled pixels
+    foreground_share: float  # of the foreground pixels
+
+    def to_dict(self) -> dict:
+        return {"class": self.name, "images": self.images, "of_images": self.of_images,
+                "pixel_share": round(self.pixel_share, 6),
+                "foreground_share": round(self.foreground_share, 6)}
 
 
 @dataclass
@@ -243,8 +288,8 @@ def _sources(data: DataConfig) -> tuple[dict[str, SampleSource], list[str]]:
             ("val", data.val_list),
             ("test", data.test_list),
         ):
-            if path is None:
-                continue
+            if path is None or (split == "test" and not test_list_present(path)):
+                continue  # a missing test list is a notice (build_splits), not a data error
             try:
                 pairs = read_pair_list(path, data.img_folder, data.mask_folder, must_exist=False)
             except SamMedftError as e:

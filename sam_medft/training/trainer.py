@@ -43,7 +43,7 @@ from sam_medft.adapters.methods import (
     encoder_is_frozen,
 )
 from sam_medft.config import Recipe
-from sam_medft.data.check import check_dataset
+from sam_medft.data.check import RARE_IMAGE_SHARE, RARE_PIXEL_SHARE, RareClass, check_dataset
 from sam_medft.data.dataset import ModelFrameSpec
 from sam_medft.data.sources import SampleSource, build_splits
 from sam_medft.errors import Interrupted, SamMedftError
@@ -270,6 +270,8 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     num_processes: int = 1
     batch_size: int = 1
+    # foreground class -> the step of the first validation that predicted any of its pixels
+    first_predicted: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -301,6 +303,8 @@ class Trainer:
         self.overwrite = overwrite
         self.given_splits = splits
         self.state = TrainState()
+        self.rare: list[RareClass] = []
+        self.warned_unpredicted: set[str] = set()
 
     def run(self) -> TrainResult:
         process = init_state()
@@ -336,6 +340,11 @@ class Trainer:
         report = check_dataset(self.recipe.data, sources=self.given_splits)
         report.raise_for_errors()
         self.label_map = report.label_map
+        train_report = report.splits.get("train")
+        if train_report is not None:
+            self.rare = train_report.rare_classes(self.label_map.class_names)
+        for rare in self.rare:
+            log.warning("%s", rare_class_warning(rare, self.recipe, self.label_map.num_classes))
         self.splits = self.given_splits or build_splits(self.recipe.data)
         if "train" not in self.splits or len(self.splits["train"]) == 0:
             raise SamMedftError("the training split is empty: check data.train_list / data.folder")
@@ -521,12 +530,27 @@ class Trainer:
         if self.val_dl is None:
             self.save_adapter()
             s.best_step = s.step
+        elif not s.best_step:
+            # every validation was undefined (NaN): the last step's adapter, so the run has one
+            self.save_adapter()
+            s.best_step = s.step
+        classes = self.final_class_report() if self.val_dl is not None else {}
         accelerator.wait_for_everyone()
         seconds = time.perf_counter() - t0
         if accelerator.is_main_process:
             remove_disk_stores(run.root)
             summary = {"best_val_dice": s.best_dice, "best_step": s.best_step, "steps": s.step,
-                       "train_seconds": round(seconds, 2), "history": s.history}
+                       "train_seconds": round(seconds, 2),
+                       "val_dice_on": VAL_DICE_ON if self.val_dl is not None else None,
+                       "foreground_segmented": (s.best_dice > 0) if self.val_dl is not None
+                       else None,
+                       "classes": classes,
+                       "never_predicted": [n for n, c in classes.items()
+                                           if c["first_predicted_step"] is None],
+                       "rare_classes": [r.to_dict() for r in self.rare],
+                       "rare_thresholds": {"image_share_at_most": RARE_IMAGE_SHARE,
+                                           "pixel_share_below": RARE_PIXEL_SHARE},
+                       "history": s.history}
             with disk_errors(run.summary, "the training summary"):
                 write_text_atomic(run.summary, json.dumps(summary, indent=2))
         accelerator.end_training()
@@ -540,6 +564,7 @@ class Trainer:
                            finish=self.data.finish_val)
         dice = metrics["dice"]
         s.history.append({"step": step, "val_dice": dice, "per_class": metrics.get("per_class"),
+                          "predicted_pixels": metrics.get("predicted_pixels"),
                           "n_images": metrics["n_images"]})
         accelerator.log({"val/dice": dice}, step=step)
         if not math.isnan(dice) and dice > s.best_dice:
@@ -547,10 +572,93 @@ class Trainer:
             self.save_adapter()
         else:
             s.bad_evals += 1
-        log.info("step %d: val foreground Dice %.4f over %d images (best %.4f at step %d)", step,
-                 dice, metrics["n_images"], s.best_dice, s.best_step)
+        for name, n in zip(self.class_names(), metrics.get("predicted_pixels") or [], strict=False):
+            if n and name not in s.first_predicted:
+                s.first_predicted[name] = step
+        log.info("%s", self.validation_line(step, metrics))
+        self.warn_unpredicted(step, metrics)
         patience = self.recipe.train.patience
         return patience is not None and s.bad_evals > patience
+
+    def class_names(self) -> list[str]:
+        """The foreground classes validation scores one by one (automatic mode; the prompt
+        modes score objects, not classes: none)."""
+        return [] if self.task.prompted else list(self.label_map.class_names[1:])
+
+    def validation_line(self, step: int, metrics: dict) -> str:
+        """The log line of one validation; never calls a foreground Dice of 0 "best"."""
+        s = self.state
+        per_class = metrics.get("per_class") or []
+        names = self.class_names()
+        classes = ""
+        if names and len(per_class) == len(names):
+            classes = " (" + ", ".join(f"{n} {d:.4f}" for n, d in zip(names, per_class,
+                                                                     strict=True)) + ")"
+        line = (f"step {step}: validation Dice on the low-res grid (picks the best adapter): "
+                f"foreground {metrics['dice']:.4f}{classes} over {metrics['n_images']} images")
+        if s.best_dice > 0:
+            return line + f"; best {s.best_dice:.4f} at step {s.best_step}"
+        return line + "; " + self.nothing_segmented()
+
+    def nothing_segmented(self) -> str:
+        """What a run whose every validation had foreground Dice 0 (or NaN) has kept."""
+        s = self.state
+        predicted = any(sum(h.get("predicted_pixels") or []) for h in s.history)
+        what = ("its foreground predictions all miss the reference" if predicted
+                else "it predicted no foreground pixel")
+        if not s.best_step:
+            return f"no validation so far has segmented any foreground ({what}); no adapter kept yet"
+        return (f"no validation so far has segmented any foreground (Dice 0 at each; {what}): "
+                f"the adapter kept (step {s.best_step}) is a placeholder that segments nothing, "
+                f"not a best one")
+
+    def warn_unpredicted(self, step: int, metrics: dict) -> None:
+        """Once per class: a class no validation so far has predicted a pixel of."""
+        predicted = metrics.get("predicted_pixels") or []
+        reference = metrics.get("reference_pixels") or []
+        names = self.class_names()
+        if len(predicted) != len(names):
+            return
+        for i, name in enumerate(names):
+            if name in self.state.first_predicted or name in self.warned_unpredicted:
+                continue
+            self.warned_unpredicted.add(name)
+            if not reference[i]:
+                log.warning("class %s: the validation images hold no %s pixel and none was "
+                            "predicted (step %d): its validation Dice is undefined and cannot "
+                            "tell whether it is learned", name, name, step)
+                continue
+            log.warning("class %s: not predicted on any validation image so far (step %d: 0 "
+                        "pixels predicted, %d in the reference); its validation Dice 0 scores no "
+                        "segmentation at all. %s", name, step, reference[i],
+                        remedies(self.recipe, self.label_map.num_classes, i + 1))
+
+    def final_class_report(self) -> dict:
+        """The end-of-run reminder (log) and the train summary's per-class record."""
+        s, names = self.state, self.class_names()
+        saved = next((h for h in s.history if h["step"] == s.best_step), None)
+        steps = [h["step"] for h in s.history]
+        classes = {}
+        for i, name in enumerate(names):
+            first = s.first_predicted.get(name)
+            pixels = (saved or {}).get("predicted_pixels") or []
+            by_saved = bool(pixels[i]) if i < len(pixels) else None
+            classes[name] = {"first_predicted_step": first, "predicted_by_saved_adapter": by_saved}
+            if first is None and steps:
+                log.warning("class %s was never predicted at any of the %d validations (steps "
+                            "%d..%d): the saved adapter (step %d) never segmented %s. %s", name,
+                            len(steps), steps[0], steps[-1], s.best_step, name,
+                            remedies(self.recipe, self.label_map.num_classes, i + 1))
+            elif by_saved is False:
+                log.warning("class %s: the saved adapter (step %d) predicted no %s pixel on the "
+                            "validation images (a later adapter first predicted it at step %d, "
+                            "with a lower foreground Dice)", name, s.best_step, name, first)
+        if steps and s.best_dice <= 0:
+            log.warning("no validation segmented any foreground (foreground Dice 0 or undefined "
+                        "at all %d validations): the adapter saved in %s (step %d) segments "
+                        "nothing; it is kept only so the run has an artifact", len(steps),
+                        self.run_folder.adapter, s.best_step)
+        return classes
 
     def save_adapter(self) -> None:
         """The main process writes the adapter; under FSDP2 every rank helps gather it first."""
@@ -563,6 +671,37 @@ class Trainer:
             return
         if accelerator.is_main_process:
             save_adapter(inner, self.meta, out_dir)
+
+
+VAL_DICE_ON = ("the model's low-res mask grid (picks the best adapter); `sam-medft eval` "
+               "scores at each image's original size")
+
+
+def remedies(recipe: Recipe, num_classes: int, index: int) -> str:
+    """The remedies for a rare or unpredicted class that sam_medft offers, for this recipe."""
+    weights = list(recipe.loss.class_weights or [1] * num_classes)
+    if len(weights) == num_classes:
+        weights[index] = max(5, 5 * weights[index])
+    example = "[" + ", ".join(f"{w:g}" for w in weights) + "]"
+    return (f"Remedies sam_medft offers: weight the class in the loss (loss.class_weights, one "
+            f"weight per class, background first, e.g. loss.class_weights={example}) and train "
+            f"longer (train.max_steps, now {recipe.train.max_steps}); it has no sampling of the "
+            f"images that hold a class (adding more such images to the training split is the "
+            f"remaining remedy)")
+
+
+def rare_class_warning(rare: RareClass, recipe: Recipe, num_classes: int) -> str:
+    """The start-of-training warning about one rare class (`SplitReport.rare_classes`)."""
+    if not rare.images:
+        return (f"class {rare.name} is in none of the {rare.of_images} training images: it "
+                f"cannot be learned; add images that hold it or map it away in data.labels")
+    return (f"class {rare.name} is rare in the training data: in {rare.images} of "
+            f"{rare.of_images} training images ({100 * rare.images / rare.of_images:.1f}%), "
+            f"{100 * rare.pixel_share:.2f}% of all labelled pixels and "
+            f"{100 * rare.foreground_share:.1f}% of the foreground pixels (rare: in at most "
+            f"{RARE_IMAGE_SHARE:.0%} of the images or under {RARE_PIXEL_SHARE:.0%} of the pixels). "
+            f"Such a class is often never predicted (validation Dice 0). "
+            f"{remedies(recipe, num_classes, rare.index)}")
 
 
 class _StopFlag:

@@ -4,6 +4,10 @@ This is the fast metric that picks the best adapter (on the model's low-res grid
 published numbers come from `sam-medft eval` at each image's original resolution. Images
 where a class is absent in both ground truth and prediction are left out of that class's
 mean (not scored as 1).
+
+Each result also says how many pixels of each class were predicted and are in the
+reference (`predicted_pixels`, `reference_pixels`: tp + fp and tp + fn over all images), so
+the trainer can tell a class that is never predicted from one it predicts badly.
 """
 
 from __future__ import annotations
@@ -33,4 +37,19 @@ def validate(model, loader, accelerator, *, task: Task, frozen_encoder: bool, ca
     model.train(was_training)
     if not gathered:
         return {"dice": float("nan"), "n_images": 0}
-    return task.summarize(torch.cat(gathered))
+    counts = torch.cat(gathered)
+    return task.summarize(counts) | pixel_totals(counts, prompted=task.prompted)
+
+
+def pixel_totals(counts: torch.Tensor, *, prompted: bool) -> dict:
+    """Predicted (tp + fp) and reference (tp + fn) pixels per entry of `per_class`: per
+    foreground class in automatic mode (counts (N, C-1, 3)), one entry for all prompts in
+    the prompt modes (counts (N, P, 3), padding rows -1)."""
+    c = counts.clamp(min=0).long()
+    pred, ref = c[..., 0] + c[..., 1], c[..., 0] + c[..., 2]
+    if prompted:
+        pred, ref = pred.sum().reshape(1), ref.sum().reshape(1)
+    else:
+        pred, ref = pred.sum(0), ref.sum(0)
+    return {"predicted_pixels": [int(x) for x in pred],
+            "reference_pixels": [int(x) for x in ref]}
