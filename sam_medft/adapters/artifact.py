@@ -20,6 +20,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from sam_medft.adapters.bottleneck import load_bottleneck
+from sam_medft.adapters.compat import peft_call
 from sam_medft.adapters.methods import apply_vanilla
 from sam_medft.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sam_medft.errors import SamMedftError
@@ -106,7 +107,9 @@ def load_adapter_model(folder: Path, *, is_trainable: bool = False,
         return base, meta
     if meta.method == "adapter":
         return load_bottleneck(base, folder, is_trainable=is_trainable), meta
-    return PeftModel.from_pretrained(base, str(folder), is_trainable=is_trainable), meta
+    with peft_call():
+        model = PeftModel.from_pretrained(base, str(folder), is_trainable=is_trainable)
+    return model, meta
 
 
 def _write_processor_config(folder: Path, meta: AdapterMeta) -> None:

@@ -49,6 +49,7 @@ from peft.tuners.lora import LoraLayer
 from pydantic import ValidationError
 from torch import nn
 
+from sam_medft.adapters.compat import peft_call
 from sam_medft.config import PeftSettings
 from sam_medft.errors import SamMedftError
 
@@ -471,7 +472,8 @@ def apply_bottleneck(
     modules_to_save: Sequence[str] | None = None,
 ) -> PeftModel:
     """Wrap `model` (modified in place) with fresh identity bottleneck adapters; base frozen."""
-    return get_peft_model(model, bottleneck_lora_config(model, settings, modules_to_save))
+    with peft_call():
+        return get_peft_model(model, bottleneck_lora_config(model, settings, modules_to_save))
 
 
 def _config_path(path: str | Path) -> Path:
@@ -514,4 +516,6 @@ def load_bottleneck(
     config = BottleneckConfig.from_pretrained(folder)
     targets = _targets(*_resolve(base_model, settings))
     config._register_custom_module(_custom_modules(base_model, targets))
-    return PeftModel.from_pretrained(base_model, folder, config=config, is_trainable=is_trainable)
+    with peft_call():
+        return PeftModel.from_pretrained(base_model, folder, config=config,
+                                         is_trainable=is_trainable)

@@ -21,6 +21,7 @@ from peft.config import PromptLearningConfig
 from transformers import SamModel
 
 from sam_medft.adapters.bottleneck import BottleneckSettings, apply_bottleneck
+from sam_medft.adapters.compat import peft_call
 from sam_medft.config import PeftSettings
 from sam_medft.errors import SamMedftError
 from sam_medft.models.loading import unwrap
@@ -172,7 +173,8 @@ def apply_method(
     else:
         config = build_peft_config(model, settings)
         try:
-            model = get_peft_model(model, config)
+            with peft_call():
+                model = get_peft_model(model, config)
         except (TypeError, ValueError, ImportError) as e:
             raise SamMedftError(
                 f"peft.method={method} could not wrap the model: {str(e).rstrip('.')}; check "

@@ -21,12 +21,13 @@ def plan_table(recipe: Recipe):
     n = max(2, len(gpus))
     t = recipe.train
     head = Text(
-        f"{plan.model}  {plan.method}/{plan.scope}  {plan.num_classes} classes  "
+        f"model {plan.model}  {plan.method}/{plan.scope}  {plan.num_classes} classes  "
         f"input {plan.image_size}x{plan.image_size}  batch {plan.batch_size} per GPU x "
         f"{t.grad_accum} accumulation  precision {plan.precision}  activation checkpointing "
         f"{'on' if plan.checkpointing else 'off'}\n"
         f"parameters {plan.total_params:,}  trainable {plan.trainable_params:,} "
-        f"({100 * plan.trainable_params / max(1, plan.total_params):.2f}%)"
+        f"({100 * plan.trainable_params / max(1, plan.total_params):.2f}%)\n"
+        f"run folder {recipe.run_dir}"
     )
     cols = {
         "one GPU": plan.per_gpu("single"),

@@ -309,6 +309,21 @@ def recipe_classes(recipe: Recipe) -> tuple[int, str | None]:
             "classes: 2 assumed (set data.labels for the exact count; it changes little)")
 
 
+def run_name_note(recipe: Recipe) -> str | None:
+    """A note when the run's folder name names another model than the one it trains (a
+    shipped recipe's `name` with `model.name=...` changed on the command line)."""
+    own = recipe.model.name
+    named = [
+        n for n in sorted(REGISTRY, key=len, reverse=True)
+        if n in recipe.name and n != own and n not in own
+    ]
+    if not named:
+        return None
+    return (f"the run folder name {recipe.name!r} comes from the recipe and names "
+            f"{named[0]}, but this run trains model.name={own}: pass name=... to name it "
+            f"after the model")
+
+
 def estimate(recipe: Recipe) -> MemoryPlan:
     """The memory plan of `recipe` at its batch size, traced on the meta device."""
     cfg = model_config(recipe)
@@ -336,6 +351,7 @@ def estimate(recipe: Recipe) -> MemoryPlan:
     notes += task_for(recipe.prompt).plan_notes()
     if recipe.model.adapter:
         notes.append(f"model.adapter is set: planned for model.name={recipe.model.name}")
+    notes += [n for n in [run_name_note(recipe)] if n]
     return MemoryPlan(
         model=recipe.model.name,
         method=info.method,

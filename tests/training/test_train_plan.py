@@ -180,3 +180,31 @@ def test_preset_on_cpu_leaves_the_recipe_and_says_so():
     assert same == r
     assert "no CUDA GPU" in note and "batch_size=8" in note
     assert apply_preset(recipe("demo")) == (recipe("demo"), None)
+
+
+def test_dry_run_names_the_model_it_runs_and_warns_nothing(tmp_path):
+    """A LoRA recipe run with `model.name=tiny`: the plan says tiny (and that the recipe's run
+    folder name says sam-vit-base), and PEFT's wrap prints no transformers FutureWarning."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", COLUMNS="200")
+    env["PYTHONWARNINGS"] = "default"  # every warning shown, once per place
+    proc = subprocess.run(
+        [sys.executable, "-m", "sam_medft", "train", str(RECIPES / "sam-vit-base/lora_encdec.yaml"),
+         "model.name=tiny", f"output_dir={tmp_path}", "--dry-run"],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("model tiny  lora/encdec"), first
+    assert "sam-vit-base" not in first
+    assert "run folder name 'sam-vit-base-lora_encdec' comes from the recipe" in proc.stdout
+    assert "trains model.name=tiny" in proc.stdout
+    assert "Warning" not in proc.stderr, proc.stderr[-3000:]
+    # the run named after its model: no note
+    named = subprocess.run(
+        [sys.executable, "-m", "sam_medft", "train", str(RECIPES / "sam-vit-base/lora_encdec.yaml"),
+         "model.name=tiny", "name=tiny_lora", f"output_dir={tmp_path}", "--dry-run"],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert named.returncode == 0, named.stderr[-3000:]
+    assert "comes from the recipe" not in named.stdout
+    assert f"run folder {tmp_path / 'tiny_lora'}" in named.stdout.replace("\n", "")
