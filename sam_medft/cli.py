@@ -122,6 +122,11 @@ def predict(
     prompts: Annotated[Path | None, typer.Option(help="prompts.json: boxes/points per image")] = None,
     box: Annotated[str | None, typer.Option(help="[LABEL:]x0,y0,x1,y1 for a single image")] = None,
     point: Annotated[list[str] | None, typer.Option(help="[LABEL:]x,y (repeatable), single image")] = None,
+    values: Annotated[str, typer.Option(help="what the PNGs hold: class (class indices, palette) "
+                                        "or raw (each class's raw mask value, as the training "
+                                        "masks; see legend.json)")] = "class",
+    foreground_value: Annotated[int | None, typer.Option(
+        help="binary runs with --values raw: the foreground value written (default 255)")] = None,
 ):
     """Label maps (PNG, palette + legend.json) at each image's original size."""
     from sam_medft.data.lists import recipe_img_folder
@@ -129,6 +134,7 @@ def predict(
         FineTunedSam,
         check_out_location,
         check_output_folder,
+        check_values,
         output_files,
         predict_paths,
         predict_paths_with_prompts,
@@ -136,12 +142,17 @@ def predict(
     from sam_medft.runs import run_recipe_file
 
     if prompts or box or point:
+        if probs:
+            raise SamMedftError("--probs is for automatic-mode runs; prompted prediction writes "
+                                "label maps (and --overlays, with the prompts drawn)")
         # --out and the prompts are checked against the images before the model is loaded
         check_out_location(inputs, out_dir)
         written = predict_paths_with_prompts(model, inputs, out_dir, prompts_file=prompts,
                                              box=box, points=point or [], overwrite=overwrite,
                                              device=device, revision=revision,
-                                             batch_size=batch_size, num_workers=workers)
+                                             batch_size=batch_size, num_workers=workers,
+                                             overlays=overlays, values=values,
+                                             foreground=foreground_value)
     else:
         # the --out folder is checked before the model loads (a mistake fails in a second)
         # a list is read against the run's data.img_folder, as training and eval read it
@@ -149,9 +160,11 @@ def predict(
         check_output_folder(inputs, output_files(inputs, out_dir, probs=probs, overlays=overlays,
                                                  img_folder=img_folder),
                             out_dir, overwrite=overwrite, claim=False)
+        check_values(model, values, foreground_value, revision=revision)
         predictor = FineTunedSam.load(model, device=device, revision=revision)
         written = predict_paths(predictor, inputs, out_dir, batch_size=batch_size, save_probs=probs,
                                 overlays=overlays, overwrite=overwrite, num_workers=workers,
+                                values=values, foreground=foreground_value,
                                 img_folder=img_folder)
     print_info(f"wrote {len(written)} label map(s) to {out_dir} "
                f"(legend: {out_dir / 'legend.json'})", console=out)

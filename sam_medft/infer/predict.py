@@ -61,6 +61,7 @@ VALUES = ("class", "raw")
 #: foreground), so the common 0/255 convention is written and legend.json says so
 DEFAULT_FOREGROUND = 255
 _PNG_MAX = 65535  # the largest value a (16-bit) PNG holds
+PROMPT_RIM = (255, 255, 255)  # the rim of point markers on prompted overlays
 
 
 class FineTunedSam:
@@ -376,8 +377,8 @@ def legend_of(meta: AdapterMeta, values: str = "class", foreground: int | None =
                 f"binary run: every mask value > 0 was this class in training; --values raw "
                 f"writes it as {raw[i]} "
                 + ("(--foreground-value)" if foreground is not None else
-                   f"(the default: the training masks' foreground values are not recorded; "
-                   f"--foreground-value sets another, e.g. 1 for 0/1 masks)"))
+                   "(the default: the training masks' foreground values are not recorded; "
+                   "--foreground-value sets another, e.g. 1 for 0/1 masks)"))
         legend[str(i)] = entry
     return legend
 
@@ -391,6 +392,7 @@ def write_legend(meta: AdapterMeta, out_dir: Path, *, values: str = "class",
 
 def predict_paths(predictor: FineTunedSam, inputs: Sequence[str | Path], out_dir: Path, *,
                   batch_size: int = 8, save_probs: bool = False, overlays: bool = False,
+                  values: str = "class", foreground: int | None = None,
                   overwrite: bool = False, show_progress: bool = True,
                   num_workers: int = 0, img_folder: str | Path | None = None) -> list[Path]:
     """Predict every input image; returns the written label PNGs (lists: `collect_inputs`).
@@ -399,6 +401,7 @@ def predict_paths(predictor: FineTunedSam, inputs: Sequence[str | Path], out_dir
     workers decode and resize the next batches while the model runs, the argmax is taken
     on the device, and PNGs are written by a thread pool while the next batch is predicted."""
     predictor.task.check_prediction(has_prompts=False)
+    lut = value_table(predictor.meta, values, foreground)  # --values raw: written through it
     if batch_size < 1:
         raise SamMedftError(f"predict --batch-size {batch_size} is too small; use 1 or more")
     if num_workers < 0:
@@ -408,7 +411,7 @@ def predict_paths(predictor: FineTunedSam, inputs: Sequence[str | Path], out_dir
     targets = output_paths([n for _, n in pairs], out_dir, ".png")
     check_output_folder(inputs, _with_extras(targets, save_probs, overlays), out_dir,
                         overwrite=overwrite)
-    write_legend(predictor.meta, out_dir)
+    write_legend(predictor.meta, out_dir, values=values, foreground=foreground)
     done = predict_images(predictor, Images([p for p, _ in pairs], predictor.intensity),
                           batch_size=batch_size, num_workers=num_workers,
                           probs=torch.float16 if save_probs else None)
@@ -417,7 +420,7 @@ def predict_paths(predictor: FineTunedSam, inputs: Sequence[str | Path], out_dir
         pending = []
         for d in done:
             pending.append(writer.submit(_write_outputs, predictor, pairs[d.index][0], d.labels,
-                                         d.probs, targets[d.index], overlays))
+                                         d.probs, targets[d.index], overlays, lut))
             bar.update(1)
         for job in pending:
             job.result()  # re-raise the first write error, if any
@@ -425,19 +428,55 @@ def predict_paths(predictor: FineTunedSam, inputs: Sequence[str | Path], out_dir
 
 
 def _write_outputs(predictor: FineTunedSam, src: Path, labels: np.ndarray,
-                   probs: np.ndarray | None, target: Path, overlay: bool) -> None:
-    save_label_png(labels, target)
+                   probs: np.ndarray | None, target: Path, overlay: bool,
+                   lut: np.ndarray | None = None, prompts: Sequence[dict] = ()) -> None:
+    """One image's files: the label PNG (class indices, or raw values through `lut`), its
+    probabilities and its overlay (with the `prompts` drawn on it, when prompted)."""
+    if lut is None:
+        save_label_png(labels, target)
+    else:
+        save_raw_png(lut[labels], target)
     if probs is not None:
         np.save(target.with_suffix(".probs.npy"), probs)
     if overlay:
-        _save_overlay(predictor, src, labels, target.with_suffix(".overlay.png"))
+        _save_overlay(predictor, src, labels, target.with_suffix(".overlay.png"), prompts)
 
 
-def _save_overlay(predictor: FineTunedSam, src: Path, labels: np.ndarray, path: Path) -> None:
+def draw_prompts(image: Image.Image, entries: Sequence[dict]) -> Image.Image:
+    """Draw checked prompt entries (original image pixels) on an RGB overlay, each in its
+    class's colour (legend.json `color`): a box as a rectangle, a positive point as a filled
+    disc with a white rim, a negative point as a cross with a white rim."""
+    draw = ImageDraw.Draw(image)
+    w, h = image.size
+    width = max(2, round(min(w, h) / 150))
+    r = max(3, round(min(w, h) / 60))
+    for entry in entries:
+        colour = PALETTE[int(entry["label"]) % len(PALETTE)]
+        if entry.get("box") is not None:
+            x0, y0, x1, y1 = (round(float(v)) for v in entry["box"])
+            draw.rectangle([x0, y0, min(x1, w - 1), min(y1, h - 1)], outline=colour, width=width)
+        points = entry.get("points") or []
+        for (x, y), positive in zip(points, entry.get("point_labels") or [1] * len(points),
+                                    strict=True):
+            x, y = float(x), float(y)
+            if positive:
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=colour, outline=PROMPT_RIM,
+                             width=max(1, width // 2))
+                continue
+            strokes = [((x - r, y - r), (x + r, y + r)), ((x - r, y + r), (x + r, y - r))]
+            for fill, stroke in ((PROMPT_RIM, width + 2), (colour, width)):
+                for a, b in strokes:
+                    draw.line([a, b], fill=fill, width=stroke)
+    return image
+
+
+def _save_overlay(predictor: FineTunedSam, src: Path, labels: np.ndarray, path: Path,
+                  prompts: Sequence[dict] = ()) -> None:
     image = read_image(src, predictor.intensity).astype(np.uint8)
     colour = np.array([PALETTE[i % len(PALETTE)] for i in range(256)], dtype=np.uint8)[labels]
     alpha = (labels > 0)[..., None] * 0.45
-    Image.fromarray((image * (1 - alpha) + colour * alpha).astype(np.uint8)).save(path)
+    overlay = Image.fromarray((image * (1 - alpha) + colour * alpha).astype(np.uint8))
+    draw_prompts(overlay, prompts).save(path)
 
 
 # ---- prompted prediction of image files (`sam-medft predict --prompts/--box/--point`) ----
@@ -447,6 +486,13 @@ def _meta_of(model: FineTunedSam | str | Path, revision: str | None) -> AdapterM
     if isinstance(model, str | Path):
         return AdapterMeta.read(find_adapter_folder(resolve_run(str(model), revision=revision)))
     return model.meta
+
+
+def check_values(model: FineTunedSam | str | Path, values: str = "class",
+                 foreground: int | None = None, *, revision: str | None = None) -> None:
+    """--values/--foreground-value checked against the run's sam_medft.json, before the
+    weights load (`sam-medft predict`)."""
+    value_table(_meta_of(model, revision), values, foreground)
 
 
 def plan_prompted(
@@ -502,6 +548,9 @@ def predict_paths_with_prompts(
     revision: str | None = None,
     batch_size: int = 8,
     num_workers: int = 0,
+    overlays: bool = False,
+    values: str = "class",
+    foreground: int | None = None,
 ) -> list[Path]:
     """Prompted label maps (PNG + legend.json) for the prompted input images, through the
     prediction pipeline (`batch_size` images embedded at once, `num_workers` decoding).
@@ -511,15 +560,18 @@ def predict_paths_with_prompts(
     """
     meta = _meta_of(predictor, revision)
     plan = plan_prompted(meta, inputs, prompts_file=prompts_file, box=box, points=points)
+    lut = value_table(meta, values, foreground)
     out_dir = Path(out_dir)
     targets = output_paths([rel for _, rel, _ in plan], out_dir, ".png")
-    check_output_folder(inputs, targets, out_dir, overwrite=overwrite)  # never the user's files
+    check_output_folder(inputs, _with_extras(targets, False, overlays), out_dir,
+                        overwrite=overwrite)  # never the user's files
     if isinstance(predictor, str | Path):
         predictor = FineTunedSam.load(predictor, device=device, revision=revision)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_legend(predictor.meta, out_dir)
+    write_legend(predictor.meta, out_dir, values=values, foreground=foreground)
     done = predict_prompted(predictor, [src for src, _, _ in plan], [e for _, _, e in plan],
                             batch_size=batch_size, num_workers=num_workers)
     for d in tqdm(done, total=len(plan), desc="predict", unit="img", disable=not show_progress):
-        save_label_png(d.decoded, targets[d.index])
+        src, _, entries = plan[d.index]
+        _write_outputs(predictor, src, d.decoded, None, targets[d.index], overlays, lut, entries)
     return targets

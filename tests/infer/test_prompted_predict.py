@@ -277,3 +277,55 @@ def test_prompted_out_in_the_input_folder_is_refused(weightless_run, case, overw
                                    overwrite=overwrite, show_progress=False)
     assert "--overwrite" not in str(e.value)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_prompted_overlays_draw_the_prompts(box_run, case, tmp_path):
+    """--overlays on the prompted route: an overlay per image, the box drawn as a rectangle in
+    its class's colour and the points as markers; --values raw writes the raw mask values."""
+    from sam_medft.infer.predict import PALETTE
+
+    folder, ref, boxes = case
+    x0, y0, x1, y1 = boxes[1]
+    cx, cy = (boxes[2][0] + boxes[2][2]) // 2, (boxes[2][1] + boxes[2][3]) // 2
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"slice.png": [
+        {"label": "organ_a", "box": boxes[1]},
+        {"label": 2, "points": [[cx, cy], [2, 2]], "point_labels": [1, 0]},
+    ]}))  # fmt: skip
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["predict", str(box_run), str(folder), "--prompts", str(prompts),
+                              "--overlays", "--values", "raw", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    overlay = np.asarray(Image.open(out / "slice.overlay.png").convert("RGB"))
+    assert overlay.shape == (*ref.shape, 3)
+    box_colour = np.array(PALETTE[1])
+    for edge in (overlay[y0, x0 : x1 + 1], overlay[y1, x0 : x1 + 1],
+                 overlay[y0 : y1 + 1, x0], overlay[y0 : y1 + 1, x1]):  # fmt: skip
+        assert (edge == box_colour).all()
+    assert not (overlay[(y0 + y1) // 2, (x0 + x1) // 2] == box_colour).all()  # not filled
+    assert (overlay[cy, cx] == PALETTE[2]).all() and (overlay[2, 2] == PALETTE[2]).all()
+    # the label PNG holds the synthetic masks' raw values (0/128/255), as the classes map them
+    raw = np.asarray(Image.open(out / "slice.png"))
+    predictor = sam_medft.load(box_run, device="cpu")
+    entries = json.loads(prompts.read_text())["slice.png"]
+    classes = predictor.predict(folder / "slice.png", prompts=entries)
+    assert np.array_equal(raw, np.array([0, 128, 255], np.uint8)[classes]) and (raw == 128).any()
+    legend = json.loads((out / "legend.json").read_text())
+    assert [legend[k]["png_value"] for k in ("0", "1", "2")] == [0, 128, 255]
+
+
+def test_prompted_overlay_names_are_checked_before_the_model_loads(weightless_run, case, tmp_path):
+    """A file of the user's where the overlay would go: refused before the (here missing)
+    weights are looked at; without --overlays the same folder is fine to check."""
+    folder, _, _ = case
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "slice.overlay.png").write_bytes(b"mine")
+    with pytest.raises(SamMedftError, match="slice.overlay.png exists and was not written"):
+        predict_paths_with_prompts(str(weightless_run), [folder], out, box="1:1,1,9,9",
+                                   overlays=True, show_progress=False)
+    assert (out / "slice.overlay.png").read_bytes() == b"mine"
+    res = runner.invoke(app, ["predict", str(weightless_run), str(folder), "--box", "1:1,1,9,9",
+                              "--probs", "--out", str(out)])
+    assert isinstance(res.exception, SamMedftError), res.output
+    assert "--probs is for automatic-mode runs" in str(res.exception)
