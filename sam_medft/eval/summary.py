@@ -110,6 +110,11 @@ def summarize(
             entry[metric] = _stats(vals)
         entry["hd95"]["n_undefined"] = len(crow) - entry["hd95"]["n"]
         entry["empty_cases"] = {k: sum(r["empty_case"] == k for r in crow) for k in EMPTY_CASES}
+        ec = entry["empty_cases"]
+        # a case predicts the class unless its prediction is empty (both_empty, miss)
+        entry["predicted_cases"] = len(crow) - ec["both_empty"] - ec["miss"]
+        entry["reference_cases"] = ec["normal"] + ec["miss"]
+        entry["never_predicted"] = bool(crow) and entry["predicted_cases"] == 0
         per_class[str(cid)] = entry
 
     fg: dict[str, Any] = {"n_classes": len(per_class)}
@@ -127,6 +132,13 @@ def summarize(
         "class_names": {str(k): v for k, v in sorted(names.items())},
         "per_class": per_class,
         "foreground_mean": fg,
+        # classes the model predicted on no case at all: their Dice of 0 (or undefined) is
+        # no segmentation, not a poor one
+        "never_predicted": [
+            {"class_id": int(cid), "name": e["name"], "reference_cases": e["reference_cases"]}
+            for cid, e in per_class.items()
+            if e["never_predicted"]
+        ],
     }
 
 
@@ -222,8 +234,8 @@ def _fmt(stats: dict, digits: int = 4) -> str:
 def format_table(summary: dict) -> Table:
     """The summary as a rich table (one line per class, then the foreground mean)."""
     table = Table(
-        title=f"Segmentation metrics ({summary['n_cases']} cases, empty policy: "
-        f"{summary['empty_policy']})",
+        title=f"Segmentation metrics at each image's original size ({summary['n_cases']} "
+        f"cases, empty policy: {summary['empty_policy']})",
         caption=summary["policy_description"],
     )
     for col in ("class", "Dice", "IoU", "HD95", "NSD", "n", "both empty", "false pos.", "miss"):
@@ -247,9 +259,20 @@ def format_table(summary: dict) -> Table:
         ]
 
     for cid, entry in summary["per_class"].items():
-        table.add_row(*line(f"{cid} {entry['name']}", entry, str(entry["dice"]["n"])))
+        label = f"{cid} {entry['name']}"
+        if entry.get("never_predicted"):
+            label += " (never predicted)"
+        table.add_row(*line(label, entry, str(entry["dice"]["n"])))
     fg = summary["foreground_mean"]
     table.add_row(*line("foreground mean", fg, f"{fg['n_classes']} cl."), style="bold")
+    for never in summary.get("never_predicted") or []:
+        table.add_row(f"never predicted: {never['class_id']} {never['name']}", *[""] * 8,
+                      style="bold red")
+        table.caption = (
+            f"{table.caption} {never['name']} was never predicted on any of the "
+            f"{summary['n_cases']} cases (it is in the reference of {never['reference_cases']}): "
+            "its Dice scores no segmentation at all, not a poor one."
+        )
     return table
 
 

@@ -198,3 +198,29 @@ def test_nan_is_only_in_raw_rows(rows):
     assert any(math.isnan(r["dice"]) for r in rows)
     s = summarize(rows, NAMES, "exclude")
     assert "nan" not in json.dumps(s).lower()
+
+
+def test_never_predicted_class_is_named_in_summary_and_table(rows, tmp_path):
+    """Issue 14: a class the model predicts on no case is said so (summary.json + table)."""
+    s = summarize(rows, NAMES, "exclude")
+    assert s["never_predicted"] == []  # tumour is predicted in cases b and d
+    assert s["per_class"]["2"]["predicted_cases"] == 2
+    missed = []
+    for name, (pred, gt) in {
+        "a": (mask((1, 2, 12, 2, 12)), mask((1, 2, 12, 2, 12), (2, 15, 20, 15, 20))),
+        "b": (mask((1, 2, 12, 2, 12)), mask((1, 2, 12, 2, 12))),
+    }.items():
+        missed += case_metrics(pred, gt, [1, 2], case=name, class_names=NAMES)
+    s = summarize(missed, NAMES, "exclude")
+    tumour = s["per_class"]["2"]
+    assert tumour["never_predicted"] is True and s["per_class"]["1"]["never_predicted"] is False
+    assert tumour["predicted_cases"] == 0 and tumour["reference_cases"] == 1
+    assert s["never_predicted"] == [{"class_id": 2, "name": "tumour", "reference_cases": 1}]
+    path = write_summary_json(s, tmp_path / "summary.json")
+    assert load_summary_json(path)["never_predicted"][0]["name"] == "tumour"
+    console = Console(width=200, record=True)
+    console.print(format_table(s))
+    text = console.export_text()
+    assert "2 tumour (never predicted)" in text and "never predicted: 2 tumour" in text
+    assert "tumour was never predicted on any of the 2 cases" in text
+    assert "at each image's original size" in text
