@@ -104,6 +104,9 @@ class ModelConfig(_Section):
     normalization: Literal["sam", "medsam"] | None = None  # None: the registry's choice
     attn_implementation: Literal["sdpa", "eager"] | None = None
     device_map: dict[str, float] | None = None  # e.g. {"cuda:0": 0.5, "cuda:1": 0.5}
+    # the registry architecture with seeded random weights, no download: dry runs,
+    # benchmarks, CPU smoke tests (the adapter records the base as random:<name>)
+    random_init: bool = False
 
 
 class PeftSettings(_Section):

@@ -37,7 +37,13 @@ from sam_medft.hub import (
     offline_mode,
 )
 from sam_medft.model_names import REGISTRY, lookup
-from sam_medft.models.registry import build_tiny
+from sam_medft.models.registry import (
+    RANDOM_PREFIX,
+    build_random,
+    build_tiny,
+    random_base_name,
+    random_init_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +58,19 @@ class BaseModelSpec:
     source: str  # "tiny", a Hub id, or a local folder
     normalization: str
     is_tiny: bool = False
+    random_init: bool = False  # the registry architecture with seeded random weights
 
 
-def resolve_model_name(name: str, normalization: str | None = None) -> BaseModelSpec:
+def resolve_model_name(name: str, normalization: str | None = None, *,
+                       random_init: bool = False) -> BaseModelSpec:
     """Registry name, local folder or Hub id -> where to load from. No network: a string that
-    reads as a path (`./x`, `a/b/c`, `runs/typo` when `runs/` exists) must be a folder."""
+    reads as a path (`./x`, `a/b/c`, `runs/typo` when `runs/` exists) must be a folder.
+
+    `random_init` (or a name `random:<name>`, as an adapter records such a base): the
+    registry architecture with seeded random weights, built without files or network."""
+    arch = random_base_name(name)
+    if arch is not None or random_init:
+        return _random_spec(arch or name, normalization)
     entry = lookup(name)
     if entry is not None:
         return BaseModelSpec(name, entry.hub_id or "tiny", normalization or entry.normalization,
@@ -91,7 +105,19 @@ def load_base_model(spec: BaseModelSpec, num_classes: int, *, revision: str | No
     """Load the base model with `num_classes` output masks (fresh heads if the count differs)."""
     if spec.is_tiny:
         return build_tiny(num_classes)
-    cache_only = False if Path(spec.source).is_dir() else check_hub_model(spec, revision)
+    if spec.random_init:
+        arch = random_base_name(spec.source) or spec.source
+        entry = lookup(arch)
+        log.warning("model %s: RANDOM weights (model.random_init=true, seed-determined), no "
+                    "pretrained checkpoint: for dry runs, benchmarks and smoke tests only; "
+                    "the adapter records the base as %s", arch, spec.source)
+        return build_random(arch, num_classes, entry.family if entry else "sam")
+    try:
+        cache_only = False if Path(spec.source).is_dir() else check_hub_model(spec, revision)
+    except SamMedftError as e:
+        if spec.name not in random_init_names():
+            raise
+        raise SamMedftError(f"{str(e).rstrip('.')}. {RANDOM_INIT_HINT}") from None
     try:
         config = AutoConfig.from_pretrained(spec.source, revision=revision,
                                             local_files_only=cache_only)
@@ -120,6 +146,9 @@ def load_base_model(spec: BaseModelSpec, num_classes: int, *, revision: str | No
     return model.eval()
 
 
+RANDOM_INIT_HINT = ("For a smoke test, benchmark or dry run without the weights: "
+                    "model.random_init=true builds this architecture with random weights "
+                    "and needs no network.")
 HUB_RETRY_WAIT_S = 1.0  # one retry, this long after a 5xx or a network error
 
 
@@ -192,6 +221,18 @@ def trainable_tensors(model: torch.nn.Module, state_dict: dict[str, torch.Tensor
             for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _random_spec(name: str, normalization: str | None) -> BaseModelSpec:
+    if name == "tiny":  # already random and seeded
+        return BaseModelSpec("tiny", "tiny", normalization or "sam", is_tiny=True)
+    if name not in random_init_names():
+        raise SamMedftError(
+            f"model.random_init=true needs a model.name whose architecture sam_medft knows "
+            f"({', '.join(random_init_names())}, tiny); {name!r} is not one of them")
+    entry = lookup(name)
+    norm = normalization or (entry.normalization if entry else "sam")
+    return BaseModelSpec(name, RANDOM_PREFIX + name, norm, random_init=True)
+
+
 def _folder_norm(folder: str) -> str:
     """A converted folder records its preset (`sam-medft convert` writes it in config.json)."""
     p = Path(folder) / "config.json"
@@ -211,6 +252,7 @@ def _load_failure(spec: BaseModelSpec, err: Exception) -> str:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     hint = ("HF_HUB_OFFLINE is set and the model is not in the local cache"
             if offline else "check the id, your network and `hf auth login` for gated models")
+    smoke = f" {RANDOM_INIT_HINT}" if spec.name in random_init_names() else ""
     return (f"could not load model {spec.name!r} from {spec.source!r}: {first}. {hint}; "
             f"or use a local folder (model.name=/path/to/model) or model.name=tiny for a "
-            f"test run.")
+            f"test run.{smoke}")

@@ -8,7 +8,7 @@ plans are computed without downloading weights (`recipes --params`, `train --dry
 from __future__ import annotations
 
 import torch
-from transformers import SamConfig, SamHQConfig, SamModel
+from transformers import SamConfig, SamHQConfig, SamHQModel, SamModel
 
 TINY_CONFIG = dict(
     vision_config=dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
@@ -22,6 +22,10 @@ TINY_CONFIG = dict(
     initializer_range=0.02,
 )
 TINY_SEED = 0  # the tiny model's weights are a pure function of this seed
+# `model.random_init: true`: the registry architecture with weights from this seed; the
+# adapter records the base as `random:<name>`, so `sam_medft.load` rebuilds the same base
+RANDOM_PREFIX = "random:"
+RANDOM_INIT_SEED = 0
 
 # Architecture-only configs of the real checkpoints (shapes, no weights)
 _VIT = {
@@ -66,6 +70,35 @@ def architecture_config(name: str) -> SamConfig:
     if name in _VIT:
         return SamConfig(vision_config=dict(_VIT[name], initializer_range=0.02))
     raise KeyError(name)
+
+
+def random_base_name(name: str) -> str | None:
+    """``sam-vit-base`` for ``random:sam-vit-base``, None for any other model name."""
+    return name[len(RANDOM_PREFIX):] if name.startswith(RANDOM_PREFIX) else None
+
+
+def random_init_names() -> list[str]:
+    """The model names `model.random_init` can build: those with a known architecture."""
+    return [*ARCH_OF, *_VIT]
+
+
+def build_random(name: str, num_classes: int, family: str = "sam"):
+    """The named architecture with random weights (a pure function of RANDOM_INIT_SEED, the
+    same in every process), `num_classes` mask outputs; no file or network is touched."""
+    cfg = architecture_config(name)
+    cfg.mask_decoder_config.num_multimask_outputs = num_classes
+    if family == "sam_hq":
+        cfg = sam_hq_config(cfg)
+        cls = SamHQModel
+    else:
+        cls = SamModel
+    state = torch.random.get_rng_state()
+    torch.manual_seed(RANDOM_INIT_SEED)
+    try:
+        model = cls(cfg)
+    finally:
+        torch.random.set_rng_state(state)
+    return model.eval()
 
 
 def build_tiny(num_classes: int | None = None) -> SamModel:

@@ -34,7 +34,7 @@ from sam_medft.errors import SamMedftError
 from sam_medft.model_names import REGISTRY
 from sam_medft.models.device_map import split_counts, validate_fractions
 from sam_medft.models.loading import unwrap
-from sam_medft.models.registry import architecture_config
+from sam_medft.models.registry import architecture_config, random_base_name
 from sam_medft.precision import DTYPES, resolve_precision
 from sam_medft.tasks import AutomaticTask, task_for
 from sam_medft.training.step import training_loss
@@ -282,6 +282,7 @@ def model_config(recipe: Recipe):
     """The recipe's SamConfig, without weights: registry shapes, a local folder's config.json,
     or (cache/network) a Hub config."""
     name = recipe.model.name
+    name = random_base_name(name) or name  # `random:<name>`: a random_init run's base
     by_id = {e.hub_id: n for n, e in REGISTRY.items() if e.hub_id}
     try:
         return architecture_config(by_id.get(name, name))
@@ -352,6 +353,9 @@ def estimate(recipe: Recipe) -> MemoryPlan:
     if recipe.model.adapter:
         notes.append(f"model.adapter is set: planned for model.name={recipe.model.name}")
     notes += [n for n in [run_name_note(recipe)] if n]
+    if recipe.model.random_init:
+        notes.append(f"model.random_init=true: {recipe.model.name} with RANDOM weights (no "
+                     "download): a smoke test or benchmark, not a fine-tune of the checkpoint")
     return MemoryPlan(
         model=recipe.model.name,
         method=info.method,

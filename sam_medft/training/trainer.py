@@ -203,7 +203,7 @@ def build_model(recipe: Recipe, label_map):
         log.info("continuing from adapter %s (base %s, %s/%s)", m.adapter, meta.base_model,
                  meta.method, meta.scope)
         return model, meta.base_model, meta.normalization
-    spec = resolve_model_name(m.name, m.normalization)
+    spec = resolve_model_name(m.name, m.normalization, random_init=m.random_init)
     _check_method_before_loading(recipe)
     base = load_base_model(spec, task_for(recipe.prompt).mask_outputs(label_map.num_classes),
                            revision=m.revision,
