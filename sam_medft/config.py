@@ -6,6 +6,7 @@ data is touched, with a message that names the key and the allowed values.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +14,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sam_medft.errors import SamMedftError
+
+log = logging.getLogger("sam_medft.config")
+_SAID: set[str] = set()  # override notices already logged in this process
 
 
 class _Section(BaseModel):
@@ -77,6 +81,18 @@ class DataConfig(_Section):
                 if data.get(key) is not None:
                     return {**data, "source": source}
         return data
+
+    @field_validator(
+        "img_folder", "mask_folder", "train_list", "val_list", "test_list", "folder",
+        mode="before",
+    )
+    @classmethod
+    def _empty_path_is_none(cls, v: Any) -> Any:
+        """`data.test_list=''` (or `test_list: ""`) means no list, as null does; an empty
+        Path would be '.', a folder, and fail as "pair list . not found"."""
+        if isinstance(v, str) and not v.strip():
+            return None
+        return v
 
     @model_validator(mode="after")
     def _check_source(self) -> DataConfig:
@@ -329,9 +345,41 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
         path = Path(path)
         raw = read_recipe_file(path)
         _resolve_relative_paths(raw, path.parent)
+    before = dict(raw["data"]) if isinstance(raw.get("data"), dict) else {}
     for item in overrides:
         apply_override(raw, item)
+    _override_classes(raw, before, [o.split("=", 1)[0].strip() for o in overrides if "=" in o])
     return validate_recipe(raw, source=str(path) if path else "overrides")
+
+
+def _override_classes(raw: dict[str, Any], before: dict[str, Any], keys: list[str]) -> None:
+    """labels and binary are one choice: a command-line `data.binary=true` replaces the
+    recipe's `data.labels` (and `data.labels={...}` its `binary: true`), each said once, so
+    switching a recipe between the two takes one override. A `data.labels` override that
+    replaces the recipe's own map says so, naming both. (Both in one file stay an error:
+    which one was meant is not knowable.)"""
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return
+    old_labels, old_binary = before.get("labels"), before.get("binary")
+    if "data.binary" in keys and "data.labels" not in keys and data.get("binary") is True \
+            and old_labels is not None:
+        data["labels"] = None
+        _say(f"data.binary=true replaces the recipe's data.labels {old_labels}: every mask "
+             "value > 0 is one foreground class")
+    if "data.labels" in keys and isinstance(data.get("labels"), dict):
+        new = data["labels"]
+        if "data.binary" not in keys and old_binary is True:
+            data["binary"] = False
+            _say(f"data.labels={new} replaces the recipe's binary: true")
+        elif isinstance(old_labels, dict) and old_labels != new:
+            _say(f"data.labels={new} replaces the recipe's data.labels {old_labels}")
+
+
+def _say(text: str) -> None:
+    if text not in _SAID:
+        _SAID.add(text)
+        log.info(text)
 
 
 def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:

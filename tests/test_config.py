@@ -95,3 +95,57 @@ def test_unreadable_recipe_files_are_one_message(tmp_path):
         load_recipe(tmp_path / "latin1.yaml")
     (tmp_path / "long.yaml").write_text("data:\n  source: lists\n  train_list: " + "x" * 300 + "\n")
     assert load_recipe(tmp_path / "long.yaml").data.train_list.name == "x" * 300  # no OSError
+
+
+# ---- issue 14: the study's layout with a shipped recipe --------------------------------------
+SHIPPED = recipes_dir() / "sam-vit-base" / "lora_decoder.yaml"  # binary: true, test.csv
+
+
+@pytest.mark.parametrize("value", ["''", "", "null"])
+def test_empty_test_list_means_none(value):
+    r = load_recipe(SHIPPED, [f"data.test_list={value}"])
+    assert r.data.test_list is None
+    raw = {"data": {"source": "lists", "train_list": "t.csv", "test_list": "", "binary": True}}
+    from sam_medft.config import validate_recipe
+
+    assert validate_recipe(raw).data.test_list is None  # `test_list: ""` in a file too
+
+
+def test_labels_override_replaces_the_recipes_binary_and_says_so_once(caplog):
+    caplog.set_level("INFO", logger="sam_medft")
+    labels = "data.labels={0: background, 254: zone_a, 255: zone_b}"
+    for _ in range(2):  # a command may read the recipe twice: one notice
+        r = load_recipe(SHIPPED, [labels])
+    assert r.data.labels == {0: "background", 254: "zone_a", 255: "zone_b"}
+    assert r.data.binary is False
+    said = [m for m in caplog.messages if "replaces the recipe's binary: true" in m]
+    assert len(said) == 1 and "zone_a" in said[0]
+
+
+def test_binary_override_replaces_the_recipes_labels(caplog):
+    # the unmapped-value error's advice (`data.binary=true`) works as given
+    caplog.set_level("INFO", logger="sam_medft")
+    r = load_recipe(DEMO, ["data.binary=true"])
+    assert r.data.binary is True and r.data.labels is None
+    said = [m for m in caplog.messages if "data.binary=true replaces" in m]
+    assert len(said) == 1 and "organ_a" in said[0]  # names the map it replaced
+    r = load_recipe(DEMO, ["data.labels=null", "data.binary=true"])  # the explicit form
+    assert r.data.binary is True and r.data.labels is None
+
+
+def test_labels_override_replacing_the_recipes_map_names_old_and_new(caplog):
+    caplog.set_level("INFO", logger="sam_medft")
+    r = load_recipe(DEMO, ["data.labels={0: bg, 255: fg}"])
+    assert r.data.labels == {0: "bg", 255: "fg"}
+    (said,) = [m for m in caplog.messages if "replaces the recipe's data.labels" in m]
+    assert "organ_a" in said and "'fg'" in said
+    caplog.clear()
+    load_recipe(DEMO, ["data.labels={0: background, 128: organ_a, 255: organ_b}"])  # same map
+    assert not [m for m in caplog.messages if "replaces" in m]
+
+
+def test_labels_and_binary_in_one_file_stay_an_error(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("data: {source: synthetic, binary: true, labels: {0: bg, 255: fg}}\n")
+    with pytest.raises(SamMedftError, match="not both"):
+        load_recipe(f)

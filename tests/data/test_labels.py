@@ -99,3 +99,16 @@ def test_saved_label_map_errors_name_the_label_map():
     for bad in ('{"values": null}', "[1]", '{"values": {"zero": "bg"}}', "{not json"):
         with pytest.raises(SamMedftError, match="saved label map"):
             LabelMap.from_json(bad)
+
+
+def test_unmapped_value_advice_works_as_given():
+    # the advice names an override that load_recipe accepts on a recipe with labels
+    from sam_medft.config import load_recipe
+    from sam_medft.resources import recipes_dir
+
+    with pytest.raises(SamMedftError) as e:
+        LabelMap({0: "background", 255: "organ"}).apply(np.array([[0, 254]]), source="m.png")
+    msg = str(e.value)
+    assert "254" in msg and "data.binary=true" in msg
+    r = load_recipe(recipes_dir() / "demo.yaml", ["data.binary=true"])  # recipe has labels
+    assert r.data.binary and r.data.labels is None
