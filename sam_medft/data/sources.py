@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -30,6 +31,9 @@ from sam_medft.data.labels import LabelMap
 from sam_medft.data.lists import Pair, folder_pairs, read_pair_list
 from sam_medft.data.synthetic import SYNTHETIC_LABELS, SYNTHETIC_VERSION, write_synthetic
 from sam_medft.errors import SamMedftError
+
+log = logging.getLogger("sam_medft.data")
+_NO_TEST_SAID: set[str] = set()  # missing test lists already reported in this process
 
 SPLITS = ("train", "val", "test")
 
@@ -410,7 +414,7 @@ def build_splits(data: DataConfig) -> dict[str, SampleSource]:
                 ("val", data.val_list),
                 ("test", data.test_list),
             )
-            if path is not None
+            if path is not None and (split != "test" or test_list_present(path))
         }
     if data.source == "folder":
         pairs = folder_pairs(data.folder, data.val_fraction, data.test_fraction, data.split_seed)
@@ -432,6 +436,22 @@ def build_splits(data: DataConfig) -> dict[str, SampleSource]:
             "read again; pass the images as a list (`sam-medft eval RUN --list test.csv`) or set "
             "data.source to lists, folder, hf or synthetic")
     raise SamMedftError(f"unknown data.source {data.source!r}; use lists, folder, hf or synthetic")
+
+
+def test_list_present(path: Path) -> bool:
+    """A test list is for `eval` only: one that is not there (the shipped recipes name
+    datasets/test.csv; the study's layout has none) leaves the run without a test split,
+    said once per list per process, and eval names what is missing when it needs it."""
+    if _is_file(Path(path)):
+        return True
+    key = str(Path(path).absolute())
+    if key not in _NO_TEST_SAID:
+        _NO_TEST_SAID.add(key)
+        log.warning(
+            "data.test_list %s not found: no test split (training is not affected). To "
+            "evaluate later pass `sam-medft eval RUN --list FILE` or --data "
+            "data.test_list=FILE; set data.test_list=null to silence this", path)
+    return False
 
 
 def _list_source(data: DataConfig, list_path: Path) -> PairSource:

@@ -171,6 +171,13 @@ def load_eval_data(
         )
     which = split or recipe.eval.split
     splits = build_splits(data)
+    named = getattr(data, f"{which}_list", None) if data.source == "lists" else None
+    if which not in splits and named is not None:
+        raise SamMedftError(
+            f"data.{which}_list {named} does not exist, so there is no {which} split to "
+            f"evaluate: pass --list FILE (e.g. --list val.csv) or --data data.{which}_list=FILE"
+            + ("" if which == "val" else ", or --split val")
+        )
     if which not in splits:
         have = ", ".join(s for s in splits if s != "train") or "none"
         raise SamMedftError(

@@ -188,3 +188,24 @@ def test_peft_baseline_switches_the_adapter_off(demo_run: Path, tmp_path: Path):
     vanilla = evaluate_run(demo_run, out_dir=tmp_path / "b", **kw)
     assert lora.baseline_summary["per_class"] == vanilla.baseline_summary["per_class"]
     assert lora.summary["per_class"] != lora.baseline_summary["per_class"]  # the adapter acts
+
+
+def test_missing_test_list_stops_eval_naming_the_list_and_the_fix(tmp_path):
+    # the study's layout has no test list; the shipped recipes name datasets/test.csv
+    from sam_medft.data.synthetic import write_synthetic
+    from sam_medft.eval.evaluate import load_eval_data
+
+    write_synthetic(tmp_path, n_train=2, n_val=2, n_test=0, size=32)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"data:\n  source: lists\n  train_list: {tmp_path}/train.csv\n"
+        f"  val_list: {tmp_path}/val.csv\n  test_list: {tmp_path}/test.csv\n"
+        "  labels: {0: background, 128: organ_a, 255: organ_b}\n")
+    (tmp_path / "test.csv").unlink()  # (written empty for n_test=0)
+    with pytest.raises(SamMedftError) as e:
+        load_eval_data(recipe, split="test")
+    msg = str(e.value)
+    assert "test.csv does not exist" in msg and "--list FILE" in msg
+    assert "--data data.test_list=FILE" in msg
+    data = load_eval_data(recipe, list_file=tmp_path / "val.csv")  # the fix it names
+    assert len(data.source) == 2
