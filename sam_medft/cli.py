@@ -159,7 +159,7 @@ def predict(
         img_folder = recipe_img_folder(run_recipe_file(model)) if Path(model).is_dir() else None
         check_output_folder(inputs, output_files(inputs, out_dir, probs=probs, overlays=overlays,
                                                  img_folder=img_folder),
-                            out_dir, overwrite=overwrite, claim=False)
+                            out_dir, overwrite=overwrite, claim=False, img_folder=img_folder)
         check_values(model, values, foreground_value, revision=revision)
         predictor = FineTunedSam.load(model, device=device, revision=revision)
         written = predict_paths(predictor, inputs, out_dir, batch_size=batch_size, save_probs=probs,

@@ -27,7 +27,13 @@ from sam_medft.config import DataConfig
 from sam_medft.data import io
 from sam_medft.data.labels import LabelMap
 from sam_medft.data.lists import read_pair_list
-from sam_medft.data.sources import PairSource, SampleSource, build_splits, default_label_map
+from sam_medft.data.sources import (
+    PairSource,
+    SampleSource,
+    build_splits,
+    default_label_map,
+    test_list_present,
+)
 from sam_medft.errors import SamMedftError
 
 _SHOW = 5  # files named per problem
@@ -282,8 +288,8 @@ def _sources(data: DataConfig) -> tuple[dict[str, SampleSource], list[str]]:
             ("val", data.val_list),
             ("test", data.test_list),
         ):
-            if path is None:
-                continue
+            if path is None or (split == "test" and not test_list_present(path)):
+                continue  # a missing test list is a notice (build_splits), not a data error
             try:
                 pairs = read_pair_list(path, data.img_folder, data.mask_folder, must_exist=False)
             except SamMedftError as e:

@@ -208,7 +208,8 @@ def _with_extras(targets: Sequence[Path], probs: bool, overlays: bool) -> list[P
 
 
 def check_output_folder(inputs: Sequence[str | Path], outputs: Sequence[Path], out_dir: Path, *,
-                        overwrite: bool = False, claim: bool = True) -> None:
+                        overwrite: bool = False, claim: bool = True,
+                        img_folder: str | Path | None = None) -> None:
     """Refuse an --out folder that would put the user's files at risk; nothing is written
     unless every check passes. `outputs`: the files about to be written in it.
 
@@ -223,7 +224,7 @@ def check_output_folder(inputs: Sequence[str | Path], outputs: Sequence[Path], o
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SamMedftError(f"--out {out} is a file: give a folder for the label maps")
-    check_out_location(inputs, out)
+    check_out_location(inputs, out, img_folder)
     outputs = list(outputs)
     if len(set(outputs)) != len(outputs):
         twice = next(p for p in outputs if outputs.count(p) > 1)
@@ -252,7 +253,8 @@ def check_output_folder(inputs: Sequence[str | Path], outputs: Sequence[Path], o
         write_manifest(out / MANIFEST, "predict", ours | {_rel(p, out) for p in [*outputs, legend]})
 
 
-def check_out_location(inputs: Sequence[str | Path], out_dir: Path) -> None:
+def check_out_location(inputs: Sequence[str | Path], out_dir: Path,
+                       img_folder: str | Path | None = None) -> None:
     """--out must not be an input folder, lie inside one, or hold an input image or list
     (refused whatever --overwrite says; the message never suggests it)."""
     out = Path(out_dir)
@@ -266,7 +268,7 @@ def check_out_location(inputs: Sequence[str | Path], out_dir: Path) -> None:
                 f"(and read as inputs next time); choose an --out outside it, e.g. --out "
                 f"{_beside(p)}")
     files = [Path(raw) for raw in inputs if Path(raw).is_file()]
-    files += [f for f, _ in collect_inputs(inputs)]
+    files += [f for f, _ in collect_inputs(inputs, img_folder)]
     for f in files:
         if f.resolve().is_relative_to(out_r):
             raise SamMedftError(
@@ -410,7 +412,7 @@ def predict_paths(predictor: FineTunedSam, inputs: Sequence[str | Path], out_dir
     pairs = collect_inputs(inputs, img_folder)
     targets = output_paths([n for _, n in pairs], out_dir, ".png")
     check_output_folder(inputs, _with_extras(targets, save_probs, overlays), out_dir,
-                        overwrite=overwrite)
+                        overwrite=overwrite, img_folder=img_folder)
     write_legend(predictor.meta, out_dir, values=values, foreground=foreground)
     done = predict_images(predictor, Images([p for p, _ in pairs], predictor.intensity),
                           batch_size=batch_size, num_workers=num_workers,
