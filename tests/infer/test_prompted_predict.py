@@ -329,3 +329,20 @@ def test_prompted_overlay_names_are_checked_before_the_model_loads(weightless_ru
                               "--probs", "--out", str(out)])
     assert isinstance(res.exception, SamMedftError), res.output
     assert "--probs is for automatic-mode runs" in str(res.exception)
+
+
+def test_prompt_markers_tell_positive_from_negative_points():
+    """On a plain grey 160x120 overlay (markers of radius 3): a positive point is a filled disc
+    with a white rim, a negative point a cross (diagonals in the class colour, nothing drawn
+    straight beside it), a box a rectangle in the class colour with the inside untouched."""
+    from sam_medft.infer.predict import PALETTE, draw_prompts
+
+    grey = np.full((120, 160, 3), 90, np.uint8)
+    entries = [{"label": 1, "box": [10, 10, 80, 70]},
+               {"label": 2, "points": [[110, 40], [130, 90]], "point_labels": [1, 0]}]
+    drawn = np.asarray(draw_prompts(Image.fromarray(grey), entries))
+    colour, white = np.array(PALETTE[2]), np.array([255, 255, 255])
+    assert (drawn[40, 110:113] == colour).all() and (drawn[40, 113] == white).all()  # disc
+    assert (drawn[90, 133] == 90).all() and (drawn[92, 132] == colour).all()  # cross
+    assert (drawn[10, 10:81] == PALETTE[1]).all() and (drawn[70, 10:81] == PALETTE[1]).all()
+    assert (drawn[40, 45] == 90).all()  # the box is not filled
