@@ -114,7 +114,7 @@ def predict(
     workers: Annotated[int, typer.Option(min=0, help="processes decoding and resizing the "
                                          "next images while the model runs")] = 0,
     probs: Annotated[bool, typer.Option(help="also save per-class probabilities (.npy)")] = False,
-    overlays: Annotated[bool, typer.Option(help="also save colour overlays")] = False,
+    overlays: Annotated[bool, typer.Option(help="also save colour overlays (prompted: with the boxes and points drawn)")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace predictions an earlier `predict` "
                                             "wrote there (never other files)")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,

@@ -4,6 +4,10 @@
 `predict_paths` (and `predict_paths_with_prompts`, with boxes/points decoded by
 `sam_medft.infer.prompted`) is what `sam-medft predict` runs: batched, bf16 on GPU, a
 progress bar, and output names that mirror the inputs so nothing is overwritten silently.
+The PNGs hold class indices (a palette; `values="class"`) or each class's raw mask value as
+the training masks stored it (`values="raw"`: `raw_values`, `value_table`); legend.json
+(`legend_of`) names both for every class. Overlays of prompted runs show the prompts
+(`draw_prompts`).
 All of them run the one prediction pipeline (`sam_medft.infer.pipeline`), as eval does.
 
 The user's files are never replaced: `check_output_folder` refuses an --out folder that is,
