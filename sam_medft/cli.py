@@ -95,9 +95,16 @@ def train(
     from accelerate import PartialState
 
     if PartialState().is_main_process:
+        if result.best_dice > 0:
+            picked = (f"best validation foreground Dice {result.best_dice:.4f} (low-res grid) at "
+                      f"step {result.best_step}")
+        elif result.history:
+            picked = (f"no validation segmented any foreground: the adapter (step "
+                      f"{result.best_step}) segments nothing")
+        else:
+            picked = f"no validation split: the adapter of step {result.best_step}"
         print_info(("done", "bold green"), f": {result.steps} steps in {result.seconds:.1f} s; "
-                   f"best validation foreground Dice {result.best_dice:.4f} at step "
-                   f"{result.best_step}", console=out)
+                   f"{picked}", console=out)
         print_info(f"adapter: {result.run_dir / 'adapter'}", console=out)
         if r.hub.push:
             from sam_medft.hub import push_recipe_run

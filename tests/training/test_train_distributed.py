@@ -113,7 +113,7 @@ def test_two_processes_match_one_process_and_write_once(tmp_path):
     writers = {p.name.split(".")[-2] for p in events}  # events.out.tfevents.<time>.<host>.<pid>.<n>
     assert events and len(writers) == 1, events
     text = (ddp / "logs" / "train.log").read_text()
-    assert text.count("step 2: val foreground Dice") == 1  # not once per rank
+    assert text.count("step 2: validation Dice on the low-res grid") == 1  # not once per rank
     assert (ddp / "adapter" / "sam_medft.json").is_file()
     assert not list(ddp.rglob(".tmp-*"))
 
