@@ -122,23 +122,25 @@ def test_labels_override_replaces_the_recipes_binary_and_says_so_once(caplog):
     assert len(said) == 1 and "zone_a" in said[0]
 
 
-def test_binary_override_replaces_the_recipes_labels(caplog):
+def test_binary_override_replaces_the_recipes_labels(caplog, tmp_path):
     # the unmapped-value error's advice (`data.binary=true`) works as given
     caplog.set_level("INFO", logger="sam_medft")
-    r = load_recipe(DEMO, ["data.binary=true"])
+    recipe = tmp_path / "r.yaml"  # a map of its own: notices are said once per process
+    recipe.write_text("data: {source: synthetic, labels: {0: background, 77: lesion_q}}\n")
+    r = load_recipe(recipe, ["data.binary=true"])
     assert r.data.binary is True and r.data.labels is None
     said = [m for m in caplog.messages if "data.binary=true replaces" in m]
-    assert len(said) == 1 and "organ_a" in said[0]  # names the map it replaced
-    r = load_recipe(DEMO, ["data.labels=null", "data.binary=true"])  # the explicit form
+    assert len(said) == 1 and "lesion_q" in said[0]  # names the map it replaced
+    r = load_recipe(recipe, ["data.labels=null", "data.binary=true"])  # the explicit form
     assert r.data.binary is True and r.data.labels is None
 
 
 def test_labels_override_replacing_the_recipes_map_names_old_and_new(caplog):
     caplog.set_level("INFO", logger="sam_medft")
-    r = load_recipe(DEMO, ["data.labels={0: bg, 255: fg}"])
-    assert r.data.labels == {0: "bg", 255: "fg"}
+    r = load_recipe(DEMO, ["data.labels={0: bg, 255: fg_replacing}"])  # said once per process
+    assert r.data.labels == {0: "bg", 255: "fg_replacing"}
     (said,) = [m for m in caplog.messages if "replaces the recipe's data.labels" in m]
-    assert "organ_a" in said and "'fg'" in said
+    assert "organ_a" in said and "'fg_replacing'" in said
     caplog.clear()
     load_recipe(DEMO, ["data.labels={0: background, 128: organ_a, 255: organ_b}"])  # same map
     assert not [m for m in caplog.messages if "replaces" in m]
