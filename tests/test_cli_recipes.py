@@ -10,9 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from sam_medft.cli import app
 from sam_medft.config import load_recipe
 from sam_medft.recipes_index import count_parameters
+from sam_medft.resources import find_recipe
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 ROW = re.compile(r"^\s*(\S+)\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)\s*$")
@@ -96,3 +99,21 @@ def test_counts_agree_with_the_architectures(rows):
             assert 0 < heads_and_added < trainable(f"{model}/{method}")
     assert rows["sam-vit-base/vanilla_encdec"][0] == pytest.approx(93.7e6, rel=0.01)
     assert rows["sam-vit-huge/vanilla_encdec"][0] == pytest.approx(641e6, rel=0.01)
+
+
+def test_recipes_lists_the_short_names_train_takes(tmp_path, monkeypatch):
+    """`sam-medft recipes` prints the names `train` takes from any folder (`demo`,
+    `sam-vit-base/lora_encdec`), not file paths."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["recipes"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    names = [
+        cells[1].strip()
+        for line in res.output.splitlines()
+        if len(cells := line.split("│")) > 2 and cells[1].strip()
+    ]
+    shipped = {p.relative_to(RECIPES_DIR).with_suffix("").as_posix() for p in RECIPES_DIR.rglob("*.yaml")}
+    assert set(names) == shipped and "sam-vit-base/lora_encdec" in names
+    assert not [n for n in names if n.endswith(".yaml") or n.startswith("recipes/")]
+    for name in names:  # each is what `train NAME` resolves from a folder without recipes/
+        assert find_recipe(name).resolve() == (RECIPES_DIR / f"{name}.yaml").resolve()
