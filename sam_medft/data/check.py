@@ -45,7 +45,11 @@ _FIXES = {
     "corrupt mask": "re-export these files as single-channel label maps",
     "size mismatch": "masks must have their image's size; check the pairing or resample "
     "the masks with nearest-neighbour",
-    "unmapped labels": "add the values to data.labels or set data.binary: true",
+    "unmapped labels": (
+        "add the values to data.labels, or make every value > 0 one foreground class with "
+        "the override data.binary=true (it replaces the recipe's labels; drop a data.labels=... "
+        "override), or in the recipe file replace `labels:` with `binary: true`"
+    ),
     "lossy (JPEG) mask": "JPEG changes label values at every object edge (with data.binary: "
     "true each artefact becomes foreground); re-export the masks as PNG from the original "
     "label maps, or if JPEG is all you have, threshold while converting (e.g. value > 127 -> "

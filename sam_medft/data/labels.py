@@ -115,9 +115,9 @@ class LabelMap:
         raise SamMedftError(
             f"{source}: mask values {_short(unknown)} are not in data.labels (mapped: {mapped}). "
             f"Add them to data.labels, e.g.\n  labels:\n{example}\n"
-            "or treat every value > 0 as one foreground class: override data.binary=true on "
-            "the command line (it replaces data.labels), or in the recipe file replace "
-            "`labels:` with `binary: true`"
+            "or make every value > 0 one foreground class with the override data.binary=true "
+            "(it replaces the recipe's labels; drop a data.labels=... override), or in the "
+            "recipe file replace `labels:` with `binary: true`"
         )
 
     # ---- inference ------------------------------------------------------------------------

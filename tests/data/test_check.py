@@ -332,3 +332,19 @@ def test_all_empty_synthetic_validation_names_its_own_switch(tmp_path, monkeypat
     assert (
         err.startswith("val: all 1 validation masks are empty") and "data.synthetic.n_val: 0" in err
     )
+
+
+def test_unmapped_label_advice_works_as_given(tmp_path):
+    # the study's 0/254/255 masks with a recipe mapping only 254: the fix named in the
+    # message (the override data.binary=true on a recipe with labels) passes the check
+    from sam_medft.config import load_recipe
+
+    rows = [_pair(tmp_path, n, np.where(_blob(254) > 0, v, 0)) for n, v in (("a", 254), ("b", 255))]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data: {{source: lists, img_folder: {tmp_path}, mask_folder: {tmp_path}, "
+                      f"train_list: {tmp_path}/train.csv, labels: {{0: background, 254: zone_a}}}}\n")
+    rep = check_dataset(load_recipe(recipe).data)
+    errs = "\n".join(rep.errors)
+    assert "unmapped labels" in errs and "data.binary=true" in errs
+    assert check_dataset(load_recipe(recipe, ["data.binary=true"]).data).ok
