@@ -208,3 +208,11 @@ def test_dry_run_names_the_model_it_runs_and_warns_nothing(tmp_path):
     assert named.returncode == 0, named.stderr[-3000:]
     assert "comes from the recipe" not in named.stdout
     assert f"run folder {tmp_path / 'tiny_lora'}" in named.stdout.replace("\n", "")
+
+
+def test_plan_says_when_the_base_is_random():
+    plan = estimate(recipe("slimsam-77/lora_encdec", "model.random_init=true"))
+    assert plan.model == "slimsam-77"
+    assert any("model.random_init=true: slimsam-77 with RANDOM weights" in n for n in plan.notes)
+    plain = estimate(recipe("slimsam-77/lora_encdec"))
+    assert not any("random_init" in n for n in plain.notes)
