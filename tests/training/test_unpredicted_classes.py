@@ -95,3 +95,18 @@ def test_foreground_dice_zero_is_never_called_best(tmp_path, caplog):
     assert summary["foreground_segmented"] is False
     assert summary["never_predicted"] == ["small"]
     assert summary["classes"]["small"]["first_predicted_step"] is None
+
+
+def test_pixel_totals_per_class_and_per_prompt_set():
+    import torch
+
+    from sam_medft.training.validate import pixel_totals
+
+    # automatic: (N, C-1, 3) tp/fp/fn -> per class tp+fp and tp+fn over the images
+    counts = torch.tensor([[[2, 1, 0], [0, 0, 5]], [[1, 0, 1], [0, 0, 3]]])
+    assert pixel_totals(counts, prompted=False) == {"predicted_pixels": [4, 0],
+                                                    "reference_pixels": [4, 8]}
+    # prompt modes: (N, P, 3) with -1 padding rows -> one entry for all prompts
+    counts = torch.tensor([[[2, 1, 0], [-1, -1, -1]], [[0, 3, 4], [-1, -1, -1]]])
+    assert pixel_totals(counts, prompted=True) == {"predicted_pixels": [6],
+                                                   "reference_pixels": [6]}
