@@ -343,7 +343,7 @@ class Trainer:
         train_report = report.splits.get("train")
         if train_report is not None:
             self.rare = train_report.rare_classes(self.label_map.class_names)
-        for rare in self.rare:
+        for rare in self.rare if PartialState().is_main_process else []:  # once, not per rank
             log.warning("%s", rare_class_warning(rare, self.recipe, self.label_map.num_classes))
         self.splits = self.given_splits or build_splits(self.recipe.data)
         if "train" not in self.splits or len(self.splits["train"]) == 0:
@@ -534,7 +534,8 @@ class Trainer:
             # every validation was undefined (NaN): the last step's adapter, so the run has one
             self.save_adapter()
             s.best_step = s.step
-        classes = self.final_class_report() if self.val_dl is not None else {}
+        classes = (self.final_class_report()
+                   if self.val_dl is not None and accelerator.is_main_process else {})
         accelerator.wait_for_everyone()
         seconds = time.perf_counter() - t0
         if accelerator.is_main_process:
@@ -617,7 +618,7 @@ class Trainer:
         predicted = metrics.get("predicted_pixels") or []
         reference = metrics.get("reference_pixels") or []
         names = self.class_names()
-        if len(predicted) != len(names):
+        if len(predicted) != len(names) or not self.accelerator.is_main_process:
             return
         for i, name in enumerate(names):
             if name in self.state.first_predicted or name in self.warned_unpredicted:
