@@ -192,6 +192,17 @@ def _num(stats: dict, key: str, digits: int = 4) -> str:
     return "&ndash;" if v is None else f"{v:.{digits}f}"
 
 
+def _never_predicted_notice(summary: dict) -> str:
+    """A class the model predicted on no case: its Dice of 0 is no segmentation at all."""
+    items = "".join(
+        f"<li><strong>{html.escape(str(e['name']))}</strong> was never predicted on any of the "
+        f"{summary['n_cases']} cases (it is in the reference of {e['reference_cases']}): its "
+        f"Dice of 0 means no segmentation at all, not a poor one. Retrain with "
+        f"<code>loss.class_weights</code> or a longer <code>train.max_steps</code>.</li>"
+        for e in summary.get("never_predicted") or [])
+    return f'<div class="never" id="never-predicted"><ul>{items}</ul></div>' if items else ""
+
+
 def _summary_table(summary: dict) -> str:
     head = (
         "<tr><th>class</th><th>Dice mean</th><th>Dice std</th><th>Dice median</th><th>n</th>"
@@ -254,6 +265,7 @@ th,td{border:1px solid #d9e2ec;padding:.3rem .6rem;text-align:right}
 th:first-child,td:first-child{text-align:left}th{background:#f0f4f8}
 tr.fg td{font-weight:600;background:#fffbea}
 .policy{background:#f0f4f8;border-left:4px solid #486581;padding:.5rem .8rem}
+.never{background:#fdecea;border-left:4px solid #c0392b;padding:.3rem .8rem}
 .meta td{text-align:left}
 .overlays{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(300px,100%),1fr));
 gap:1rem}
@@ -381,6 +393,7 @@ HD95 is in the units of the pixel spacing (mm when the spacing is given in mm).<
 {meta}
 <p class="policy"><strong>Empty-case policy: {html.escape(summary["empty_policy"])}.</strong>
 {html.escape(summary["policy_description"])}</p>
+{_never_predicted_notice(summary)}
 <h2>Summary</h2>
 {_summary_table(summary)}
 {_delta_section(delta, delta_note)}

@@ -224,3 +224,22 @@ def test_never_predicted_class_is_named_in_summary_and_table(rows, tmp_path):
     assert "2 tumour (never predicted)" in text and "never predicted: 2 tumour" in text
     assert "tumour was never predicted on any of the 2 cases" in text
     assert "at each image's original size" in text
+
+
+def test_never_predicted_class_is_named_in_the_html_report(tmp_path):
+    """The report page says it too, above the metrics (and says nothing when all are found)."""
+    from sam_medft.eval.report import write_report
+
+    missed = []
+    for name, (pred, gt) in {
+        "a": (mask((1, 2, 12, 2, 12)), mask((1, 2, 12, 2, 12), (2, 15, 20, 15, 20))),
+        "b": (mask((1, 2, 12, 2, 12)), mask((1, 2, 12, 2, 12))),
+    }.items():
+        missed += case_metrics(pred, gt, [1, 2], case=name, class_names=NAMES)
+    page = write_report(tmp_path / "r1", summarize(missed, NAMES, "exclude"), missed, [], "t")
+    text = page.read_text()
+    assert 'id="never-predicted"' in text
+    assert "<strong>tumour</strong> was never predicted on any of the 2 cases" in text
+    found = [r for r in missed if r["class_id"] == 1]
+    page = write_report(tmp_path / "r2", summarize(found, NAMES, "exclude"), found, [], "t")
+    assert "never-predicted" not in page.read_text()
