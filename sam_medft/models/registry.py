@@ -92,13 +92,7 @@ def build_random(name: str, num_classes: int, family: str = "sam"):
         cls = SamHQModel
     else:
         cls = SamModel
-    state = torch.random.get_rng_state()
-    torch.manual_seed(RANDOM_INIT_SEED)
-    try:
-        model = cls(cfg)
-    finally:
-        torch.random.set_rng_state(state)
-    return model.eval()
+    return seeded_model(cls, cfg, RANDOM_INIT_SEED)
 
 
 def build_tiny(num_classes: int | None = None) -> SamModel:
@@ -106,10 +100,16 @@ def build_tiny(num_classes: int | None = None) -> SamModel:
     cfg = SamConfig(**TINY_CONFIG)
     if num_classes is not None:
         cfg.mask_decoder_config.num_multimask_outputs = num_classes
+    return seeded_model(SamModel, cfg, TINY_SEED)
+
+
+def seeded_model(cls: type, cfg, seed: int):
+    """`cls(cfg)` with weights drawn from `seed` (the same in every process), leaving the
+    caller's random state as it was."""
     state = torch.random.get_rng_state()
-    torch.manual_seed(TINY_SEED)
+    torch.manual_seed(seed)
     try:
-        model = SamModel(cfg)
+        model = cls(cfg)
     finally:
         torch.random.set_rng_state(state)
     return model.eval()

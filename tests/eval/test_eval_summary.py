@@ -205,12 +205,7 @@ def test_never_predicted_class_is_named_in_summary_and_table(rows, tmp_path):
     s = summarize(rows, NAMES, "exclude")
     assert s["never_predicted"] == []  # tumour is predicted in cases b and d
     assert s["per_class"]["2"]["predicted_cases"] == 2
-    missed = []
-    for name, (pred, gt) in {
-        "a": (mask((1, 2, 12, 2, 12)), mask((1, 2, 12, 2, 12), (2, 15, 20, 15, 20))),
-        "b": (mask((1, 2, 12, 2, 12)), mask((1, 2, 12, 2, 12))),
-    }.items():
-        missed += case_metrics(pred, gt, [1, 2], case=name, class_names=NAMES)
+    missed = _tumour_never_predicted()
     s = summarize(missed, NAMES, "exclude")
     tumour = s["per_class"]["2"]
     assert tumour["never_predicted"] is True and s["per_class"]["1"]["never_predicted"] is False
@@ -230,12 +225,7 @@ def test_never_predicted_class_is_named_in_the_html_report(tmp_path):
     """The report page says it too, above the metrics (and says nothing when all are found)."""
     from sam_medft.eval.report import write_report
 
-    missed = []
-    for name, (pred, gt) in {
-        "a": (mask((1, 2, 12, 2, 12)), mask((1, 2, 12, 2, 12), (2, 15, 20, 15, 20))),
-        "b": (mask((1, 2, 12, 2, 12)), mask((1, 2, 12, 2, 12))),
-    }.items():
-        missed += case_metrics(pred, gt, [1, 2], case=name, class_names=NAMES)
+    missed = _tumour_never_predicted()
     page = write_report(tmp_path / "r1", summarize(missed, NAMES, "exclude"), missed, [], "t")
     text = page.read_text()
     assert 'id="never-predicted"' in text
@@ -243,3 +233,14 @@ def test_never_predicted_class_is_named_in_the_html_report(tmp_path):
     found = [r for r in missed if r["class_id"] == 1]
     page = write_report(tmp_path / "r2", summarize(found, NAMES, "exclude"), found, [], "t")
     assert "never-predicted" not in page.read_text()
+
+
+def _tumour_never_predicted() -> list[dict]:
+    """Two cases: liver found in both, the tumour (in case a's reference) predicted in none."""
+    rows = []
+    for name, (pred, gt) in {
+        "a": (mask((1, 2, 12, 2, 12)), mask((1, 2, 12, 2, 12), (2, 15, 20, 15, 20))),
+        "b": (mask((1, 2, 12, 2, 12)), mask((1, 2, 12, 2, 12))),
+    }.items():
+        rows += case_metrics(pred, gt, [1, 2], case=name, class_names=NAMES)
+    return rows
