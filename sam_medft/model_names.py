@@ -17,9 +17,19 @@ class ModelEntry:
     name: str
     hub_id: str | None  # None: built from a config (`models.registry.TINY_CONFIG`), no weights
     normalization: str = "sam"
-    family: str = "sam"  # sam | sam_hq
+    family: str = "sam"  # sam | sam_hq | mobile_sam
     description: str = ""
+    # no transformers checkpoint on the Hub: where the original weights are, for
+    # `sam-medft convert` (hub_id None and no convert_from: a built-in random test model)
+    convert_from: str | None = None
 
+    @property
+    def is_tiny(self) -> bool:
+        return self.hub_id is None and self.convert_from is None
+
+
+MOBILESAM_WEIGHTS = ("mobile_sam.pt from https://github.com/ChaoningZhang/MobileSAM "
+                     "(weights/mobile_sam.pt)")
 
 REGISTRY: dict[str, ModelEntry] = {
     e.name: e
@@ -35,8 +45,12 @@ REGISTRY: dict[str, ModelEntry] = {
                    description="SAM-HQ ViT-B"),
         ModelEntry("sam-hq-vit-huge", "syscv-community/sam-hq-vit-huge", family="sam_hq",
                    description="SAM-HQ ViT-H"),
+        ModelEntry("mobilesam", None, family="mobile_sam", convert_from=MOBILESAM_WEIGHTS,
+                   description="MobileSAM (TinyViT encoder, the study's vit_t), 10M"),
         ModelEntry("tiny", None,
                    description="random ~5M-parameter SamModel from a config (tests, offline demo)"),
+        ModelEntry("tiny-mobilesam", None, family="mobile_sam",
+                   description="random ~5M-parameter MobileSAM from a config (tests)"),
     ]
 }
 

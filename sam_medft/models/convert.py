@@ -30,7 +30,8 @@ from transformers import AutoConfig, SamConfig, SamModel, SamProcessor
 
 from sam_medft.errors import SamMedftError
 from sam_medft.model_names import lookup
-from sam_medft.models import registry
+from sam_medft.models import convert_mobile, registry
+from sam_medft.models.mobile_sam import MobileSamConfig, MobileSamModel
 
 #: written into every converted folder: what was converted, and the mark of a folder of ours
 CONVERSION_FILE = "conversion.json"
@@ -134,9 +135,20 @@ _MLP_HF = re.compile(
 
 # Source keys that are known and deliberately not weights of SamModel.
 _KNOWN_IGNORED = {
+    "norm_head": "TinyViT's ImageNet classifier head; MobileSAM never runs it",
+    "head": "TinyViT's ImageNet classifier head; MobileSAM never runs it",
     "pixel_mean": "normalisation constant; the processor config carries it",
     "pixel_std": "normalisation constant; the processor config carries it",
 }
+
+
+def _ignore_reason(key: str) -> str:
+    """Why a source key has no SamModel counterpart (by its last name, or its module)."""
+    parts = key.split(".")
+    for part in (parts[-1], parts[1] if len(parts) > 2 else ""):
+        if part in _KNOWN_IGNORED:
+            return _KNOWN_IGNORED[part]
+    return "no SamModel counterpart"
 
 
 def _mlp_depths_original(keys: list[str]) -> dict[str, int]:
@@ -211,12 +223,17 @@ def map_to_hf(
     counterpart). The tied positional matrix is written under both SamModel names.
     """
     depths = _mlp_depths_original(list(state_dict))
+    tiny_vit = convert_mobile.stage_depths(state_dict) if convert_mobile.is_tiny_vit(
+        state_dict) else None
     mapped: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}
     unknown: list[str] = []
     for key, value in state_dict.items():
         mlp = _MLP_ORIG.match(key)
-        hf = original_key_to_hf(key, depths.get(mlp[1], 3) if mlp else 3)
+        if tiny_vit is not None and key.startswith(convert_mobile.ORIG):  # MobileSAM encoder
+            hf = convert_mobile.original_key_to_hf(key, tiny_vit)
+        else:
+            hf = original_key_to_hf(key, depths.get(mlp[1], 3) if mlp else 3)
         if hf is None:
             unknown.append(key)
             continue
@@ -236,6 +253,9 @@ def to_original_state_dict(model: SamModel) -> dict[str, torch.Tensor]:
     """
     state = model.state_dict()
     depths = _mlp_depths_hf(list(state))
+    config = getattr(model, "config", None)
+    tiny_vit = (list(config.vision_config.depths) if isinstance(config, MobileSamConfig)
+                else None)
     out: dict[str, torch.Tensor] = {}
     unmapped: list[str] = []
     for key, value in state.items():
@@ -248,7 +268,10 @@ def to_original_state_dict(model: SamModel) -> dict[str, torch.Tensor]:
                 )
             continue
         mlp = _MLP_HF.match(key)
-        orig = hf_key_to_original(key, depths.get(mlp[1], 3) if mlp else 3)
+        if tiny_vit is not None and key.startswith(convert_mobile.HF):
+            orig = convert_mobile.hf_key_to_original(key, tiny_vit)
+        else:
+            orig = hf_key_to_original(key, depths.get(mlp[1], 3) if mlp else 3)
         if orig is None:
             unmapped.append(key)
             continue
@@ -366,7 +389,8 @@ def detect_layout(
         return "full", sd, False
     if "image_encoder" in heads:
         return "encoder", sd, False
-    if "patch_embed.proj.weight" in sd or any(k.startswith("blocks.") for k in sd):
+    bare_tiny_vit = "patch_embed.seq.0.c.weight" in sd  # MobileSAM's TinyViT, unprefixed
+    if bare_tiny_vit or "patch_embed.proj.weight" in sd or any(k.startswith("blocks.") for k in sd):
         return "encoder", {f"image_encoder.{k}": v for k, v in sd.items()}, True
     raise SamMedftError(
         f"{src} does not look like a segment-anything checkpoint: no image_encoder.*, "
@@ -495,11 +519,52 @@ def resolve_config(
     return config, (arch if isinstance(arch, str) else "custom")
 
 
+def model_class(config: SamConfig) -> type[SamModel]:
+    """The model class a converted config builds (MobileSAM's TinyViT, or SAM's ViT)."""
+    return MobileSamModel if isinstance(config, MobileSamConfig) else SamModel
+
+
+def resolve_mobile_config(arch: str | SamConfig | None, sd: Mapping[str, torch.Tensor],
+                          src: Path) -> tuple[MobileSamConfig, str]:
+    """The MobileSamConfig of a TinyViT checkpoint, and its name; `arch` must agree."""
+    if isinstance(arch, str):
+        try:
+            arch = registry.architecture_config(arch)
+        except KeyError:
+            arch = None
+        if not isinstance(arch, MobileSamConfig):
+            raise SamMedftError(
+                f"{src} holds a MobileSAM (TinyViT) image encoder, not the ViT of --arch; pass "
+                "--arch mobilesam or leave --arch out to infer it from the checkpoint.")
+    if arch is not None and not isinstance(arch, MobileSamConfig):
+        raise SamMedftError(f"{src} holds a MobileSAM (TinyViT) encoder; pass a MobileSamConfig.")
+    size = arch.vision_config.image_size if arch is not None else 1024
+    inferred = convert_mobile.infer_config(sd, image_size=size)
+    found = convert_mobile.geometry(inferred)
+    named = registry.architecture_config("mobilesam")
+    if arch is None:
+        if found == convert_mobile.geometry(named.vision_config):
+            return named, "mobilesam"
+        return MobileSamConfig(vision_config=inferred.to_dict()), "custom"
+    want = convert_mobile.geometry(arch.vision_config)
+    if found != want:
+        diffs = "; ".join(f"{k}: checkpoint {found[k]} vs given {want[k]}"
+                          for k in want if found[k] != want[k])
+        raise SamMedftError(f"{src} does not match the given MobileSAM architecture: {diffs}; "
+                            "leave --arch out to infer it.")
+    name = "mobilesam" if want == convert_mobile.geometry(named.vision_config) else "custom"
+    return copy.deepcopy(arch), name
+
+
 def load_base_model(base_model: str) -> SamModel:
     """A registry name, Hub id or local transformers folder -> SamModel."""
     entry = lookup(base_model)
+    if entry is not None and entry.is_tiny:
+        return registry.build_tiny(name=base_model)
     if entry is not None and entry.hub_id is None:
-        return registry.build_tiny()
+        raise SamMedftError(
+            f"--base-model {base_model} has no transformers checkpoint to load; convert "
+            f"{entry.convert_from} first and pass the converted folder.")
     target = entry.hub_id if entry is not None else base_model
     local = Path(target).expanduser()
     looks_local = target.startswith(("/", ".", "~")) or target.count("/") > 1
@@ -511,12 +576,14 @@ def load_base_model(base_model: str) -> SamModel:
     target = str(local) if local.is_dir() else target
     try:
         config = AutoConfig.from_pretrained(target)  # small: check the family before weights
-        if config.model_type != "sam":
+        if config.model_type not in ("sam", "mobile_sam"):
             raise SamMedftError(
                 f"--base-model {base_model!r} is a {config.model_type} model; the decoder for "
-                "SAM encoder weights must come from a plain SAM model (e.g. sam-vit-base)."
+                "SAM encoder weights must come from a plain SAM model (e.g. sam-vit-base) "
+                "or a MobileSAM folder."
             )
-        return SamModel.from_pretrained(target)
+        cls = MobileSamModel if config.model_type == "mobile_sam" else SamModel
+        return cls.from_pretrained(target)
     except (OSError, ValueError, KeyError) as err:
         where = "local folder" if local.is_dir() else "Hub id"
         raise SamMedftError(
@@ -621,7 +688,7 @@ def _build(
     `name` turns a SamModel key into the name the user's file uses, for the messages.
     """
     with torch.device("meta"):
-        model = SamModel(config)
+        model = model_class(config)(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     if missing:
@@ -647,6 +714,8 @@ def _build(
     loaded = {k: _own_storage(weights[k].detach().to(expected[k].dtype)) for k in expected}
     model.load_state_dict(loaded, strict=True, assign=True)
     model.tie_weights()
+    if isinstance(model, MobileSamModel):
+        model.rebuild_buffers()
     stray = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if stray:  # a transformers version with extra non-persistent state: a bug here, not user's
         raise RuntimeError(f"SamModel tensors left uninitialised after conversion: {stray}")
@@ -686,7 +755,7 @@ def _write_atomically(
         model.save_pretrained(tmp)
         _processor(config, report.normalization).save_pretrained(tmp)
         (tmp / CONVERSION_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        reloaded = SamModel.from_pretrained(tmp)
+        reloaded = model_class(config).from_pretrained(tmp)
         want = model.state_dict()
         got = reloaded.state_dict()
         if set(got) != set(want) or any(not torch.equal(got[k], want[k]) for k in want):
@@ -744,10 +813,13 @@ def convert_checkpoint(
     else:
         stray = []
     mapped, origin, unknown = map_to_hf(sd)
-    config, arch_name = resolve_config(arch, infer_vision_geometry(sd), src)
+    if convert_mobile.is_tiny_vit(sd):
+        config, arch_name = resolve_mobile_config(arch, sd, src)
+    else:
+        config, arch_name = resolve_config(arch, infer_vision_geometry(sd), src)
     notes: list[str] = []
     ignored = [
-        f"{source_name(k)} ({_KNOWN_IGNORED.get(k.rsplit('.', 1)[-1], 'no SamModel counterpart')})"
+        f"{source_name(k)} ({_ignore_reason(k)})"
         for k in unknown
     ]
     ignored += [f"{k} (not an image-encoder weight)" for k in stray] + wrapper_ignored
@@ -766,8 +838,14 @@ def convert_checkpoint(
     else:
         base = load_base_model(base_model)
         vision = config.vision_config
-        merged = copy.deepcopy(base.config)
-        merged.vision_config = copy.deepcopy(vision)
+        if isinstance(config, MobileSamConfig):  # a TinyViT encoder on SAM's decoder
+            merged = MobileSamConfig(
+                vision_config=vision.to_dict(),
+                prompt_encoder_config=base.config.prompt_encoder_config.to_dict(),
+                mask_decoder_config=base.config.mask_decoder_config.to_dict())
+        else:
+            merged = copy.deepcopy(base.config)
+            merged.vision_config = copy.deepcopy(vision)
         grid = vision.image_size // vision.patch_size
         prompt = merged.prompt_encoder_config
         if (prompt.image_embedding_size, prompt.image_size) != (grid, vision.image_size) or (

@@ -37,6 +37,7 @@ from sam_medft.hub import (
     offline_mode,
 )
 from sam_medft.model_names import REGISTRY, lookup
+from sam_medft.models.mobile_sam import MobileSamModel
 from sam_medft.models.registry import (
     RANDOM_PREFIX,
     build_random,
@@ -47,7 +48,7 @@ from sam_medft.models.registry import (
 
 log = logging.getLogger(__name__)
 
-MODEL_CLASSES = {"sam": SamModel, "sam_hq": SamHQModel}
+MODEL_CLASSES = {"sam": SamModel, "sam_hq": SamHQModel, "mobile_sam": MobileSamModel}
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class BaseModelSpec:
     """What a recipe's `model.name` resolves to."""
 
     name: str  # as written in the recipe
-    source: str  # "tiny", a Hub id, or a local folder
+    source: str  # a built-in test model's name ("tiny"), a Hub id, or a local folder
     normalization: str
     is_tiny: bool = False
     random_init: bool = False  # the registry architecture with seeded random weights
@@ -72,9 +73,14 @@ def resolve_model_name(name: str, normalization: str | None = None, *,
     if arch is not None or random_init:
         return _random_spec(arch or name, normalization)
     entry = lookup(name)
+    if entry is not None and entry.hub_id is None and not entry.is_tiny:
+        raise SamMedftError(
+            f"model.name {name!r} has no transformers checkpoint on the Hub: download "
+            f"{entry.convert_from}, run `sam-medft convert mobile_sam.pt OUT_DIR`, then use "
+            f"model.name=OUT_DIR. {RANDOM_INIT_HINT}")
     if entry is not None:
-        return BaseModelSpec(name, entry.hub_id or "tiny", normalization or entry.normalization,
-                             is_tiny=entry.hub_id is None)
+        return BaseModelSpec(name, entry.hub_id or name, normalization or entry.normalization,
+                             is_tiny=entry.is_tiny)
     if Path(name).expanduser().is_dir():
         return BaseModelSpec(name, str(Path(name).expanduser()), normalization or _folder_norm(name))
     if Path(name).expanduser().is_file():
@@ -104,7 +110,7 @@ def load_base_model(spec: BaseModelSpec, num_classes: int, *, revision: str | No
                     max_memory: dict | None = None) -> PreTrainedModel:
     """Load the base model with `num_classes` output masks (fresh heads if the count differs)."""
     if spec.is_tiny:
-        return build_tiny(num_classes)
+        return build_tiny(num_classes, spec.source)
     if spec.random_init:
         arch = random_base_name(spec.source) or spec.source
         entry = lookup(arch)

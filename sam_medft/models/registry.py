@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from transformers import SamConfig, SamHQConfig, SamHQModel, SamModel
 
+from sam_medft.models.mobile_sam import MobileSamConfig, MobileSamModel
+
 TINY_CONFIG = dict(
     vision_config=dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
                        global_attn_indexes=[1, 3], mlp_dim=128, image_size=256,
@@ -21,6 +23,20 @@ TINY_CONFIG = dict(
     prompt_encoder_config=dict(image_size=256, image_embedding_size=16),
     initializer_range=0.02,
 )
+# MobileSAM's architecture at test size: TinyViT with 5 attention blocks, 256-pixel input,
+# 16x16 embeddings (the same geometry as `tiny`), ~0.7M encoder parameters
+TINY_MOBILESAM_CONFIG = dict(
+    vision_config=dict(embed_dims=[16, 32, 40, 64], depths=[1, 2, 2, 1],
+                       stage_num_heads=[1, 2, 2, 4], window_sizes=[7, 7, 14, 7],
+                       image_size=256, initializer_range=0.02, scale=1.0),
+    prompt_encoder_config=dict(image_size=256, image_embedding_size=16),
+    initializer_range=0.02,
+)
+# MobileSAM (mobile_sam.pt; the study's vit_t): the TinyViT defaults of MobileSamVisionConfig
+_MOBILE = {
+    "mobilesam": dict(vision_config=dict(initializer_range=0.02)),
+    "tiny-mobilesam": TINY_MOBILESAM_CONFIG,
+}
 TINY_SEED = 0  # the tiny model's weights are a pure function of this seed
 # `model.random_init: true`: the registry architecture with weights from this seed; the
 # adapter records the base as `random:<name>`, so `sam_medft.load` rebuilds the same base
@@ -64,6 +80,8 @@ def architecture_config(name: str) -> SamConfig:
     """A SamConfig with the named checkpoint's shapes (no weights needed)."""
     if name == "tiny":
         return SamConfig(**TINY_CONFIG)
+    if name in _MOBILE:
+        return MobileSamConfig(**_MOBILE[name])
     # initializer_range 0.02: the vision default (1e-10) gives dead random models
     if name in ARCH_OF:
         return SamConfig(vision_config=dict(_VIT[ARCH_OF[name]], initializer_range=0.02))
@@ -79,7 +97,7 @@ def random_base_name(name: str) -> str | None:
 
 def random_init_names() -> list[str]:
     """The model names `model.random_init` can build: those with a known architecture."""
-    return [*ARCH_OF, *_VIT]
+    return [*ARCH_OF, *_VIT, *_MOBILE]
 
 
 def build_random(name: str, num_classes: int, family: str = "sam"):
@@ -89,18 +107,23 @@ def build_random(name: str, num_classes: int, family: str = "sam"):
     cfg.mask_decoder_config.num_multimask_outputs = num_classes
     if family == "sam_hq":
         cfg = sam_hq_config(cfg)
-        cls = SamHQModel
-    else:
-        cls = SamModel
-    return seeded_model(cls, cfg, RANDOM_INIT_SEED)
+    return seeded_model(model_class(cfg), cfg, RANDOM_INIT_SEED)
 
 
-def build_tiny(num_classes: int | None = None) -> SamModel:
-    """The deterministic random tiny SamModel (same weights in every process)."""
-    cfg = SamConfig(**TINY_CONFIG)
+def model_class(cfg: SamConfig) -> type[SamModel]:
+    """The model class of a registry config (SAM-HQ, MobileSAM or SAM)."""
+    if isinstance(cfg, SamHQConfig):
+        return SamHQModel
+    return MobileSamModel if isinstance(cfg, MobileSamConfig) else SamModel
+
+
+def build_tiny(num_classes: int | None = None, name: str = "tiny") -> SamModel:
+    """The deterministic random tiny model (same weights in every process): `tiny` (a
+    SamModel) or `tiny-mobilesam` (a MobileSamModel of the same geometry)."""
+    cfg = architecture_config(name)
     if num_classes is not None:
         cfg.mask_decoder_config.num_multimask_outputs = num_classes
-    return seeded_model(SamModel, cfg, TINY_SEED)
+    return seeded_model(model_class(cfg), cfg, TINY_SEED)
 
 
 def seeded_model(cls: type, cfg, seed: int):

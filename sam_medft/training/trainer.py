@@ -218,7 +218,7 @@ def build_model(recipe: Recipe, label_map):
     model, info = apply_method(base, recipe.peft)
     log.info("method %s/%s: %d trainable of %d parameters", info.method, info.scope,
              info.trainable, info.total)
-    return model, spec.source if not spec.is_tiny else "tiny", spec.normalization
+    return model, spec.source, spec.normalization
 
 
 def _check_method_before_loading(recipe: Recipe) -> None:
