@@ -46,7 +46,7 @@ REGISTRY: dict[str, ModelEntry] = {
         ModelEntry("sam-hq-vit-huge", "syscv-community/sam-hq-vit-huge", family="sam_hq",
                    description="SAM-HQ ViT-H"),
         ModelEntry("mobilesam", None, family="mobile_sam", convert_from=MOBILESAM_WEIGHTS,
-                   description="MobileSAM (TinyViT encoder, the study's vit_t), 10M"),
+                   description="MobileSAM (TinyViT encoder, the study's vit_t), 9.7M"),
         ModelEntry("tiny", None,
                    description="random ~5M-parameter SamModel from a config (tests, offline demo)"),
         ModelEntry("tiny-mobilesam", None, family="mobile_sam",

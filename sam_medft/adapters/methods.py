@@ -18,13 +18,13 @@ import peft
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.config import PromptLearningConfig
-from transformers import SamModel
 
 from sam_medft.adapters.bottleneck import BottleneckSettings, apply_bottleneck
 from sam_medft.adapters.compat import peft_call
 from sam_medft.config import PeftSettings
 from sam_medft.errors import SamMedftError
 from sam_medft.models.loading import unwrap
+from sam_medft.models.registry import model_class
 
 #: the class-dependent heads of SAM's mask decoder (`mask_decoder.<name>`): always trained
 #: and saved; `output_hypernetworks_mlps` is a list with one MLP per mask token
@@ -186,11 +186,12 @@ def apply_method(
 
 def meta_model(config, mask_outputs: int, settings: PeftSettings,
                ) -> tuple[torch.nn.Module, MethodInfo]:
-    """`config`'s SamModel with `mask_outputs` mask tokens and the method applied, on the meta
-    device: shapes without memory or download, for parameter counts and memory plans."""
+    """`config`'s model (SamModel, MobileSamModel) with `mask_outputs` mask tokens and the
+    method applied, on the meta device: shapes without memory or download, for parameter
+    counts and memory plans."""
     config.mask_decoder_config.num_multimask_outputs = mask_outputs
     with torch.device("meta"):  # the method's new tensors too
-        return apply_method(SamModel(config), settings)
+        return apply_method(model_class(config)(config), settings)
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:

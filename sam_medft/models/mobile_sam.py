@@ -90,6 +90,20 @@ class MobileSamModel(SamModel):
         self.mask_decoder = SamMaskDecoder(config.mask_decoder_config)
         self.post_init()
 
+    def train(self, mode: bool = True) -> MobileSamModel:
+        """Train mode everywhere except TinyViT's BatchNorms, whose statistics stay as loaded.
+
+        A frozen base is never saved (adapters hold only trained tensors), so statistics
+        updated in train mode would be lost on reload and the reloaded model would differ
+        from the trained one; small fine-tuning batches estimate them badly anyway. (The
+        study's code let them drift and saved them in its full-model checkpoint.)
+        """
+        super().train(mode)
+        for module in self.vision_encoder.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+        return self
+
     def rebuild_buffers(self) -> None:
         """Recompute the attention-offset indices (not saved: a model built on the meta
         device and then given its weights has none)."""

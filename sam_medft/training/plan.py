@@ -328,9 +328,10 @@ def run_name_note(recipe: Recipe) -> str | None:
 def estimate(recipe: Recipe) -> MemoryPlan:
     """The memory plan of `recipe` at its batch size, traced on the meta device."""
     cfg = model_config(recipe)
-    if getattr(cfg, "model_type", "sam") not in ("sam", "sam_hq"):
+    if getattr(cfg, "model_type", "sam") not in ("sam", "sam_hq", "mobile_sam"):
         raise SamMedftError(
-            f"--dry-run supports SAM / SAM-HQ models; {recipe.model.name} is {cfg.model_type!r}"
+            f"--dry-run supports SAM / SAM-HQ / MobileSAM models; {recipe.model.name} is "
+            f"{cfg.model_type!r}"
         )
     num_classes, note = recipe_classes(recipe)
     precision = plan_precision(recipe.train.mixed_precision)
