@@ -207,7 +207,7 @@ def recipes(
 def convert(
     src: Annotated[Path, typer.Argument(help="original segment-anything / MedSAM / encoder-only .pth")],
     out_dir: Annotated[Path, typer.Argument(help="transformers SamModel folder to write")],
-    arch: Annotated[str | None, typer.Option(help="vit_b, vit_l, vit_h (inferred when omitted)")] = None,
+    arch: Annotated[str | None, typer.Option(help="vit_b, vit_l, vit_h, mobilesam (inferred when omitted)")] = None,
     base_model: Annotated[str | None, typer.Option(help="fills the decoder of encoder-only weights")] = None,
     normalization: Annotated[str | None, typer.Option(help="sam or medsam")] = None,
     overwrite: bool = False,
