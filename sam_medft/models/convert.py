@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from transformers import AutoConfig, SamConfig, SamModel, SamProcessor
+from transformers import AutoConfig, SamConfig, SamHQConfig, SamHQModel, SamModel, SamProcessor
 
 from sam_medft.errors import SamMedftError
 from sam_medft.model_names import lookup
@@ -103,7 +103,22 @@ _RULE_TEMPLATES: list[tuple[str, str]] = [
     ("mask_decoder.output_upscaling.0.{p}", "mask_decoder.upscale_conv1.{p}"),
     ("mask_decoder.output_upscaling.1.{p}", "mask_decoder.upscale_layer_norm.{p}"),
     ("mask_decoder.output_upscaling.3.{p}", "mask_decoder.upscale_conv2.{p}"),
+    # SAM-HQ's decoder additions (segment_anything_hq's MaskDecoderHQ -> SamHQMaskDecoder)
+    ("mask_decoder.hf_token.{p}", "mask_decoder.hq_token.{p}"),
+    ("mask_decoder.compress_vit_feat.0.{p}", "mask_decoder.compress_vit_conv1.{p}"),
+    ("mask_decoder.compress_vit_feat.1.{p}", "mask_decoder.compress_vit_norm.{p}"),
+    ("mask_decoder.compress_vit_feat.3.{p}", "mask_decoder.compress_vit_conv2.{p}"),
+    ("mask_decoder.embedding_encoder.0.{p}", "mask_decoder.encoder_conv1.{p}"),
+    ("mask_decoder.embedding_encoder.1.{p}", "mask_decoder.encoder_norm.{p}"),
+    ("mask_decoder.embedding_encoder.3.{p}", "mask_decoder.encoder_conv2.{p}"),
+    ("mask_decoder.embedding_maskfeature.0.{p}", "mask_decoder.mask_conv1.{p}"),
+    ("mask_decoder.embedding_maskfeature.1.{p}", "mask_decoder.mask_norm.{p}"),
+    ("mask_decoder.embedding_maskfeature.3.{p}", "mask_decoder.mask_conv2.{p}"),
 ]
+# SAM-HQ's extra decoder MLP: `hf_mlp` there, `hq_mask_mlp` in transformers
+_HQ_MLP = ("mask_decoder.hf_mlp", "mask_decoder.hq_mask_mlp")
+#: a key only SAM-HQ checkpoints have
+HQ_MARKER = "mask_decoder.hf_token.weight"
 
 
 def _compile(template: str) -> re.Pattern[str]:
@@ -125,11 +140,11 @@ _PE_SHARED = "shared_image_embedding.positional_embedding"
 # Decoder MLPs: segment-anything `layers.0..n-1` <-> transformers proj_in, layers.0..n-3,
 # proj_out. The depth is read from the keys, so a non-default iou_head_depth still works.
 _MLP_ORIG = re.compile(
-    r"^(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head))"
+    r"^(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head|hf_mlp))"
     r"\.layers\.(\d+)\.(weight|bias)$"
 )
 _MLP_HF = re.compile(
-    r"^(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head))"
+    r"^(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head|hq_mask_mlp))"
     r"\.(proj_in|proj_out|layers\.(\d+))\.(weight|bias)$"
 )
 
@@ -187,7 +202,7 @@ def original_key_to_hf(key: str, mlp_depth: int = 3) -> str | None:
             name = "proj_out"
         else:
             name = f"layers.{index - 1}"
-        return f"{prefix}.{name}.{param}"
+        return f"{prefix.replace(*_HQ_MLP)}.{name}.{param}"
     for orig_re, _, _, hf_template in _RULES:
         m = orig_re.match(key)
         if m:
@@ -206,7 +221,7 @@ def hf_key_to_original(key: str, mlp_depth: int = 3) -> str | None:
             index = mlp_depth - 1
         else:
             index = int(m[3]) + 1
-        return f"{prefix}.layers.{index}.{param}"
+        return f"{prefix.replace(_HQ_MLP[1], _HQ_MLP[0])}.layers.{index}.{param}"
     for _, orig_template, hf_re, _ in _RULES:
         m = hf_re.match(key)
         if m:
@@ -521,6 +536,8 @@ def resolve_config(
 
 def model_class(config: SamConfig) -> type[SamModel]:
     """The model class a converted config builds (MobileSAM's TinyViT, or SAM's ViT)."""
+    if isinstance(config, SamHQConfig):
+        return SamHQModel
     return MobileSamModel if isinstance(config, MobileSamConfig) else SamModel
 
 
@@ -834,6 +851,9 @@ def convert_checkpoint(
                 f"not {decoder.num_multimask_outputs}; config follows the checkpoint"
             )
             decoder.num_multimask_outputs = int(tokens.shape[0] - 1)
+        if HQ_MARKER in sd:  # SAM-HQ: its decoder also reads the ViT's early features
+            config = registry.sam_hq_config(config)
+            arch_name += " (SAM-HQ)"
         weights = mapped
     else:
         base = load_base_model(base_model)
@@ -869,11 +889,6 @@ def convert_checkpoint(
     dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in mapped.values()})
     if dtypes != ["float32"]:
         notes.append(f"source weights are {', '.join(dtypes)}; written as float32")
-    if any(k.startswith(("mask_decoder.hf_", "mask_decoder.compress_vit")) for k in unknown):
-        notes.append(
-            "this looks like a SAM-HQ checkpoint: its HQ decoder parts (listed as ignored) are "
-            "not converted; use a SAM-HQ model (e.g. syscv-community/sam-hq-vit-base) for them"
-        )
     config.sam_medft_normalization = normalization
     model = _build(
         config,

@@ -45,6 +45,7 @@ from sam_medft.models.registry import (
     random_base_name,
     random_init_names,
 )
+from sam_medft.models.sam_hq_decoder import use_official_decoder
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def load_base_model(spec: BaseModelSpec, num_classes: int, *, revision: str | No
     if mismatch:
         log.info("%s: new mask tokens, hypernetwork MLPs and IoU head for %d classes",
                  spec.name, num_classes)
-    return model.eval()
+    return use_official_decoder(model).eval()
 
 
 RANDOM_INIT_HINT = ("For a smoke test, benchmark or dry run without the weights: "

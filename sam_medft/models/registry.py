@@ -11,6 +11,7 @@ import torch
 from transformers import SamConfig, SamHQConfig, SamHQModel, SamModel
 
 from sam_medft.models.mobile_sam import MobileSamConfig, MobileSamModel
+from sam_medft.models.sam_hq_decoder import use_official_decoder
 
 TINY_CONFIG = dict(
     vision_config=dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
@@ -135,4 +136,4 @@ def seeded_model(cls: type, cfg, seed: int):
         model = cls(cfg)
     finally:
         torch.random.set_rng_state(state)
-    return model.eval()
+    return use_official_decoder(model).eval()
