@@ -35,7 +35,6 @@ import torch
 import transformers
 from accelerate.utils import send_to_device
 from rich.table import Table
-from transformers import SamHQModel, SamModel
 
 from sam_medft.adapters.methods import apply_method, encoder_is_frozen
 from sam_medft.config import LossConfig, ModelConfig, PeftSettings, Recipe, TrainConfig
@@ -49,7 +48,13 @@ from sam_medft.model_names import lookup
 from sam_medft.models.fast_attention import enable_fast_attention, enable_regional_compile
 from sam_medft.models.forward import automatic_forward, image_embeddings
 from sam_medft.models.loading import model_geometry, unwrap
-from sam_medft.models.registry import ARCH_OF, architecture_config, sam_hq_config
+from sam_medft.models.registry import (
+    architecture_config,
+    model_class,
+    random_init_names,
+    sam_hq_config,
+)
+from sam_medft.models.sam_hq_decoder import use_official_decoder
 from sam_medft.precision import resolve_precision
 from sam_medft.tasks import AutomaticTask
 from sam_medft.training.data_pipeline import (
@@ -216,7 +221,8 @@ def build_bench_model(
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> torch.nn.Module:
-    """A random-weight SamModel / SamHQModel with `name`'s architecture at `image_size`.
+    """A random-weight SAM-family model (SamModel, SamHQModel, MobileSamModel) with `name`'s
+    architecture at `image_size`.
 
     The vision input size, its position-embedding grid and the prompt encoder's embedding
     grid (size / 16) are changed together, so a small image size is a consistent model.
@@ -224,7 +230,7 @@ def build_bench_model(
     try:
         cfg = architecture_config(name)
     except KeyError:
-        known = ", ".join(["tiny", *ARCH_OF])
+        known = ", ".join(["tiny", *random_init_names()])
         raise SamMedftError(
             f"bench --model {name!r} has no built-in architecture; use one of {known}"
         ) from None
@@ -237,13 +243,11 @@ def build_bench_model(
     cfg.vision_config.initializer_range = 0.02
     cfg.initializer_range = 0.02
     entry = lookup(name)
-    cls = SamModel
     if entry is not None and entry.family == "sam_hq":
         cfg = sam_hq_config(cfg)
-        cls = SamHQModel
     with torch.random.fork_rng(devices=[]), torch.device(device):  # init on the GPU: fast
         torch.manual_seed(seed)
-        return cls(cfg).eval()
+        return use_official_decoder(model_class(cfg)(cfg)).eval()
 
 
 # ---- the measurement --------------------------------------------------------------------

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sam_medft.models.tiny_vit import MobileSamVisionLayer
+
 _FAST_FLAG = "_sam_medft_fast_attention"
 _FLASH_MAX_HEAD_DIM = 256
 _SUBCLASSES: dict[type, type] = {}
@@ -97,7 +99,7 @@ def enable_regional_compile(model: nn.Module, **compile_kwargs: Any) -> int:
     """
     from transformers.models.sam.modeling_sam import SamVisionLayer
 
-    layer_classes: list[type[nn.Module]] = [SamVisionLayer]
+    layer_classes: list[type[nn.Module]] = [SamVisionLayer, MobileSamVisionLayer]
     try:
         from transformers.models.sam_hq.modeling_sam_hq import SamHQVisionLayer
 

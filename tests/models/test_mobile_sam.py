@@ -18,9 +18,12 @@ from transformers import AutoModel
 from sam_medft.adapters.artifact import load_adapter_model
 from sam_medft.adapters.bottleneck import load_bottleneck
 from sam_medft.adapters.methods import apply_method, encoder_is_frozen
+from sam_medft.bench import build_bench_model
 from sam_medft.config import load_recipe
 from sam_medft.errors import SamMedftError
 from sam_medft.models.convert import map_to_hf, to_original_state_dict
+from sam_medft.models.device_map import build_device_map
+from sam_medft.models.fast_attention import enable_regional_compile
 from sam_medft.models.forward import automatic_forward
 from sam_medft.models.loading import resolve_model_name
 from sam_medft.models.mobile_sam import MobileSamModel
@@ -150,3 +153,45 @@ def test_registry_name_needs_the_converted_checkpoint():
         resolve_model_name("mobilesam")
     spec = resolve_model_name("mobilesam", random_init=True)
     assert spec.random_init and spec.source == "random:mobilesam"
+
+
+def test_activation_checkpointing_and_regional_compile_keep_the_numbers():
+    """The speed/memory switches on TinyViT blocks: same loss gradients, same embeddings."""
+    b = batch(1)
+
+    def grads(model) -> dict[str, torch.Tensor]:
+        model.train()
+        model(pixel_values=b["pixel_values"]).pred_masks.square().mean().backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads(build_tiny(3, NAME))
+    ckpt = build_tiny(3, NAME)
+    ckpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert ckpt.vision_encoder.layers[0].gradient_checkpointing
+    checkpointed = grads(ckpt)
+    assert set(checkpointed) == set(plain)
+    for name, g in plain.items():
+        torch.testing.assert_close(checkpointed[name], g, atol=1e-6, rtol=1e-5)
+
+    model = build_tiny(3, NAME)
+    expected = model.get_image_embeddings(b["pixel_values"])
+    # fullgraph: a graph break inside a block would raise; the eager backend keeps it quick
+    assert enable_regional_compile(model, backend="eager", fullgraph=True) == 5
+    torch.testing.assert_close(model.get_image_embeddings(b["pixel_values"]), expected)
+
+
+def test_device_map_splits_the_tinyvit_blocks():
+    model = build_tiny(3, NAME)
+    device_map = build_device_map(model, {"cuda:0": 0.4, "cuda:1": 0.6})
+    layers = {n: d for n, d in device_map.items() if n.startswith("vision_encoder.layers.")}
+    assert list(layers.values()) == ["cuda:0", "cuda:0", "cuda:1", "cuda:1", "cuda:1"]
+    assert device_map["vision_encoder.patch_embed"] == "cuda:0"
+    assert device_map["vision_encoder.neck"] == "cuda:1"
+    assert device_map["mask_decoder"] == "cuda:1"
+
+
+def test_bench_builds_mobilesam_at_a_small_size():
+    model = build_bench_model("mobilesam", 256, 2)
+    assert isinstance(model, MobileSamModel)
+    with torch.no_grad():
+        assert model.get_image_embeddings(torch.randn(1, 3, 256, 256)).shape == (1, 256, 16, 16)
