@@ -21,7 +21,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from sam_medft.models.convert import convert_checkpoint
+from sam_medft.models.convert import convert_checkpoint, to_original_state_dict
 from sam_medft.models.loading import load_base_model, resolve_model_name
 from tests.models.official_code import official_modeling
 
@@ -140,6 +140,16 @@ def compare(name: str, sam, model, size: int) -> None:
         assert_equal(f"{name} iou", iou, iou_o)
 
 
+def assert_same_original_names(model, sam) -> None:
+    """`to_original_state_dict` gives back the official model's own names and tensors (all
+    but the constants and TinyViT's unused classifier head)."""
+    ours, official = to_original_state_dict(model), sam.state_dict()
+    assert set(official) - set(ours) <= {"pixel_mean", "pixel_std", *(
+        k for k in official if k.startswith(("image_encoder.head.", "image_encoder.norm_head.")))}
+    assert set(ours) <= set(official)
+    assert all(torch.equal(ours[k], official[k]) for k in ours)
+
+
 def sam_medft_convert(*args: str) -> None:
     """The real command line, in a subprocess (PYTHONPATH is inherited)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -157,6 +167,7 @@ def test_mobile_sam_checkpoint_equals_official_mobile_sam(tmp_path: Path):
     model = AutoModel.from_pretrained(tmp_path / "mobile").eval()
     assert type(model).__name__ == "MobileSamModel"
     compare("MobileSAM", sam, model, 1024)
+    assert_same_original_names(model, sam)
 
     torch.save(sam.image_encoder.state_dict(), tmp_path / "tinyvit_encoder.pth")
     convert_checkpoint(tmp_path / "tinyvit_encoder.pth", tmp_path / "encoder",
@@ -174,6 +185,7 @@ def test_sam_checkpoint_equals_official_segment_anything(tmp_path: Path):
     model = AutoModel.from_pretrained(tmp_path / "sam").eval()
     assert model.config.sam_medft_normalization == "medsam"
     compare("SAM", sam, model, 256)
+    assert_same_original_names(model, sam)
 
     torch.save(sam.image_encoder.state_dict(), tmp_path / "ssl_encoder.pth")
     convert_checkpoint(tmp_path / "ssl_encoder.pth", tmp_path / "encoder",
@@ -246,6 +258,7 @@ def test_sam_hq_checkpoint_equals_official_sam_hq(sam_hq_pair):
     image = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(7))
     for key, ours, official in sam_hq_outputs(sam, model, image, *prompts(256, 3)):
         assert_equal(key, ours, official)
+    assert_same_original_names(model, sam)
 
 
 @pytest.mark.xfail(strict=True, reason="transformers' SamHQMaskDecoder upscales the two-way "
