@@ -556,7 +556,13 @@ def resolve_mobile_config(arch: str | SamConfig | None, sd: Mapping[str, torch.T
     if arch is not None and not isinstance(arch, MobileSamConfig):
         raise SamMedftError(f"{src} holds a MobileSAM (TinyViT) encoder; pass a MobileSamConfig.")
     size = arch.vision_config.image_size if arch is not None else 1024
-    inferred = convert_mobile.infer_config(sd, image_size=size)
+    try:
+        inferred = convert_mobile.infer_config(sd, image_size=size)
+    except KeyError as missing:
+        raise SamMedftError(
+            f"{src} holds a MobileSAM (TinyViT) encoder but lacks {missing.args[0]}; the "
+            "checkpoint is incomplete or from another TinyViT layout: re-download mobile_sam.pt."
+        ) from None
     found = convert_mobile.geometry(inferred)
     named = registry.architecture_config("mobilesam")
     if arch is None:

@@ -21,7 +21,7 @@ from sam_medft.adapters.methods import apply_method, encoder_is_frozen
 from sam_medft.bench import build_bench_model
 from sam_medft.config import load_recipe
 from sam_medft.errors import SamMedftError
-from sam_medft.models.convert import map_to_hf, to_original_state_dict
+from sam_medft.models.convert import convert_checkpoint, map_to_hf, to_original_state_dict
 from sam_medft.models.device_map import build_device_map
 from sam_medft.models.fast_attention import enable_regional_compile
 from sam_medft.models.forward import automatic_forward
@@ -195,3 +195,12 @@ def test_bench_builds_mobilesam_at_a_small_size():
     assert isinstance(model, MobileSamModel)
     with torch.no_grad():
         assert model.get_image_embeddings(torch.randn(1, 3, 256, 256)).shape == (1, 256, 16, 16)
+
+
+def test_incomplete_tinyvit_checkpoint_is_one_clear_error(tmp_path):
+    original = to_original_state_dict(build_tiny(3, NAME))
+    del original["image_encoder.layers.1.blocks.0.mlp.fc1.weight"]
+    torch.save(original, tmp_path / "mobile_sam.pt")
+    with pytest.raises(SamMedftError, match=r"lacks image_encoder\.layers\.1\.blocks\.0\.mlp\.fc1"):
+        convert_checkpoint(tmp_path / "mobile_sam.pt", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
