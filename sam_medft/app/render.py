@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 from sam_medft.infer.predict import PALETTE, draw_prompts
 
 DEFAULT_OPACITY = 0.5
+DISPLAY_SIDE = 512  # px: small slices are enlarged by a whole factor up to about this
 
 
 def class_colour(class_id: int) -> tuple[int, int, int]:
@@ -37,16 +38,36 @@ def overlay(image: np.ndarray, labels: np.ndarray, opacity: Sequence[float]) -> 
     return np.round(out).astype(np.uint8)
 
 
+def display_factor(shape: tuple[int, int]) -> int:
+    """How many times a slice is enlarged on screen (whole pixels, nearest): small scans
+    would be a thumbnail, and the browser does not enlarge a picture (Gradio maps a click
+    back to pixels only for pictures shown at most at their own size)."""
+    return max(1, DISPLAY_SIDE // max(shape))
+
+
+def enlarge(picture: np.ndarray, factor: int) -> np.ndarray:
+    if factor == 1:
+        return picture
+    return np.repeat(np.repeat(picture, factor, axis=0), factor, axis=1)
+
+
+def _scaled(value: float, factor: int) -> float:
+    return value * factor + factor / 2 - 0.5  # the centre of the enlarged pixel
+
+
 def with_prompts(picture: np.ndarray, entries: Sequence[dict],
-                 corner: tuple[float, float] | None = None) -> np.ndarray:
+                 corner: tuple[float, float] | None = None, factor: int = 1) -> np.ndarray:
     """Draw prompt entries (boxes, positive discs, negative crosses; `predict --overlays`'
-    markers) and a pending box corner (a small square) on an RGB picture."""
+    markers) and a pending box corner (a small square) on an RGB picture enlarged `factor`
+    times (the prompts are in the slice's own pixels)."""
     img = Image.fromarray(picture)
-    full = [{"label": e["label"], "box": e.get("box"), "points": e.get("points") or [],
+    full = [{"label": e["label"],
+             "box": None if e.get("box") is None else [_scaled(v, factor) for v in e["box"]],
+             "points": [[_scaled(v, factor) for v in p] for p in e.get("points") or []],
              "point_labels": e.get("point_labels") or []} for e in entries]
     draw_prompts(img, full)
     if corner is not None:
-        x, y = corner
+        x, y = (_scaled(v, factor) for v in corner)
         r = max(2, round(min(img.size) / 80))
         ImageDraw.Draw(img).rectangle([x - r, y - r, x + r, y + r], outline=(255, 255, 255),
                                       width=max(1, r // 2))
@@ -68,4 +89,5 @@ def legend_html(class_names: Sequence[str], counts: Sequence[int] | None = None)
     return '<div class="legend">' + " &nbsp; ".join(rows) + "</div>"
 
 
-__all__ = ["DEFAULT_OPACITY", "class_colour", "hex_colour", "legend_html", "overlay", "with_prompts"]
+__all__ = ["DEFAULT_OPACITY", "DISPLAY_SIDE", "class_colour", "display_factor", "enlarge",
+           "hex_colour", "legend_html", "overlay", "with_prompts"]

@@ -36,7 +36,8 @@ from sam_medft.errors import SamMedftError  # noqa: E402
 #: no web fonts: the page must not fetch anything from the network
 THEME_FONTS = {"font": ["system-ui", "sans-serif"], "font_mono": ["ui-monospace", "monospace"]}
 VIEW_HEIGHT = 520  # px on screen; the image keeps its own pixels for clicks and downloads
-PAINT_ALPHA = 128  # a painted pixel counts where the stroke's alpha reaches this
+PAINT_ALPHA = 128
+  # a painted pixel counts where the stroke's alpha reaches this
 
 
 def _user_errors(fn: Callable) -> Callable:
@@ -79,9 +80,10 @@ class AppPage:
         scan = session.require_scan()
         image = scan.display_image(session.slice, self.engine.predictors[m].intensity, window)
         labels = self.engine.labels(session) if m == 0 else self.engine.model_labels(m, session)
-        pic = render.overlay(image, labels, opacity)
+        f = render.display_factor(scan.shape)
+        pic = render.enlarge(render.overlay(image, labels, opacity), f)
         if is_prompted(self.engine.predictors[m]):
-            pic = render.with_prompts(pic, session.entries(), session.state().corner)
+            pic = render.with_prompts(pic, session.entries(), session.state().corner, f)
         return pic
 
     def refresh(self, session: Session | None, window: str, *opacity: float):
@@ -127,7 +129,8 @@ class AppPage:
             raise SamMedftError(f"{self.engine.names[0]} is an automatic-mode run: it segments "
                                 f"without prompts, so clicks do nothing; open a prompt-mode "
                                 f"run to click")
-        x, y = (float(v) for v in evt.index[:2])
+        f = render.display_factor(session.scan.shape)  # shown enlarged f times
+        x, y = (float(v // f) for v in evt.index[:2])
         session.click(x, y, mode, self.classes.index(class_name))
         try:
             self.engine.model_labels(0, session)  # a bad prompt fails here, shown as the error
@@ -160,8 +163,10 @@ class AppPage:
             raise SamMedftError("nothing painted: press 'Paint on this mask', paint with a "
                                 "class colour (black erases to background), then apply")
         painted = np.full(session.scan.shape, NO_CORRECTION, np.int16)
+        f = render.display_factor(session.scan.shape)
         for layer in layers:
-            ids = painted_classes(np.asarray(layer), len(self.classes))
+            layer = np.asarray(layer)[f // 2::f, f // 2::f]  # painted on the enlarged view
+            ids = painted_classes(layer, len(self.classes))
             if ids.shape != painted.shape:
                 raise SamMedftError("the painting does not match the slice's size; press "
                                     "'Paint on this mask' again and repaint")
