@@ -183,13 +183,24 @@ def test_automatic_app_compares_two_runs(demo_run, untrained_run, browser, app_s
     page.wait_for_selector("#upload")
     assert "automatic mode" in page.inner_text("body")
     _open(page, image)
-    main = _coloured(page, "#view img")
-    compared = _coloured(page, "#compare img")
+    expected = sam_medft.load(demo_run).predict(image)
+    main = _coloured(page, "#view img", expected.shape)
+    compared = _coloured(page, "#compare img", expected.shape)
     legend = page.inner_text("#legend")
     page.screenshot(path=screenshots / "automatic_compare.png")
     assert "organ_a" in legend and "organ_b" in legend
-    expected = sam_medft.load(demo_run).predict(image)
     assert main.shape == compared.shape == expected.shape
     assert main.sum() > 0 and (main == (expected > 0)).mean() > 0.99
+    assert (compared != main).any()  # the untrained run's map is another
     target = _download(page, tmp_path)
     assert np.array_equal(np.asarray(Image.open(target)), expected)
+
+    page.get_by_text("opacity per class").click()  # organ_a hidden: only organ_b coloured
+    opacity = page.locator("#opacity1 input[type=number]")
+    opacity.fill("0")
+    opacity.press("Enter")
+    deadline = time.monotonic() + 30
+    while not np.array_equal(shown := _coloured(page, "#view img", expected.shape),
+                             expected == 2):
+        assert time.monotonic() < deadline, (shown.sum(), (expected == 2).sum())
+        time.sleep(0.3)
