@@ -240,8 +240,8 @@ class AppPage:
                         editor = gr.ImageEditor(
                             elem_id="paint", sources=(), transforms=(), layers=False,
                             type="numpy", format="png", label="corrections",
-                            brush=gr.Brush(colors=[render.hex_colour(c)
-                                                   for c in range(len(self.classes))],
+                            brush=gr.Brush(colors=[render.hex_colour(c) for c in  # 0 last
+                                                   [*range(1, len(self.classes)), 0]],
                                            color_mode="fixed"))
                         with gr.Row():
                             paint = gr.Button("Paint on this mask", elem_id="paint_start")

@@ -92,10 +92,14 @@ def _wait_prompts(page, check, timeout: float = 30.0) -> list[dict]:
         time.sleep(0.2)
 
 
-def _download(page, tmp_path: Path) -> np.ndarray:
+def _download(page, tmp_path: Path) -> Path:
+    """Save the label map and download it (waits for the new file's link)."""
+    links = "#saved a[download]"
+    old = page.evaluate(f"document.querySelector('{links}')?.href ?? ''")
     page.click("#save")
-    link = page.locator("#saved a[download], #saved a").first
-    link.wait_for(timeout=30000)
+    page.wait_for_function(
+        f"(document.querySelector('{links}')?.href ?? '{old}') !== '{old}'", timeout=30000)
+    link = page.locator(links).first
     with page.expect_download() as dl:
         link.click()
     target = tmp_path / dl.value.suggested_filename
@@ -117,7 +121,7 @@ def test_prompted_app_box_click_undo_download(box_run, browser, app_server, slic
     corners = [(int(max(xs.min() - 3, 0)), int(max(ys.min() - 3, 0))),
                (int(min(xs.max() + 3, size[1] - 1)), int(min(ys.max() + 3, size[0] - 1)))]
     app = app_server([str(box_run)])
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = browser.new_page(viewport={"width": 1400, "height": 1300})
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
     page.goto(app.url)
@@ -169,6 +173,28 @@ def test_prompted_app_box_click_undo_download(box_run, browser, app_server, slic
     assert saved.shape == expected.shape == size
     assert np.array_equal(saved, expected)
     assert (saved == 1).sum() > 0
+    # paint a correction stroke with the first class's brush, apply: organ_a grows
+    before = int((saved == 1).sum())
+    page.get_by_text("paint corrections").click()
+    page.click("#paint_start")
+    canvas = page.locator("#paint canvas").first
+    canvas.scroll_into_view_if_needed()
+    page.wait_for_timeout(1500)  # the editor draws the picture
+    area = canvas.bounding_box()
+    cx, cy = area["x"] + area["width"] / 2, area["y"] + area["height"] / 2
+    page.mouse.move(cx - 100, cy - 60)
+    page.mouse.down()
+    for i in range(21):
+        page.mouse.move(cx - 100 + 10 * i, cy - 60)
+    page.mouse.up()
+    page.click("#paint_apply")
+    page.wait_for_function(
+        f"/organ_a \\((\\d+) px\\)/.exec(document.querySelector('#legend').innerText)"
+        f"?.[1] > {before}")
+    page.screenshot(path=screenshots / "prompted_4_corrected.png", full_page=True)
+    corrected = np.asarray(Image.open(_download(page, tmp_path)))
+    assert (corrected == 1).sum() > before and (corrected[expected == 1] == 1).all()
+
     outside = [u for u in requests if not u.startswith((app.url, "data:", "blob:"))]
     assert not outside, f"the page fetched from outside the app: {outside[:5]}"
 
