@@ -182,7 +182,8 @@ def app_command(
     model: Annotated[str, typer.Argument(help="run folder, adapter folder or Hub id")],
     compare: Annotated[str | None, typer.Option(help="a second run shown side by side")] = None,
     host: Annotated[str, typer.Option(help="address to serve on (loopback: this machine only)")] = "127.0.0.1",
-    port: Annotated[int | None, typer.Option(help="port (default: the first free from 7860)")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535,
+                                             help="port (default: the first free from 7860)")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
 ):
     """A local web app: open a scan, click or draw a box, see and correct the mask, save it."""

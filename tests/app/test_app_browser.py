@@ -107,6 +107,12 @@ def _download(page, tmp_path: Path) -> Path:
     return target
 
 
+def _idle(page) -> None:
+    """Wait until no Gradio event is running (before a screenshot a person will look at)."""
+    page.wait_for_function("[...document.querySelectorAll('[data-testid=status-tracker]')]"
+                           ".every(e => e.classList.contains('hide'))", timeout=30000)
+
+
 def _toast(page) -> str:
     page.wait_for_selector(".toast-body", timeout=30000)
     return "\n".join(page.locator(".toast-body").all_inner_texts())
@@ -153,6 +159,7 @@ def test_prompted_app_box_click_undo_download(box_run, browser, app_server, slic
     page.wait_for_function("document.querySelector('#status').innerText.includes('1 class')")
     coloured = _coloured(page, "#view img", size)
     inner = coloured[int(y0) + 3:int(y1) - 2, int(x0) + 3:int(x1) - 2]  # box outline off
+    _idle(page)
     page.screenshot(path=screenshots / "prompted_1_box.png")
     assert inner.sum() > 0.3 * organ.sum(), (inner.sum(), organ.sum())
 
@@ -161,6 +168,7 @@ def test_prompted_app_box_click_undo_download(box_run, browser, app_server, slic
     _click_pixel(page, cx, cy, size)
     refined = _wait_prompts(page, lambda p: bool(p and p[0].get("points")))
     assert refined[0]["point_labels"] == [1] and refined[0]["box"] == prompts[0]["box"]
+    _idle(page)
     page.screenshot(path=screenshots / "prompted_2_point.png")
     page.click("#undo")
     assert _wait_prompts(page, lambda p: bool(p) and not p[0].get("points")) == prompts
@@ -191,6 +199,7 @@ def test_prompted_app_box_click_undo_download(box_run, browser, app_server, slic
     page.wait_for_function(
         f"/organ_a \\((\\d+) px\\)/.exec(document.querySelector('#legend').innerText)"
         f"?.[1] > {before}")
+    _idle(page)
     page.screenshot(path=screenshots / "prompted_4_corrected.png", full_page=True)
     corrected = np.asarray(Image.open(_download(page, tmp_path)))
     assert (corrected == 1).sum() > before and (corrected[expected == 1] == 1).all()
@@ -213,6 +222,7 @@ def test_automatic_app_compares_two_runs(demo_run, untrained_run, browser, app_s
     main = _coloured(page, "#view img", expected.shape)
     compared = _coloured(page, "#compare img", expected.shape)
     legend = page.inner_text("#legend")
+    _idle(page)
     page.screenshot(path=screenshots / "automatic_compare.png")
     assert "organ_a" in legend and "organ_b" in legend
     assert main.shape == compared.shape == expected.shape
