@@ -6,6 +6,7 @@ served to this machine only unless --host says otherwise (with a warning)."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from sam_medft.app.session import Engine
@@ -35,14 +36,20 @@ def build_page(runs: list[str], *, device: str | None = None,
 
 def serve(runs: list[str], *, host: str = "127.0.0.1", port: int | None = None,
           device: str | None = None, out_dir: Path | None = None) -> None:
-    """Build the page and serve it (blocks until Ctrl-C)."""
+    """Build the page and serve it (blocks until Ctrl-C). Saved label maps go to `out_dir`,
+    by default a temporary folder removed when the app stops (the browser downloads them)."""
     if port is not None and not 0 < port < 65536:
         raise SamMedftError(f"--port {port} is not a TCP port; use 1..65535 (or leave it out)")
-    page = build_page(runs, device=device, out_dir=out_dir)
+    with tempfile.TemporaryDirectory(prefix="sam_medft_app_") as scratch:
+        _launch(build_page(runs, device=device, out_dir=out_dir or Path(scratch)), runs[0], host,
+                port)
+
+
+def _launch(page: gr.Blocks, run: str, host: str, port: int | None) -> None:
     if host not in LOOPBACK:
         print_warning(f"--host {host}: the app (and the scans opened in it) can be reached "
                       f"from other machines on this network")
-    print_info("app: ", (runs[0], "bold"), " (Ctrl-C stops it)")
+    print_info("app: ", (run, "bold"), " (Ctrl-C stops it)")
     page.launch(server_name=host, server_port=port, share=False, inbrowser=False,
                 ssr_mode=False, footer_links=[], mcp_server=False, pwa=False,
                 theme=gr.themes.Default(**THEME_FONTS), quiet=False)

@@ -37,6 +37,7 @@ from sam_medft.errors import SamMedftError  # noqa: E402
 THEME_FONTS = {"font": ["system-ui", "sans-serif"], "font_mono": ["ui-monospace", "monospace"]}
 VIEW_HEIGHT = 520  # px on screen; the image keeps its own pixels for clicks and downloads
 PAINT_ALPHA = 128
+CACHE_CLEANUP = (600, 3600)  # s: every 10 minutes, delete uploads older than an hour
   # a painted pixel counts where the stroke's alpha reaches this
 
 
@@ -190,7 +191,8 @@ class AppPage:
         names = self.engine.names
         mode = f"prompt mode ({self.engine.main.meta.prompt_mode})" if self.prompted else \
             "automatic mode"
-        with gr.Blocks(title="sam-medft app") as page:
+        # uploads (patients' scans) are copied into Gradio's cache: drop them after an hour
+        with gr.Blocks(title="sam-medft app", delete_cache=CACHE_CLEANUP) as page:
             session = gr.State(None)
             gr.Markdown(f"### sam-medft: {names[0]} ({mode}, classes: "
                         f"{', '.join(self.classes[1:])})")
@@ -252,7 +254,7 @@ class AppPage:
                            outputs=shown)
             upload.upload(_user_errors(self.open_file), [upload, session],
                           [session, slider]).success(**refresh)
-            slider.release(_user_errors(self.go_to), [session, slider], session) \
+            slider.change(_user_errors(self.go_to), [session, slider], session) \
                 .success(**refresh)
             for control in [window, *opacity]:
                 control.change(**refresh)
