@@ -109,8 +109,10 @@ def _download(page, tmp_path: Path) -> Path:
 
 def _idle(page) -> None:
     """Wait until no Gradio event is running (before a screenshot a person will look at)."""
-    page.wait_for_function("[...document.querySelectorAll('[data-testid=status-tracker]')]"
+    page.wait_for_function("!document.querySelector('.pending, .generating') && "
+                           "[...document.querySelectorAll('[data-testid=status-tracker]')]"
                            ".every(e => e.classList.contains('hide'))", timeout=30000)
+    page.wait_for_timeout(300)  # the last picture is decoded and drawn
 
 
 def _toast(page) -> str:
@@ -231,11 +233,34 @@ def test_automatic_app_compares_two_runs(demo_run, untrained_run, browser, app_s
     target = _download(page, tmp_path)
     assert np.array_equal(np.asarray(Image.open(target)), expected)
 
+    # a NIfTI volume: the slice slider appears; slice 3 is shown and saved in the volume
+    nib = pytest.importorskip("nibabel")
+    stack = np.stack([np.asarray(Image.open(slices / "images" / f"test_00{k}.png").convert("L"))
+                      for k in (0, 2, 2)], axis=2)  # three 128 x 128 slices, rows = y
+    volume = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(stack.transpose(1, 0, 2).astype(np.int16), np.diag([2, 2, 3, 1])),
+             volume)
+    _open(page, volume)
+    page.wait_for_function("document.querySelector('#status').innerText.includes('of 3')")
+    number = page.locator("#slice input[type=number]")
+    number.fill("2")
+    number.press("Enter")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('slice 3')")
+    _idle(page)
+    page.screenshot(path=screenshots / "automatic_volume.png")
+    page.get_by_label("NIfTI").check()
+    saved = nib.load(_download(page, tmp_path))
+    assert saved.shape == (128, 128, 3) and np.allclose(saved.affine, np.diag([2, 2, 3, 1]))
+    labels = np.asarray(saved.dataobj)
+    assert np.array_equal(labels[:, :, 1], labels[:, :, 2]) and labels[:, :, 2].any()
+
     page.get_by_text("opacity per class").click()  # organ_a hidden: only organ_b coloured
     opacity = page.locator("#opacity1 input[type=number]")
     opacity.fill("0")
     opacity.press("Enter")
     deadline = time.monotonic() + 30
+    _open(page, image)
+    page.wait_for_function("document.querySelector('#status').innerText.includes('of 1')")
     while not np.array_equal(shown := _coloured(page, "#view img", expected.shape),
                              expected == 2):
         assert time.monotonic() < deadline, (shown.sum(), (expected == 2).sum())
