@@ -186,7 +186,7 @@ def app_command(
                                              help="port (default: the first free from 7860)")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
 ):
-    """A local web app: open a scan, click or draw a box, see and correct the mask, save it."""
+    """A local web app: open a scan, click points or a box, see and correct the mask, save it."""
     try:
         from sam_medft.app.server import serve
     except ImportError as err:
