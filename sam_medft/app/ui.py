@@ -192,7 +192,8 @@ class AppPage:
         mode = f"prompt mode ({self.engine.main.meta.prompt_mode})" if self.prompted else \
             "automatic mode"
         # uploads (patients' scans) are copied into Gradio's cache: drop them after an hour
-        with gr.Blocks(title="sam-medft app", delete_cache=CACHE_CLEANUP) as page:
+        with gr.Blocks(title="sam-medft app", delete_cache=CACHE_CLEANUP,
+                       analytics_enabled=False) as page:
             session = gr.State(None)
             gr.Markdown(f"### sam-medft: {names[0]} ({mode}, classes: "
                         f"{', '.join(self.classes[1:])})")
