@@ -41,14 +41,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: put first on the app's PYTHONPATH: logs every address the app's process connects to
+NETWORK_AUDIT = """import sys
+def _audit(event, args):
+    if event == "socket.connect":
+        with open({log!r}, "a") as f:
+            f.write(repr(args[1]) + "\\n")
+sys.addaudithook(_audit)
+"""
+
+
 class AppServer:
-    """`python -m sam_medft app ARGS` on a free loopback port, stopped at the end."""
+    """`python -m sam_medft app ARGS` on a free loopback port, stopped at the end.
+    `connections()`: every address the app's process connected to (an audit hook)."""
 
     def __init__(self, args: list[str], tmp: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = tmp / f"app_{self.port}.log"
-        env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp / "gradio"),
+        self.net_log = tmp / f"app_{self.port}.connections"
+        hook = tmp / f"audit_{self.port}"
+        hook.mkdir()
+        (hook / "sitecustomize.py").write_text(NETWORK_AUDIT.format(log=str(self.net_log)))
+        path = os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])
+        env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp / "gradio"), "PYTHONPATH": path,
                "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
@@ -70,6 +86,9 @@ class AppServer:
                 raise AssertionError(f"the app did not answer in {START_TIMEOUT} s:\n"
                                      f"{self.log.read_text()}")
             time.sleep(0.5)
+
+    def connections(self) -> list[str]:
+        return self.net_log.read_text().splitlines() if self.net_log.exists() else []
 
     def stop(self) -> None:
         if self.proc.poll() is None:

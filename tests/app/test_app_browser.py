@@ -208,6 +208,9 @@ def test_prompted_app_box_click_undo_download(box_run, browser, app_server, slic
 
     outside = [u for u in requests if not u.startswith((app.url, "data:", "blob:"))]
     assert not outside, f"the page fetched from outside the app: {outside[:5]}"
+    served = app.connections()  # the app's own process: only the loopback (AF_UNIX aside)
+    assert not [c for c in served if c.startswith("(") and not c.startswith("('127.0.0.1'")]
+    assert served, "the audit hook recorded nothing: the check above would be blind"
 
 
 def test_automatic_app_compares_two_runs(demo_run, untrained_run, browser, app_server, slices,
