@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ class Engine:
         self.predictors, self.names = predictors, names
         self.cache_items = cache_items
         self._cache: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()
         self.encoder_calls = 0  # how many embeddings were computed (the cache's test)
 
     @property
@@ -55,13 +57,15 @@ class Engine:
         return self.predictors[0]
 
     def _cached(self, key: tuple, make):
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
+        with self._lock:  # the page runs handlers in threads
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
         value = make()
-        self._cache[key] = value
-        while len(self._cache) > self.cache_items:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[key] = value
+            while len(self._cache) > self.cache_items:
+                self._cache.popitem(last=False)
         return value
 
     def embeddings(self, m: int, session: Session, k: int) -> tuple[Any, tuple[int, int]]:

@@ -77,32 +77,45 @@ class AppPage:
         self.prompted = is_prompted(engine.main)
 
     # ---- handlers -------------------------------------------------------------------------
-    def picture(self, session: Session, m: int, window: str, opacity: list[float]) -> np.ndarray:
+    def picture(self, session: Session, m: int, window: str, opacity: list[float],
+                labels: np.ndarray | None = None) -> np.ndarray:
+        """Model m's view of the current slice: the overlay, enlarged, with the prompts."""
         scan = session.require_scan()
         image = scan.display_image(session.slice, self.engine.predictors[m].intensity, window)
-        labels = self.engine.labels(session) if m == 0 else self.engine.model_labels(m, session)
+        if labels is None:
+            labels = self.engine.labels(session) if m == 0 else \
+                self.engine.model_labels(m, session)
         f = render.display_factor(scan.shape)
         pic = render.enlarge(render.overlay(image, labels, opacity), f)
         if is_prompted(self.engine.predictors[m]):
             pic = render.with_prompts(pic, session.entries(), session.state().corner, f)
         return pic
 
+    def compared(self, session: Session, window: str, opacity: list[float]):
+        """The second run's view, or (None, why not) when the prompts do not fit it (its
+        classes differ): the main view still works."""
+        if len(self.engine.predictors) < 2:
+            return None, ""
+        try:
+            return self.picture(session, 1, window, opacity), ""
+        except SamMedftError as err:
+            return None, f" The compared run cannot show these prompts: {err}"
+
     def refresh(self, session: Session | None, window: str, *opacity: float):
         """Everything that shows the current slice: views, legend, prompts, status."""
         if session is None or session.scan is None:
             return (None, None, render.legend_html(self.classes), "[]", "Open a scan to start.")
-        views = [self.picture(session, m, window, list(opacity))
-                 for m in range(len(self.engine.predictors))]
-        labels = self.engine.labels(session)
+        labels = self.engine.labels(session)  # decoded once for the view and the counts
+        main = self.picture(session, 0, window, list(opacity), labels)
+        other, note = self.compared(session, window, list(opacity))
         counts = np.bincount(labels.ravel(), minlength=len(self.classes))
         scan = session.scan
         status = (f"{scan.name}: slice {session.slice + 1} of {len(scan)}, "
                   f"{scan.shape[1]}x{scan.shape[0]} px; "
                   f"{sum(int(counts[c] > 0) for c in range(1, len(self.classes)))} class(es) "
-                  f"shown")
+                  f"shown.{note}")
         prompts = json.dumps(session.entries()) if self.prompted else "[]"
-        return (views[0], views[1] if len(views) > 1 else None,
-                render.legend_html(self.classes, counts), prompts, status)
+        return main, other, render.legend_html(self.classes, counts), prompts, status
 
     def open_file(self, upload, session: Session | None):
         if upload is None:

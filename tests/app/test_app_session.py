@@ -241,3 +241,17 @@ def test_overlay_opacity_per_class_and_enlarge():
     big = enlarge(out, 3)
     assert big.shape == (6, 9, 3) and np.array_equal(big[1::3, 1::3], out)
     assert display_factor((96, 128)) == 4 and display_factor((1024, 900)) == 1
+
+
+def test_compare_view_shows_the_second_run_on_the_same_prompts(png, prompted, automatic):
+    page = AppPage(Engine([prompted, automatic], ["box", "auto"]))
+    session, _ = page.open_file(str(png), None)
+    session.click(15, 10, BOX, 1)
+    session.click(40, 25, BOX, 1)
+    main, other, legend, prompts, status = page.refresh(session, "as the model sees it", 0.5, 0.5)
+    f = display_factor(session.scan.shape)
+    assert main.shape == other.shape == (40 * f, 56 * f, 3)
+    auto = overlay(np.round(session.scan.model_image(0, automatic.intensity)).astype(np.uint8),
+                   automatic.predict(png), [0.5, 0.5])
+    assert np.array_equal(other, enlarge(auto, f))  # the automatic run: no prompts drawn
+    assert '"box": [15, 10, 40, 25]' in prompts and "organ_a" in legend
