@@ -177,6 +177,26 @@ def predict(
                f"(legend: {out_dir / 'legend.json'})", console=out)
 
 
+@app.command("app")
+def app_command(
+    model: Annotated[str, typer.Argument(help="run folder, adapter folder or Hub id")],
+    compare: Annotated[str | None, typer.Option(help="a second run shown side by side")] = None,
+    host: Annotated[str, typer.Option(help="address to serve on (loopback: this machine only)")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(min=1, max=65535,
+                                             help="port (default: the first free from 7860)")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
+):
+    """A local web app: open a scan, click points or a box, see and correct the mask, save it."""
+    try:
+        from sam_medft.app.server import serve
+    except ImportError as err:
+        if err.name not in ("gradio", "nibabel", "pydicom"):
+            raise
+        raise SamMedftError(f"the app needs gradio ({err.name} is not installed): "
+                            f"pip install 'sam_medft[app]'") from None
+    serve([model] + ([compare] if compare else []), host=host, port=port, device=device)
+
+
 @app.command()
 def push(
     run_dir: Annotated[Path, typer.Argument(help="a training run folder (with adapter/)")],
