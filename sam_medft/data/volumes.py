@@ -20,8 +20,10 @@ The API:
 - `write_label_volume(path, labels, like=volume)` writes a label array given in the
   canonical orientation back in the source's own voxel order, affine and header (as NIfTI,
   also for a DICOM source), atomically (a temporary file renamed into place).
+- `read_geometry(path) -> Geometry`: shape, affine, spacing and orientation as `read_volume`
+  gives them, from a NIfTI header alone (fast: for listing and checking many files).
 - `check_same_geometry(image, label)`: one error naming both files when a label volume does
-  not lie on its image's voxel grid.
+  not lie on its image's voxel grid (Volumes or Geometries).
 - `plane(array, axis, k)` / `set_plane(array, axis, k, values)` and `plane_spacing`: the 2-D
   slice a viewer shows (rows from Anterior/Superior at the top), and its (row, col) spacing
   in mm; `AXES` names the axes ("axial" = 2, "coronal" = 1, "sagittal" = 0).
@@ -158,6 +160,42 @@ def read_volume(path: str | Path, label: bool = False) -> Volume:
                   header=header, kind=kind)
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """Where a volume's voxels lie, in canonical RAS+ order, read from the header only."""
+
+    path: Path
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    orientation: str  # the stored file's axis codes
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in nib.affines.voxel_sizes(self.affine))  # type: ignore
+
+
+def read_geometry(path: str | Path, label: bool = False) -> Geometry:
+    """Shape, affine and orientation in canonical order without decoding a NIfTI file's voxels
+    (a DICOM series is read whole: its geometry comes from every slice's position)."""
+    p = Path(path)
+    if is_nifti(p) and p.is_file():
+        img = _load_nifti(p)
+        shape = tuple(int(s) for s in img.shape)
+        if len(shape) == 4 and shape[3] == 1:
+            shape = shape[:3]
+        if len(shape) != 3:
+            _volume_array(img, p, label)  # the one message for non-3-D files
+        src = ornt.io_orientation(img.affine)
+        affine = img.affine @ ornt.inv_ornt_aff(src, shape)
+        canonical = [0, 0, 0]
+        for stored_axis, (axis, _) in enumerate(src):
+            canonical[int(axis)] = shape[stored_axis]
+        return Geometry(p, tuple(canonical), np.asarray(affine, dtype=np.float64),
+                        "".join(ornt.ornt2axcodes(src)))
+    vol = read_volume(p, label=label)
+    return Geometry(p, vol.shape, vol.affine, vol.orientation)
+
+
 def _load_nifti(p: Path) -> nib.spatialimages.SpatialImage:
     try:
         img = nib.load(str(p))
@@ -204,7 +242,7 @@ def _volume_array(img: nib.spatialimages.SpatialImage, p: Path, label: bool) -> 
     return raw.astype(np.int64)
 
 
-def check_same_geometry(image: Volume, labels: Volume) -> None:
+def check_same_geometry(image: Volume | Geometry, labels: Volume | Geometry) -> None:
     """One error naming both files when `labels` does not lie on the image's voxel grid."""
     if image.shape != labels.shape:
         raise SamMedftError(

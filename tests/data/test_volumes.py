@@ -13,6 +13,7 @@ from sam_medft.data.volumes import (
     is_volume,
     plane,
     plane_spacing,
+    read_geometry,
     read_volume,
     set_plane,
     volume_case_id,
@@ -142,3 +143,11 @@ def test_plane_and_set_plane_are_inverse_with_viewer_orientation():
     assert axial[0, 0] == arr[0, 4, 0]  # top row is the most anterior
     assert plane_spacing((0.9, 0.7, 2.5), "axial") == (0.7, 0.9)
     assert plane_spacing((0.9, 0.7, 2.5), "coronal") == (2.5, 0.9)
+
+
+def test_geometry_from_the_header_equals_the_read_volume(tmp_path):
+    src = _save(tmp_path / "ct.nii.gz", np.zeros((5, 6, 7), np.int16), _permuted_affine())
+    geo, vol = read_geometry(src), read_volume(src)
+    assert geo.shape == vol.shape and np.allclose(geo.affine, vol.affine)
+    assert geo.orientation == vol.orientation == "SPL"
+    assert geo.spacing == pytest.approx(vol.spacing)
