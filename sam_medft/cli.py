@@ -134,8 +134,31 @@ def predict(
                                         "masks; see legend.json)")] = "class",
     foreground_value: Annotated[int | None, typer.Option(
         help="binary runs with --values raw: the foreground value written (default 255)")] = None,
+    largest_component: Annotated[bool, typer.Option(
+        "--largest-component", help="volumes: keep each class's largest 3-D connected "
+        "component")] = False,
+    fill_holes: Annotated[bool, typer.Option(
+        "--fill-holes", help="volumes: fill the holes each class encloses")] = False,
 ):
-    """Label maps (PNG, palette + legend.json) at each image's original size."""
+    """Label maps (PNG, palette + legend.json) at each image's original size; volumes (NIfTI,
+    DICOM series) give NIfTI label volumes in their source's geometry."""
+    from sam_medft.infer.volume_files import has_volume_inputs, predict_volume_paths
+
+    if has_volume_inputs(inputs):
+        if prompts or box or point or probs or overlays:
+            raise SamMedftError("volumes are predicted in automatic mode into NIfTI label "
+                                "volumes; leave out --prompts/--box/--point/--probs/--overlays")
+        written = predict_volume_paths(model, inputs, out_dir, batch_size=batch_size,
+                                       num_workers=workers, largest_component=largest_component,
+                                       fill_holes=fill_holes, values=values,
+                                       foreground=foreground_value, overwrite=overwrite,
+                                       device=device, revision=revision)
+        print_info(f"wrote {len(written)} label volume(s) to {out_dir} "
+                   f"(legend: {out_dir / 'legend.json'})", console=out)
+        return
+    if largest_component or fill_holes:
+        raise SamMedftError("--largest-component and --fill-holes post-process label volumes; "
+                            "these inputs are 2-D images")
     from sam_medft.data.lists import recipe_img_folder
     from sam_medft.infer.predict import (
         FineTunedSam,
