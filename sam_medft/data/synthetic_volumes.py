@@ -86,20 +86,24 @@ def volume_files(n_train: int, n_test: int) -> list[str]:
 
 
 def write_synthetic_volumes(out_dir: str | Path, n_train: int = 8, n_test: int = 2,
-                            shape=DEFAULT_SHAPE, spacing=DEFAULT_SPACING, seed: int = 0,
+                            size: int = DEFAULT_SHAPE[0], n_slices: int = DEFAULT_SHAPE[2],
+                            spacing=DEFAULT_SPACING, seed: int = 0,
                             overwrite: bool = False) -> Path:
     """Write an nnU-Net raw data set (`Dataset001_SynthOrgans/{imagesTr,labelsTr,imagesTs,
-    labelsTs}` + dataset.json) of ellipsoid volumes; returns the data set folder."""
+    labelsTs}` + dataset.json) of ellipsoid volumes of size x size x n_slices voxels;
+    returns the data set folder."""
     if n_train < 1 or n_test < 0:
         raise SamMedftError(f"synthetic volumes: n_train {n_train} must be >= 1 and n_test "
                             f"{n_test} >= 0 (`data synth --volumes --n-train/--n-test`)")
-    if any(int(n) < 8 for n in shape):
-        raise SamMedftError(f"synthetic volumes: shape {tuple(shape)} is too small; use at "
-                            "least 8 voxels per axis")
+    if not 8 <= size <= 1024 or not 8 <= n_slices <= 1024:
+        raise SamMedftError(f"synthetic volumes: size {size} and n_slices {n_slices} must be "
+                            "8 to 1024 voxels (`data synth --volumes --size`)")
+    shape = (size, size, n_slices)
     out = Path(out_dir)
     ours = read_manifest(out / MANIFEST, "data synth --volumes", keep=lambda f: True,
                          fix=f"remove {out / MANIFEST} and the files it listed")
-    existing = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
+    existing = sorted((p for p in out.rglob("*") if p.is_file() and p.name != MANIFEST),
+                      key=str) if out.exists() else []
     foreign = [p for p in existing if p.relative_to(out).as_posix() not in ours | {MANIFEST}]
     if foreign or (existing and not overwrite):
         raise SamMedftError(
@@ -107,6 +111,12 @@ def write_synthetic_volumes(out_dir: str | Path, n_train: int = 8, n_test: int =
             "volumes into a new or empty folder" + ("" if foreign else
                                                     ", or add --overwrite to replace them"))
     root = out / DATASET_NAME
+    # listed before the first file is written: an interrupted call is cleaned by --overwrite
+    planned = volume_files(n_train, n_test)
+    write_manifest(out / MANIFEST, "data synth --volumes", sorted(ours | set(planned)))
+    for rel in sorted(ours - set(planned)):  # a larger earlier set: drop its extra cases
+        (out / rel).unlink(missing_ok=True)
+    write_manifest(out / MANIFEST, "data synth --volumes", planned)
     affine = lps_affine(spacing)
     for i in range(n_train + n_test):
         image, labels = ellipsoid_case(seed * 100003 + i, shape, spacing)
@@ -122,8 +132,17 @@ def write_synthetic_volumes(out_dir: str | Path, n_train: int = 8, n_test: int =
             "numTraining": n_train, "file_ending": ".nii.gz",
             "name": "synthetic ellipsoid organs (sam-medft data synth --volumes)"}
     write_text_atomic(root / "dataset.json", json.dumps(meta, indent=2) + "\n")
-    write_manifest(out / MANIFEST, "data synth --volumes", volume_files(n_train, n_test))
     return root
+
+
+def describe(root: Path) -> str:
+    """What `data synth --volumes` wrote, and the command that trains on it."""
+    meta = json.loads((root / "dataset.json").read_text())
+    n_test = len(list((root / "imagesTs").glob("*.nii.gz"))) if (root / "imagesTs").is_dir() else 0
+    return (f"wrote {meta['numTraining']} training and {n_test} test volumes (nnU-Net raw "
+            f"layout) to {root}; classes {', '.join(list(meta['labels'])[1:])}. Train on them "
+            f"with: sam-medft train demo data.source=nnunet data.folder={root} data.labels=null "
+            f"data.intensity.preset=ct_abdomen name=demo_volumes")
 
 
 def write_dicom_series(folder: str | Path, volume_lps: np.ndarray, spacing, origin_lps,

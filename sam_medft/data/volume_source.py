@@ -376,7 +376,7 @@ class VolumeSliceSource(SampleSource):
         geo = read_geometry(self.cases[n].image)
         cols, rows = (s for a, s in enumerate(geo.shape) if a != self.axis)  # see `plane`
         return io.ImageHeader(height=int(rows), width=int(cols), mode="volume", channels=1,
-                              depth="volume")
+                              depth="float")
 
     def slices_of(self, case_id: str) -> list[int]:
         """The sample indices of one case, in slice order."""
@@ -420,7 +420,7 @@ def volume_cases(data: DataConfig) -> dict[str, list[VolumeCase]] | None:
     """train/val/test cases of a volume recipe, or None when its data are 2-D."""
     if not is_volume_data(data):
         return None
-    if data.source == "nnunet" or is_nnunet_folder(data.folder):
+    if data.source == "nnunet" or (data.source == "folder" and is_nnunet_folder(data.folder)):
         ds = read_nnunet(data.folder)
         splits = split_cases(ds.train, data.val_fraction, 0.0, data.split_seed, str(ds.folder))
         if ds.test:
