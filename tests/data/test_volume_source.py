@@ -215,3 +215,16 @@ def test_a_datasets_dataset_of_volume_paths_is_sliced(nnunet, tmp_path):
     splits = build_splits(data)
     assert isinstance(splits["val"], VolumeSliceSource)
     assert len(splits["train"]) == 2 * SLICES and splits["val"].load(0).case == "case_002"
+
+
+def test_data_synth_volumes_command_says_how_to_train(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "sam_medft", "data", "synth", "vols", "--volumes",
+                          "--n-train", "2", "--n-test", "1", "--size", "8"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    said = " ".join(run.stdout.split())
+    assert "wrote 2 training and 1 test volumes" in said
+    assert f"data.folder=vols/{DATASET_NAME}" in said and "data.labels=null" in said
+    assert len(read_nnunet(tmp_path / "vols" / DATASET_NAME).train) == 2
+    assert read_volume(tmp_path / "vols" / DATASET_NAME / "imagesTs" / "case_002_0000.nii.gz"
+                       ).shape == (8, 8, 20)
