@@ -336,6 +336,8 @@ class AdapterMeta:
         """What `to_json` writes: every field, in the current format."""
         data = asdict(self)
         del data["schema_version"]
+        if data["volume"] is None:  # 2-D runs: files that sam_medft before volumes reads too
+            del data["volume"]
         return {"schema_version": SCHEMA_VERSION, **data}
 
     def to_json(self) -> str:
