@@ -242,6 +242,12 @@ def read_nnunet(folder: str | Path) -> NnUNetDataset:
         labels[int(value)] = str(name)
     if 0 not in labels:
         raise SamMedftError(f"{meta_path}: `labels` must give the background value 0")
+    ending = meta.get("file_ending", ".nii.gz")
+    if str(ending).lower() not in (".nii.gz", ".nii"):
+        raise SamMedftError(
+            f"{meta_path}: file_ending {ending!r}; nnU-Net data sets are read here as NIfTI "
+            "volumes (.nii.gz, .nii). For 2-D images (PNG) list them instead (data.source: "
+            "lists, image_path,mask_path per line)")
     channels = meta.get("channel_names") or meta.get("modality") or {}
     if isinstance(channels, dict) and len(channels) > 1:
         log.warning("%s: %d channels (%s); channel 0 is used", meta_path, len(channels),

@@ -228,3 +228,20 @@ def test_data_synth_volumes_command_says_how_to_train(tmp_path):
     assert len(read_nnunet(tmp_path / "vols" / DATASET_NAME).train) == 2
     assert read_volume(tmp_path / "vols" / DATASET_NAME / "imagesTs" / "case_002_0000.nii.gz"
                        ).shape == (8, 8, 20)
+
+
+def test_nnunet_json_problems_are_one_message(tmp_path):
+    (tmp_path / "imagesTr").mkdir()
+    meta = {"labels": {"background": 0, "liver": 1}, "channel_names": {"0": "CT"},
+            "file_ending": ".png"}
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(SamMedftError, match="file_ending '.png'"):
+        read_nnunet(tmp_path)
+    meta.update(file_ending=".nii.gz", labels={"background": 0, "tumour": [1, 2]})
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(SamMedftError, match="region-based labels are not supported"):
+        read_nnunet(tmp_path)
+    meta.update(labels={"liver": 1})
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(SamMedftError, match="background value 0"):
+        read_nnunet(tmp_path)
