@@ -1,4 +1,5 @@
-"""`sam-medft eval`: the command around `sam_medft.eval.evaluate.evaluate_run`.
+"""`sam-medft eval`: the command around `sam_medft.eval.evaluate.evaluate_run`, and with
+`--pred DIR --ref LIST_OR_DIR` around `sam_medft.eval.score_folder.score_prediction_folder`.
 
 Registered by the main CLI with `app.command("eval")(eval_command)`; it parses, calls the
 runner and prints the tables, nothing else.
@@ -15,7 +16,10 @@ from sam_medft.console import message, print_info, print_renderable, stdout_cons
 
 
 def eval_command(
-    run: Annotated[str, typer.Argument(help="run folder (runs/<name>), adapter folder or Hub id")],
+    run: Annotated[
+        str | None,
+        typer.Argument(help="run folder (runs/<name>), adapter folder or Hub id (not with --pred)"),
+    ] = None,
     split: Annotated[
         str | None, typer.Option(help="val or test (default: the recipe's eval.split)")
     ] = None,
@@ -47,9 +51,48 @@ def eval_command(
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
     revision: Annotated[str | None, typer.Option(help="Hub revision")] = None,
+    pred: Annotated[
+        Path | None,
+        typer.Option(help="score this folder of predictions made by anything (PNG/npy or "
+                     "NIfTI) instead of a run; needs --ref"),
+    ] = None,
+    ref: Annotated[
+        Path | None,
+        typer.Option(help="with --pred: folder of reference label files, or an image,mask list"),
+    ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(help="with --pred: label values to score, e.g. 1=liver,2=tumour (default: "
+                     "dataset.json, the predictions' legend.json, else the reference values)"),
+    ] = None,
+    spacing: Annotated[
+        str | None,
+        typer.Option(help="with --pred, 2-D maps: pixel size row,column in mm (default: pixels)"),
+    ] = None,
+    nsd_tolerance: Annotated[
+        float, typer.Option(help="with --pred: NSD tolerance in mm (pixels without spacing)")
+    ] = 1.0,
+    empty_policy: Annotated[
+        str, typer.Option(help="with --pred: exclude or count (both-empty cases)")
+    ] = "exclude",
+    overlays: Annotated[
+        int, typer.Option(help="with --pred: worst and best cases drawn per class")
+    ] = 2,
 ) -> None:
-    """Dice, IoU, HD95 and NSD per image and class at the original resolution; writes
-    per_case.csv, summary.json, overlays and report.html into <run>/eval/."""
+    """Dice, IoU, HD95 and NSD per image (or volume) and class at the original resolution;
+    writes per_case.csv, summary.json, overlays and report.html into <run>/eval/ (with
+    --pred: into --out, default <pred>_eval/)."""
+    if pred is not None or ref is not None:
+        _score_folder(run, pred, ref, out_dir, classes, spacing, nsd_tolerance, empty_policy,
+                      overlays)
+        return
+    from sam_medft.errors import SamMedftError
+
+    if run is None:
+        raise SamMedftError(
+            "sam-medft eval needs a RUN (run folder, adapter folder or Hub id), or --pred DIR "
+            "--ref LIST_OR_DIR to score a folder of predictions"
+        )
     from sam_medft.eval.evaluate import evaluate_run
     from sam_medft.eval.prompt_eval import format_prompt_table
     from sam_medft.eval.summary import format_comparison, format_table
@@ -80,6 +123,39 @@ def eval_command(
         + (", prompt_table.json" if result.prompt_table is not None else "")
         + (", baseline/summary.json, delta.json" if result.delta is not None else "")
         + f", {len(result.overlays)} overlays, report.html",
+        console=out,
+    )
+
+
+def _score_folder(run, pred, ref, out_dir, classes, spacing, nsd_tolerance, empty_policy,
+                  overlays) -> None:
+    from sam_medft.errors import SamMedftError
+    from sam_medft.eval.score_folder import score_prediction_folder
+    from sam_medft.eval.summary import format_table
+
+    if pred is None or ref is None:
+        raise SamMedftError("--pred and --ref go together: --pred DIR --ref LIST_OR_DIR")
+    if run is not None:
+        raise SamMedftError(
+            f"give either a RUN ({run}) or --pred DIR --ref LIST_OR_DIR: --pred scores files "
+            "already predicted, so no model is loaded"
+        )
+    out = stdout_console()
+    result = score_prediction_folder(
+        pred, ref, out_dir=out_dir, classes=classes, spacing=spacing,
+        nsd_tolerance=nsd_tolerance, empty_policy=empty_policy, overlays=overlays,
+    )
+    table = format_table(result.summary)
+    table.title = f"{table.title}: {'3-D volumes' if result.volumes else '2-D maps'}"
+    print_renderable(table, console=out)
+    if result.slice_summary is not None:
+        per_slice = format_table(result.slice_summary)
+        per_slice.title = f"Per slice (2-D): {per_slice.title}"
+        print_renderable(per_slice, console=out)
+    print_info(
+        f"wrote {result.eval_dir}/: per_case.csv"
+        + (", per_slice.csv" if result.slice_summary is not None else "")
+        + f", summary.json, {len(result.overlays)} overlays, report.html",
         console=out,
     )
 
