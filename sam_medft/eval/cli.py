@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from sam_medft.console import message, print_info, print_renderable, stdout_console
+from sam_medft.errors import SamMedftError
 
 
 def eval_command(
@@ -83,11 +84,22 @@ def eval_command(
     writes per_case.csv, summary.json, overlays and report.html into <run>/eval/ (with
     --pred: into --out, default <pred>_eval/)."""
     if pred is not None or ref is not None:
-        _score_folder(run, pred, ref, out_dir, classes, spacing, nsd_tolerance, empty_policy,
-                      overlays)
-        return
-    from sam_medft.errors import SamMedftError
+        from sam_medft.eval.score_folder import score_prediction_folder
+        from sam_medft.eval.summary import format_table
 
+        if pred is None or ref is None:
+            raise SamMedftError("--pred and --ref go together: --pred DIR --ref LIST_OR_DIR")
+        if run is not None or list_file is not None or split is not None or data or baseline:
+            raise SamMedftError(
+                "give either a RUN (with --split/--list/--data/--baseline) or --pred DIR --ref "
+                "LIST_OR_DIR: --pred scores files already predicted, so no model is loaded"
+            )
+        result = score_prediction_folder(
+            pred, ref, out_dir=out_dir, classes=classes, spacing=spacing,
+            nsd_tolerance=nsd_tolerance, empty_policy=empty_policy, overlays=overlays,
+        )
+        print_folder_result(result, format_table)
+        return
     if run is None:
         raise SamMedftError(
             "sam-medft eval needs a RUN (run folder, adapter folder or Hub id), or --pred DIR "
@@ -127,24 +139,9 @@ def eval_command(
     )
 
 
-def _score_folder(run, pred, ref, out_dir, classes, spacing, nsd_tolerance, empty_policy,
-                  overlays) -> None:
-    from sam_medft.errors import SamMedftError
-    from sam_medft.eval.score_folder import score_prediction_folder
-    from sam_medft.eval.summary import format_table
-
-    if pred is None or ref is None:
-        raise SamMedftError("--pred and --ref go together: --pred DIR --ref LIST_OR_DIR")
-    if run is not None:
-        raise SamMedftError(
-            f"give either a RUN ({run}) or --pred DIR --ref LIST_OR_DIR: --pred scores files "
-            "already predicted, so no model is loaded"
-        )
+def print_folder_result(result, format_table) -> None:
+    """The tables of `eval --pred`: per case (3-D for volumes), then per slice."""
     out = stdout_console()
-    result = score_prediction_folder(
-        pred, ref, out_dir=out_dir, classes=classes, spacing=spacing,
-        nsd_tolerance=nsd_tolerance, empty_policy=empty_policy, overlays=overlays,
-    )
     table = format_table(result.summary)
     table.title = f"{table.title}: {'3-D volumes' if result.volumes else '2-D maps'}"
     print_renderable(table, console=out)
