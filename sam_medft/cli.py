@@ -135,8 +135,31 @@ def predict(
                                         "legend.json)")] = "class",
     foreground_value: Annotated[int | None, typer.Option(
         help="binary runs with --values raw: the foreground value written (default 255)")] = None,
+    largest_component: Annotated[bool, typer.Option(
+        "--largest-component", help="volumes: keep each class's largest 3-D connected "
+        "component")] = False,
+    fill_holes: Annotated[bool, typer.Option(
+        "--fill-holes", help="volumes: fill the holes each class encloses")] = False,
 ):
-    """Label maps (PNG, palette + legend.json) at each image's original size."""
+    """Label maps (PNG, palette + legend.json) at each image's original size; volumes (NIfTI,
+    DICOM series) give NIfTI label volumes in their source's geometry."""
+    from sam_medft.infer.volume_files import has_volume_inputs, predict_volume_paths
+
+    if has_volume_inputs(inputs):
+        if prompts or box or point or probs or overlays:
+            raise SamMedftError("volumes are predicted in automatic mode into NIfTI label "
+                                "volumes; leave out --prompts/--box/--point/--probs/--overlays")
+        written = predict_volume_paths(model, inputs, out_dir, batch_size=batch_size,
+                                       num_workers=workers, largest_component=largest_component,
+                                       fill_holes=fill_holes, values=values,
+                                       foreground=foreground_value, overwrite=overwrite,
+                                       device=device, revision=revision)
+        print_info(f"wrote {len(written)} label volume(s) to {out_dir} "
+                   f"(legend: {out_dir / 'legend.json'})", console=out)
+        return
+    if largest_component or fill_holes:
+        raise SamMedftError("--largest-component and --fill-holes post-process label volumes; "
+                            "these inputs are 2-D images")
     from sam_medft.data.lists import recipe_img_folder
     from sam_medft.infer.predict import (
         FineTunedSam,
@@ -243,12 +266,37 @@ app.command("eval")(eval_command)
 @data_app.command("synth")
 def data_synth(
     out_dir: Annotated[Path, typer.Argument(help="folder to write images/, masks/ and lists")],
-    n_train: int = 48, n_val: int = 12, n_test: int = 12, size: int = 128, seed: int = 0,
+    n_train: Annotated[int | None, typer.Option(help="[default: 48; volumes: 8]")] = None,
+    n_val: Annotated[int | None, typer.Option(help="[default: 12; volumes: none, "
+                                              "data.val_fraction splits train]")] = None,
+    n_test: Annotated[int | None, typer.Option(help="[default: 12; volumes: 2]")] = None,
+    size: Annotated[int | None, typer.Option(help="[default: 128; volumes: 64]")] = None,
+    seed: int = 0,
     overwrite: Annotated[bool, typer.Option(help="replace the files an earlier `data synth` "
                                             "wrote in the folder (never other files)")] = False,
+    volumes: Annotated[bool, typer.Option(
+        "--volumes", help="CT-like NIfTI volumes in the nnU-Net raw layout instead (default "
+        "8 train + 2 test cases of 64x64x20 voxels; --n-train/--n-test/--size change it)")] = False,
 ):
     """Write the built-in synthetic MRI/CT-like demo data set (into a new or empty folder)."""
     from sam_medft.data.synthetic import write_synthetic
+
+    if volumes:
+        from sam_medft.data.synthetic_volumes import describe, write_synthetic_volumes
+
+        if n_val is not None:
+            raise SamMedftError("--n-val is for 2-D slices; volumes are split into train and "
+                                "validation cases at training time (data.val_fraction)")
+        root = write_synthetic_volumes(out_dir, n_train=8 if n_train is None else n_train,
+                                       n_test=2 if n_test is None else n_test,
+                                       size=64 if size is None else size, seed=seed,
+                                       overwrite=overwrite)
+        print_info(describe(root), console=out)
+        return
+    n_train = 48 if n_train is None else n_train
+    n_val = 12 if n_val is None else n_val
+    n_test = 12 if n_test is None else n_test
+    size = 128 if size is None else size
 
     notes: list[str] = []
     info = write_synthetic(out_dir, n_train=n_train, n_val=n_val, n_test=n_test, size=size,
@@ -269,12 +317,36 @@ def data_check(recipe: Path, overrides: Overrides = None):
     from sam_medft.data.check import check_dataset
 
     r = load_recipe(find_recipe(recipe), overrides or [])
+    from sam_medft.data.volume_check import check_volumes
+
+    volumes = check_volumes(r.data)  # None: 2-D data
+    if volumes is not None:
+        print_renderable(volumes.table(), console=out)
+        volumes.raise_for_errors()
     report = check_dataset(r.data)
     print_renderable(report.table(), console=out)
     for w in report.warnings:
         print_warning(w, console=out)  # stdout, beside the table they explain
     report.raise_for_errors()
     print_info(("data set OK", "green"), console=out)
+
+
+@data_app.command("slice")
+def data_slice(
+    recipe: Path,
+    out_dir: Annotated[Path, typer.Argument(help="folder for images/, masks/ and the lists")],
+    overrides: Overrides = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an earlier export there")] = False,
+):
+    """Export a volume recipe's splits as 2-D PNG slices + CSV lists (the study's layout)."""
+    from sam_medft.config import load_recipe
+    from sam_medft.data.slice_export import export_slices
+
+    r = load_recipe(find_recipe(recipe), overrides or [])
+    counts = export_slices(r.data, out_dir, overwrite=overwrite)
+    print_info(f"wrote {sum(counts.values())} slices to {out_dir} "
+               f"({', '.join(f'{n} {k}' for k, n in counts.items())}); lists "
+               f"{', '.join(f'{k}.csv' for k in counts)}", console=out)
 
 
 def main() -> None:

@@ -23,12 +23,45 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+#: intensity presets (`data.intensity.preset`): CT windows as (center, width) in Hounsfield
+#: units, and MR's robust min-max (0.5-99.5 percentiles; per volume for volumes)
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "ct_abdomen": (40.0, 400.0), "ct_soft_tissue": (50.0, 350.0), "ct_lung": (-600.0, 1500.0),
+    "ct_bone": (400.0, 1800.0), "ct_brain": (40.0, 80.0)}
+IntensityPreset = Literal["ct_abdomen", "ct_soft_tissue", "ct_lung", "ct_bone", "ct_brain", "mr"]
+
+
 class IntensityConfig(_Section):
     """How images that are not 8-bit RGB become 0..255 (never silently clipped)."""
 
     mode: Literal["auto", "percentile", "window", "none"] = "auto"
     percentiles: tuple[float, float] = (0.5, 99.5)
     window: tuple[float, float] | None = None  # (center, width), e.g. CT soft tissue (40, 400)
+    # a named preset sets mode and window/percentiles (CT_WINDOWS; mr: percentile 0.5-99.5)
+    preset: IntensityPreset | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """`preset: ct_lung` means mode window with the lung window; a mode or window given
+        beside it that says otherwise is a contradiction, not silently overridden."""
+        if not isinstance(data, dict) or data.get("preset") is None:
+            return data
+        preset = data["preset"]
+        if preset == "mr":
+            implied = {"mode": "percentile", "percentiles": (0.5, 99.5)}
+        elif preset in CT_WINDOWS:
+            implied = {"mode": "window", "window": CT_WINDOWS[preset]}
+        else:
+            return data  # the Literal names the allowed presets
+        for key, value in implied.items():
+            given = data.get(key)
+            if given is None or (key == "mode" and given == "auto"):
+                continue
+            if (tuple(given) if isinstance(given, list | tuple) else given) != value:
+                raise ValueError(f"intensity.preset={preset} sets {key}={value}, but "
+                                 f"{key}={given} is also given; keep one of them")
+        return {**data, **implied}
 
 
 class HFDataConfig(_Section):
@@ -50,9 +83,24 @@ class SyntheticConfig(_Section):
     seed: int = 0
 
 
+class VolumeConfig(_Section):
+    """How volumes (NIfTI, DICOM series, nnU-Net raw) become 2-D samples: slicing is part of
+    the data source. Volumes are reoriented to RAS first, so `axial` is the same for all."""
+
+    axis: Literal["axial", "coronal", "sagittal"] = "axial"
+    # 2.5d: the slices before and after as the first and last input channels (edges repeat)
+    channels: Literal["2d", "2.5d"] = "2d"
+    # share of the label-free training slices sampled (all slices with labels are kept;
+    # validation and test keep every slice, so 3-D metrics see whole volumes)
+    empty_fraction: float = Field(0.2, ge=0, le=1)
+
+
 class DataConfig(_Section):
     # python: the data is handed over in Python (`sam_medft.train(..., train_data=...)`)
-    source: Literal["lists", "folder", "hf", "synthetic", "python"] = "synthetic"
+    # nnunet: `folder` is an nnU-Net raw data set (DatasetXXX_Name with imagesTr, labelsTr,
+    # dataset.json); lists and folder sources may hold volumes (.nii/.nii.gz, DICOM series
+    # folders) instead of 2-D images; `volumes` says how they are sliced
+    source: Literal["lists", "folder", "hf", "synthetic", "python", "nnunet"] = "synthetic"
     # study layout: CSV/TSV lists of image_path,mask_path relative to the two roots
     img_folder: Path | None = None
     mask_folder: Path | None = None
@@ -71,6 +119,7 @@ class DataConfig(_Section):
     binary: bool = False
     intensity: IntensityConfig = IntensityConfig()
     keep_empty: bool = True  # empty slices stay in val/test (the study dropped them: biased)
+    volumes: VolumeConfig = VolumeConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -99,6 +148,7 @@ class DataConfig(_Section):
         need = {
             "lists": ["train_list"],
             "folder": ["folder"],
+            "nnunet": ["folder"],
             "hf": ["hf"],
             "synthetic": [],
             "python": [],

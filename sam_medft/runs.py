@@ -323,6 +323,9 @@ class AdapterMeta:
     prompt_mode: str = "none"
     multimask: bool = True  # prompt modes: decode SAM's 3 masks (as trained) or token 0 only
     intensity: dict = field(default_factory=dict)
+    # trained on volumes: how they were sliced (data.volumes: axis, channels), so volumes are
+    # predicted the same way; None: 2-D data
+    volume: dict | None = None
     data_description: str = ""
     base_revision: str | None = None
     license: str | None = None  # for the Hub card (else the recipe's hub.license)

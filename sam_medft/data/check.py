@@ -34,6 +34,7 @@ from sam_medft.data.sources import (
     default_label_map,
     test_list_present,
 )
+from sam_medft.data.volume_source import is_volume_data
 from sam_medft.errors import SamMedftError
 
 _SHOW = 5  # files named per problem
@@ -255,6 +256,7 @@ def _no_val_fix(data: DataConfig) -> str:
     return {
         "lists": "set data.val_list: null",
         "folder": "set data.val_fraction: 0",
+        "nnunet": "set data.val_fraction: 0",
         "hf": "set data.hf.val_split: null",
         "synthetic": "set data.synthetic.n_val: 0",
         "python": "leave out val_data",
@@ -286,7 +288,7 @@ def _sources(data: DataConfig) -> tuple[dict[str, SampleSource], list[str]]:
     """Split sources without the existence check (missing files are counted per file)."""
     out: dict[str, SampleSource] = {}
     errors: list[str] = []
-    if data.source == "lists":
+    if data.source == "lists" and not is_volume_data(data):  # volumes: build_splits
         for split, path in (
             ("train", data.train_list),
             ("val", data.val_list),

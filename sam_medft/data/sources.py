@@ -17,9 +17,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,60 +27,15 @@ from sam_medft.config import DataConfig, HFDataConfig, IntensityConfig, Syntheti
 from sam_medft.data import io
 from sam_medft.data.labels import LabelMap
 from sam_medft.data.lists import Pair, folder_pairs, read_pair_list
+from sam_medft.data.sample import Sample, SampleSource
 from sam_medft.data.synthetic import SYNTHETIC_LABELS, SYNTHETIC_VERSION, write_synthetic
+from sam_medft.data.volume_source import volume_label_map, volume_splits
 from sam_medft.errors import SamMedftError
 
 log = logging.getLogger("sam_medft.data")
 _NO_TEST_SAID: set[str] = set()  # missing test lists already reported in this process
 
 SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class Sample:
-    image: np.ndarray  # HxWx3 float32 in [0, 255]
-    raw_mask: np.ndarray  # HxW int64 raw label values
-    name: str  # unique within the split; used for output file names
-    spacing: tuple[float, float] | None = None  # (sy, sx) in mm, when known
-
-
-class SampleSource(ABC):
-    """An indexable split. `names[i]` is unique; `load(i)` decodes one sample."""
-
-    names: list[str]
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    @abstractmethod
-    def load(self, i: int) -> Sample: ...
-
-    @abstractmethod
-    def image_path(self, i: int) -> str | None:
-        """The image's file path, when there is one (for reports and overlays)."""
-
-    @abstractmethod
-    def mask_path(self, i: int) -> str | None: ...
-
-    @abstractmethod
-    def image_header(self, i: int) -> io.ImageHeader:
-        """Size and pixel type without decoding the pixels (for the dataset check)."""
-
-    @abstractmethod
-    def load_mask(self, i: int) -> np.ndarray:
-        """HxW int64 raw values."""
-
-    def __getitem__(self, i: int) -> Sample:
-        return self.load(i)
-
-    def where(self, i: int) -> str:
-        """How to name sample i in a message: its path, else its name."""
-        return self.image_path(i) or self.names[i]
-
-    def fix_hint(self, problem: str) -> str | None:
-        """A fix for a data-check problem (`missing mask`, `corrupt mask`, ...) that knows
-        where this source's files come from; None: the checker's generic fix."""
-        return None
 
 
 def _check_same_size(image_hw: tuple[int, int], mask_hw: tuple[int, int], img: str, mask: str):
@@ -405,7 +358,12 @@ class HFSource(SampleSource):
 
 def build_splits(data: DataConfig) -> dict[str, SampleSource]:
     """`train`, `val`, `test` sources for the recipe's data section (unconfigured splits are
-    absent). Raises SamMedftError for missing lists/files/columns before any model work."""
+    absent). Raises SamMedftError for missing lists/files/columns before any model work.
+    Volumes (nnU-Net raw data sets, folders or lists of volumes) come sliced
+    (`data.volume_source`)."""
+    volumes = volume_splits(data)
+    if volumes is not None:
+        return volumes
     if data.source == "lists":
         return {
             split: _list_source(data, path)
@@ -435,7 +393,8 @@ def build_splits(data: DataConfig) -> dict[str, SampleSource]:
             "(sam_medft.train(recipe, train_data=..., val_data=...)), so there are no files to "
             "read again; pass the images as a list (`sam-medft eval RUN --list test.csv`) or set "
             "data.source to lists, folder, hf or synthetic")
-    raise SamMedftError(f"unknown data.source {data.source!r}; use lists, folder, hf or synthetic")
+    raise SamMedftError(f"unknown data.source {data.source!r}; use lists, folder, nnunet, hf or "
+                        "synthetic")
 
 
 def test_list_present(path: Path) -> bool:
@@ -467,6 +426,9 @@ def default_label_map(data: DataConfig) -> LabelMap | None:
         return LabelMap(binary=True)
     if data.labels is not None:
         return LabelMap(data.labels)
+    from_dataset_json = volume_label_map(data)
+    if from_dataset_json is not None:
+        return from_dataset_json
     if data.source == "synthetic":
         return LabelMap(SYNTHETIC_LABELS)
     return None

@@ -39,11 +39,13 @@ from sam_medft.data.io import image_size, read_image
 from sam_medft.data.lists import list_images
 from sam_medft.data.prompts import load_prompts_file
 from sam_medft.data.transforms import SamGeometry
+from sam_medft.data.volumes import Volume, read_volume, write_label_volume
 from sam_medft.errors import SamMedftError
 from sam_medft.files import read_manifest, write_manifest
 from sam_medft.hub import resolve_run
 from sam_medft.infer.pipeline import Images, model_batches, predict_images
 from sam_medft.infer.prompted import cli_entry, predict_prompted, predict_with_prompts
+from sam_medft.infer.volume_inference import predict_volume
 from sam_medft.models.fast_attention import enable_fast_attention
 from sam_medft.models.forward import automatic_forward, image_embeddings
 from sam_medft.runs import AdapterMeta, find_adapter_folder
@@ -149,6 +151,25 @@ class FineTunedSam:
         else:
             labels = next(predict_images(self, Images([image], self.intensity))).labels
         return labels if lut is None else lut[labels]
+
+    def predict_volume(self, volume: Volume | str | Path | np.ndarray, *,
+                       out: str | Path | None = None, largest_component: bool = False,
+                       fill_holes: bool = False, batch_size: int = 8) -> np.ndarray:
+        """A volume (NIfTI path, DICOM series folder, `Volume`, or a 3-D array in RAS axis
+        order) -> its label volume (uint8 class indices) in RAS order, the order of
+        `sam_medft.data.volumes.read_volume(path).array`, sliced as the model was trained.
+        `out`: also write it as NIfTI in the source file's geometry (affine, header, voxel
+        order), for 3D Slicer / ITK-SNAP; needs a path or a `Volume`."""
+        if isinstance(volume, str | Path):
+            volume = read_volume(volume)
+        if out is not None and not isinstance(volume, Volume):
+            raise SamMedftError("predict_volume(out=...) needs a volume path or a Volume (an "
+                                "array has no affine to write)")
+        labels = predict_volume(self, volume, batch_size=batch_size,
+                                largest_component=largest_component, fill_holes=fill_holes)
+        if out is not None:
+            write_label_volume(out, labels, like=volume)
+        return labels
 
     def to_raw_values(self, labels: np.ndarray, *, foreground: int | None = None) -> np.ndarray:
         """A class-index map -> the raw mask values of its classes (the run's data.labels:

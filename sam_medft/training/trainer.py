@@ -46,6 +46,7 @@ from sam_medft.config import Recipe
 from sam_medft.data.check import RARE_IMAGE_SHARE, RARE_PIXEL_SHARE, RareClass, check_dataset
 from sam_medft.data.dataset import ModelFrameSpec
 from sam_medft.data.sources import SampleSource, build_splits
+from sam_medft.data.volume_source import volume_settings
 from sam_medft.errors import Interrupted, SamMedftError
 from sam_medft.files import disk_errors, write_text_atomic
 from sam_medft.hub import resolve_run
@@ -404,6 +405,7 @@ class Trainer:
             binary=recipe.data.binary, prompt_mode=task.mode,
             multimask=recipe.prompt.multimask,
             intensity=recipe.data.intensity.model_dump(mode="json"),
+            volume=None if self.given_splits else volume_settings(recipe.data),
             data_description=describe_data(recipe), base_revision=recipe.model.revision)
 
     def restore(self) -> None:
@@ -775,6 +777,8 @@ def describe_data(recipe: Recipe) -> str:
         return "sam_medft's built-in synthetic MRI/CT-like slices (demo data)"
     if d.source == "hf" and d.hf:
         return f"datasets: {d.hf.path}"
+    if d.source == "nnunet":
+        return f"nnU-Net raw data set {d.folder.name} ({d.volumes.axis} slices)"
     if d.source == "folder":
         return f"image/mask folder {d.folder.name}"
     if d.source == "python":
