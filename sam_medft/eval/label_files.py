@@ -4,8 +4,9 @@
 model, nnU-Net, an earlier run), so this module only reads and pairs files: a case id is a
 file's name without its suffix (`.nii.gz` counts as one), as nnU-Net names its cases; a
 reference list (image,mask CSV) also answers to its image's name, which is what `sam-medft
-predict LIST` writes. NIfTI goes through nibabel; the geometry (shape, affine) of a
-prediction must equal its reference's, since a resampled or reoriented prediction scored
+predict LIST` writes. NIfTI is read as training reads it (`data.volumes.read_volume`:
+nibabel, reoriented to RAS+); a prediction must lie on its reference's voxel grid (shape and
+affine, whatever order its file stores the axes in), since a resampled prediction scored
 voxel by voxel would be silently wrong.
 """
 
@@ -15,11 +16,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from sam_medft.data.io import IMAGE_EXTENSIONS, LOSSY_MASK_EXTENSIONS, read_mask
 from sam_medft.data.lists import read_pair_list
+from sam_medft.data.volumes import AXES, plane, plane_spacing, read_volume
 from sam_medft.errors import SamMedftError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
@@ -28,6 +29,7 @@ LIST_SUFFIXES = (".csv", ".tsv", ".txt")
 _CHANNEL_RE = re.compile(r"_\d{4}$")  # nnU-Net image channel suffix: case_0000 -> case
 _SHOW = 3
 _AFFINE_TOL = 1e-3  # mm: header round-off, not a different grid
+AXIAL = AXES["axial"]  # volumes are scored slice by slice along this canonical axis
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,8 @@ class LabelArray:
 
     data: np.ndarray
     spacing: tuple[float, ...] | None  # mm per axis of `data`; None: 2-D, pixels
-    affine: np.ndarray | None = None  # volumes: the file's voxel -> world matrix
-    axis_codes: str = ""  # volumes: nibabel's orientation codes of the file's axes
+    affine: np.ndarray | None = None  # volumes: canonical (RAS+) voxel -> world matrix
+    axis_codes: str = ""  # volumes: the stored file's orientation codes, e.g. "LPS"
 
 
 def is_volume_path(path: Path) -> bool:
@@ -150,33 +152,14 @@ def match_cases(pred_dir: str | Path, ref: str | Path) -> list[tuple[LabelFile, 
 
 
 def read_labels(path: Path) -> LabelArray:
-    """A label file -> int64 array; volumes come with their spacing and affine."""
+    """A label file -> int64 array; volumes (read as training reads them: reoriented to RAS+,
+    `data.volumes`) as axial slices (slice, row, column) with their spacing in mm."""
     if not is_volume_path(path):
         return LabelArray(read_mask(path), None)
-    try:
-        img = nib.load(str(path))
-        raw = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many types for a broken file
-        raise SamMedftError(f"{path} is not a readable NIfTI file ({exc}): re-export it") from exc
-    if raw.ndim == 4 and raw.shape[3] == 1:
-        raw = raw[..., 0]
-    if raw.ndim != 3:
-        raise SamMedftError(
-            f"{path} has shape {raw.shape}; a label volume is 3-D (one integer label per voxel)"
-        )
-    if np.issubdtype(raw.dtype, np.floating) and not np.array_equal(raw, np.round(raw)):
-        raise SamMedftError(
-            f"{path} holds non-integer values: a label volume holds class values; resample "
-            "labels with nearest-neighbour interpolation, never linear"
-        )
-    codes = "".join(nib.orientations.aff2axcodes(img.affine))
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    axial = next(i for i, c in enumerate(codes) if c in "SI")
-    order = (axial, *(i for i in range(3) if i != axial))
-    data = np.transpose(raw.astype(np.int64), order)
-    return LabelArray(
-        np.ascontiguousarray(data), tuple(zooms[i] for i in order), img.affine, codes
-    )
+    vol = read_volume(path, label=True)
+    data = np.stack([plane(vol.array, AXIAL, k) for k in range(vol.shape[AXIAL])])
+    spacing = (vol.spacing[AXIAL], *plane_spacing(vol.spacing, AXIAL))
+    return LabelArray(data, spacing, vol.affine, vol.orientation)
 
 
 def check_geometry(pred: LabelArray, ref: LabelArray, pred_path: Path, ref_path: Path) -> None:
