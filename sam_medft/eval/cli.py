@@ -122,8 +122,13 @@ def eval_command(
         revision=revision,
     )
     table = format_table(result.summary)
-    table.title = f"{table.title}: {result.mode}"
+    table.title = f"{table.title}: {result.mode}" + (
+        ", 3-D per volume" if result.slice_summary is not None else "")
     print_renderable(table, console=out)
+    if result.slice_summary is not None:
+        per_slice = format_table(result.slice_summary)
+        per_slice.title = f"Per slice (2-D): {per_slice.title}"
+        print_renderable(per_slice, console=out)
     if result.prompt_table is not None:
         print_renderable(format_prompt_table(result.prompt_table), console=out)
     if result.delta is not None:
@@ -131,7 +136,9 @@ def eval_command(
         caption = message(result.baseline_note) if result.baseline_note else None
         print_renderable(format_comparison(result.delta, caption=caption), console=out)  # type: ignore[arg-type]
     print_info(
-        f"wrote {result.eval_dir}/: per_case.csv, summary.json"
+        f"wrote {result.eval_dir}/: per_case.csv"
+        + (", per_slice.csv" if result.slice_summary is not None else "")
+        + ", summary.json"
         + (", prompt_table.json" if result.prompt_table is not None else "")
         + (", baseline/summary.json, delta.json" if result.delta is not None else "")
         + f", {len(result.overlays)} overlays, report.html",

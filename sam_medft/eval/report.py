@@ -143,7 +143,8 @@ def render_volume_strip(
 ) -> Path:
     """A strip of slices of a (slice, row, column) volume with reference (solid green) and
     predicted (dashed magenta) contours, each panel drawn at its true aspect (``spacing``
-    in mm); without an ``image`` the reference is shaded so the panels are not blank."""
+    in mm); ``image`` is the (slice, row, column) grey volume in 0..255 under them; without
+    one the reference is shaded so the panels are not blank."""
     gt, pred = np.asarray(gt), np.asarray(pred)
     if gt.ndim != 3 or gt.shape != pred.shape:
         raise SamMedftError(
@@ -162,7 +163,8 @@ def render_volume_strip(
              panel_h / fig.get_figheight())
         )
         if image is not None:
-            ax.imshow(image[k], cmap="gray", interpolation="nearest", aspect=aspect)
+            ax.imshow(image[k], cmap="gray", vmin=0, vmax=255, interpolation="nearest",
+                      aspect=aspect)
         else:
             ax.imshow((gt[k] == class_id) * 0.35, cmap="gray", vmin=0, vmax=1,
                       interpolation="nearest", aspect=aspect)
