@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from PIL import Image as PILImage
 
 from sam_medft.errors import SamMedftError
 from sam_medft.eval.metrics import HD95_DEFINITION, NSD_DEFINITION
@@ -310,6 +311,16 @@ def _empty_table(summary: dict) -> str:
     return f'<table id="empty-cases"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
 
 
+def _strip_class(path: Path) -> str:
+    """A strip of volume slices (much wider than tall) takes a whole row of the grid."""
+    try:
+        with PILImage.open(path) as img:
+            w, h = img.size
+    except OSError:
+        return ""  # _file_data_uri names the problem
+    return ' class="strip"' if w > 2 * h else ""
+
+
 def _caption(path: Path, rows: Sequence[dict]) -> str:
     match = _PICK_RE.match(path.stem)
     if match:
@@ -341,6 +352,7 @@ tr.fg td{font-weight:600;background:#fffbea}
 .overlays{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(300px,100%),1fr));
 gap:1rem}
 figure{margin:0;min-width:0}
+figure.strip{grid-column:1/-1}
 figure img{display:block;width:100%;max-width:100%;height:auto;border:1px solid #d9e2ec}
 figcaption{font-size:.85rem;color:#52606d;overflow-wrap:anywhere;word-break:break-word}
 img.plot{max-width:100%;height:auto}
@@ -455,7 +467,8 @@ def write_report(
         )
         meta = f'<table class="meta" id="run">{cells}</table>'
     figures = "".join(
-        f'<figure><img src="{_file_data_uri(Path(p))}" alt="{html.escape(Path(p).name)}">'
+        f'<figure{_strip_class(Path(p))}><img src="{_file_data_uri(Path(p))}" '
+        f'alt="{html.escape(Path(p).name)}">'
         f"<figcaption>{html.escape(_caption(Path(p), rows))}</figcaption></figure>"
         for p in overlays
     )

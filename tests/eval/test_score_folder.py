@@ -229,3 +229,31 @@ def test_class_values_in_predictions_that_are_no_class_are_named(folders_2d, tmp
 def test_bad_classes_option(text):
     with pytest.raises(SamMedftError, match="--classes"):
         parse_classes(text)
+
+
+STRIP_LAYOUT = """(() => ({
+  scrollWidth: document.documentElement.scrollWidth,
+  innerWidth: window.innerWidth,
+  body: document.body.getBoundingClientRect().width,
+  strips: [...document.querySelectorAll('.overlays figure.strip img')].map(
+      i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width]),
+  slices: [...document.querySelectorAll('#slice-summary tbody tr')].map(
+      r => r.cells[0].textContent.trim()),
+  definitions: document.querySelector('#definitions').textContent,
+}))()"""
+
+
+def test_volume_report_renders_strips_full_width_in_chromium(chromium_page, nnunet_volumes,
+                                                              tmp_path):
+    pred, ref = nnunet_volumes
+    result = score_prediction_folder(pred, ref, out_dir=tmp_path / "ev", show_progress=False)
+    page = chromium_page(result.report, STRIP_LAYOUT, width=1280)
+    assert page.errors() == []
+    s = page.value
+    assert s["scrollWidth"] <= s["innerWidth"]
+    assert len(s["strips"]) == 2
+    for complete, natural, shown in s["strips"]:
+        assert complete and natural > 0 and shown > 0.9 * s["body"] - 40  # a whole row
+    assert s["slices"] == ["1 organ", "mean over foreground classes"]
+    assert "larger of the two directed 95th percentiles" in s["definitions"]
+    assert "DeepMind" in s["definitions"]
