@@ -127,7 +127,10 @@ def eval_command(
     print_renderable(table, console=out)
     if result.slice_summary is not None:
         per_slice = format_table(result.slice_summary)
-        per_slice.title = f"Per slice (2-D): {per_slice.title}"
+        per_slice.title = (
+            f"Per 2-D slice ({result.slice_summary['n_cases']} slices with a scored class in "
+            "the reference or the prediction)"
+        )
         print_renderable(per_slice, console=out)
     if result.prompt_table is not None:
         print_renderable(format_prompt_table(result.prompt_table), console=out)
@@ -154,7 +157,10 @@ def print_folder_result(result, format_table) -> None:
     print_renderable(table, console=out)
     if result.slice_summary is not None:
         per_slice = format_table(result.slice_summary)
-        per_slice.title = f"Per slice (2-D): {per_slice.title}"
+        per_slice.title = (
+            f"Per 2-D slice ({result.slice_summary['n_cases']} slices with a scored class in "
+            "the reference or the prediction)"
+        )
         print_renderable(per_slice, console=out)
     print_info(
         f"wrote {result.eval_dir}/: per_case.csv"
