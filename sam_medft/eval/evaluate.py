@@ -355,11 +355,15 @@ def score(
         if stacks is None:
             spacings.append(case.spacing)
         for key, masks in case.predictions.items():
-            (rows if stacks is None else slice_rows).setdefault(key, []).extend(
-                score_masks(
-                    masks, case.reference, names, case.spacing, cfg.nsd_tolerance, case.name
-                )
+            scored = score_masks(
+                masks, case.reference, names, case.spacing, cfg.nsd_tolerance, case.name
             )
+            if stacks is None:
+                rows.setdefault(key, []).extend(scored)
+            elif any(r["empty_case"] != "both_empty" for r in scored):
+                # per-slice numbers: slices with a scored class on either side (as `eval
+                # --pred` counts them); the 3-D rows below see every slice
+                slice_rows.setdefault(key, []).extend(scored)
         whole = stacks.add(case) if stacks is not None else None
         if whole is not None:
             cid, masks_by, reference, _ = whole
