@@ -8,7 +8,11 @@ evaluation on the base model without the adapter, so the delta isolates what fin
 bought. Everything a user can get wrong (run, split, list, overrides) fails before a model
 loads.
 
-Outputs in `<run>/eval/` (or `--out`): per_case.csv, summary.json, prompt_table.json
+Runs on volumes are scored per slice as predicted, then each case's slices are put back
+together and scored in 3-D in mm (`VolumeStacks`): per_case.csv holds the volumes,
+per_slice.csv the slices.
+
+Outputs in `<run>/eval/` (or `--out`): per_case.csv, per_slice.csv (volumes), summary.json, prompt_table.json
 (prompt runs), baseline/{per_case.csv,summary.json} and delta.json (`--baseline`),
 overlays/*.png and report.html.
 """

@@ -257,3 +257,18 @@ def test_volume_report_renders_strips_full_width_in_chromium(chromium_page, nnun
     assert s["slices"] == ["1 organ", "mean over foreground classes"]
     assert "larger of the two directed 95th percentiles" in s["definitions"]
     assert "DeepMind" in s["definitions"]
+
+
+def test_a_prediction_stored_in_another_axis_order_is_the_same_grid(nnunet_volumes, tmp_path):
+    """A tool that writes RAS+-ordered files (nibabel's as_closest_canonical) for LPS-like
+    references: the same voxels in space, so the same scores; volumes are compared in RAS+."""
+    pred, ref = nnunet_volumes
+    for case in ("case_001", "case_002"):
+        img = nib.load(str(pred / f"{case}.nii.gz"))
+        nib.save(nib.as_closest_canonical(img), str(pred / f"{case}.nii.gz"))
+    assert "".join(nib.aff2axcodes(nib.load(str(pred / "case_001.nii.gz")).affine)) == "RAS"
+    assert "".join(nib.aff2axcodes(AFFINE)) != "RAS"
+    result = score_prediction_folder(pred, ref, out_dir=tmp_path / "ev", overlays=0,
+                                     show_progress=False)
+    assert {r["case"]: r["dice"] for r in result.rows} == pytest.approx(
+        {"case_001": 1000 / 1200, "case_002": 1.0})
