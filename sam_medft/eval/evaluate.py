@@ -39,7 +39,7 @@ from sam_medft.config import Recipe, load_recipe
 from sam_medft.data.labels import LabelMap
 from sam_medft.data.lists import read_pair_list
 from sam_medft.data.sources import PairSource, SampleSource, build_splits
-from sam_medft.data.volume_source import VolumeSliceSource
+from sam_medft.data.volume_source import VolumeSliceSource, cases_from_list, list_names_volumes
 from sam_medft.data.volumes import plane_spacing, read_geometry
 from sam_medft.errors import SamMedftError
 from sam_medft.eval.metrics import HD95_DEFINITION, NSD_DEFINITION, case_metrics
@@ -171,6 +171,10 @@ def load_eval_data(
     data = recipe.data
     if list_file is not None:
         list_file = Path(list_file)
+        if list_names_volumes(list_file, data.img_folder):  # image,label volume pairs
+            cases = cases_from_list(list_file, data.img_folder, data.mask_folder)
+            source = VolumeSliceSource(cases, data.volumes, data.intensity)
+            return EvalData(recipe, source, f"list:{list_file}", f"volume list {list_file}")
         pairs = read_pair_list(list_file, data.img_folder, data.mask_folder)
         root = data.img_folder if data.img_folder is not None else list_file.parent
         source = PairSource(pairs, data.intensity, root=root)

@@ -103,3 +103,18 @@ def test_eval_run_and_eval_pred_on_predicted_nifti_agree(volume_run, tmp_path):
         assert (r["tp"], r["fp"], r["fn"]) == (mine["tp"], mine["fp"], mine["fn"])
         for key in ("dice", "iou", "hd95", "nsd"):
             np.testing.assert_allclose(r[key], mine[key], rtol=1e-6, equal_nan=True)
+
+
+def test_a_list_of_volume_pairs_is_evaluated_as_volumes(volume_run, tmp_path):
+    """`eval RUN --list vols.csv`: a list of image,label volumes is sliced like the recipe's
+    volumes and scored per volume, the same as the test split it lists."""
+    run, data = volume_run
+    lst = tmp_path / "vols.csv"
+    lst.write_text("".join(f"{data}/imagesTs/case_00{i}_0000.nii.gz,{data}/labelsTs/case_00{i}"
+                           ".nii.gz\n" for i in (2, 3)))
+    by_list = evaluate_run(run, list_file=lst, out_dir=tmp_path / "a", device="cpu",
+                           show_progress=False)
+    by_split = evaluate_run(run, out_dir=tmp_path / "b", device="cpu", show_progress=False)
+    assert [r["case"] for r in by_list.rows] == ["case_002"] * 2 + ["case_003"] * 2
+    assert by_list.rows == by_split.rows
+    assert by_list.slice_summary == by_split.slice_summary
