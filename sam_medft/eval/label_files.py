@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sam_medft.config import IntensityConfig
 from sam_medft.data.io import IMAGE_EXTENSIONS, LOSSY_MASK_EXTENSIONS, read_mask
 from sam_medft.data.lists import read_pair_list
+from sam_medft.data.volume_source import scale_volume
 from sam_medft.data.volumes import AXES, plane, plane_spacing, read_volume
 from sam_medft.errors import SamMedftError
 
@@ -162,6 +164,27 @@ def read_labels(path: Path) -> LabelArray:
     return LabelArray(data, spacing, vol.affine, vol.orientation)
 
 
+def reference_image(ref: LabelFile, like: LabelArray) -> np.ndarray | None:
+    """The image under a reference volume, as (slice, row, column) grey values 0..255 for the
+    report, when one is known: the list's image, or nnU-Net's `imagesTs/<case>_0000.nii.gz`
+    beside `labelsTs/`. None when there is none, or it is not on the reference's grid."""
+    candidates = [ref.image] if ref.image is not None else []
+    folder = ref.path.parent
+    if folder.name.startswith("labels"):  # nnU-Net: labelsTr/labelsTs <-> imagesTr/imagesTs
+        images = folder.parent / ("images" + folder.name[len("labels"):])
+        candidates += [images / f"{ref.case}_0000{s}" for s in VOLUME_SUFFIXES]
+    for path in candidates:
+        if path is None or not path.is_file() or not is_volume_path(path):
+            continue
+        vol = read_volume(path)
+        if like.affine is None or vol.shape != tuple(like.data.shape[i] for i in (2, 1, 0)) \
+                or not np.allclose(vol.affine, like.affine, atol=_AFFINE_TOL):
+            return None
+        grey = scale_volume(vol.array, IntensityConfig(), str(path))  # robust min-max
+        return np.stack([plane(grey, AXIAL, k) for k in range(vol.shape[AXIAL])])
+    return None
+
+
 def check_geometry(pred: LabelArray, ref: LabelArray, pred_path: Path, ref_path: Path) -> None:
     """A prediction on another grid than its reference stops with both files named."""
     if pred.data.shape != ref.data.shape:
@@ -199,4 +222,5 @@ __all__ = [
     "match_cases",
     "read_labels",
     "reference_files",
+    "reference_image",
 ]

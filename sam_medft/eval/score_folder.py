@@ -34,6 +34,7 @@ from sam_medft.eval.label_files import (
     check_geometry,
     match_cases,
     read_labels,
+    reference_image,
 )
 from sam_medft.eval.metrics import HD95_DEFINITION, NSD_DEFINITION, case_metrics
 from sam_medft.eval.report import (
@@ -328,8 +329,9 @@ def score_prediction_folder(
 
 
 def _render_picks(pairs, rows, ids, volumes: bool, out: Path, k: int) -> list[Path]:
-    """Worst and best cases per class: a strip of slices for volumes, the image (when the
-    reference list names it) with contours for 2-D maps."""
+    """Worst and best cases per class with contours over the image when it is known (the
+    reference list's, or nnU-Net's imagesTs/ beside labelsTs/): a strip of slices for
+    volumes."""
     if k <= 0:
         return []
     by_case = {r.case: (r, p) for r, p in pairs}
@@ -346,7 +348,8 @@ def _render_picks(pairs, rows, ids, volumes: bool, out: Path, k: int) -> list[Pa
         target = overlay_path(out, pick)
         if volumes:
             paths.append(render_volume_strip(ref_arr.data, pred_arr.data, cid, target,
-                                             spacing=ref_arr.spacing, title=title))
+                                             spacing=ref_arr.spacing, title=title,
+                                             image=reference_image(ref_file, ref_arr)))
             continue
         if ref_file.image is not None:
             image = np.clip(read_image(ref_file.image), 0, 255).astype(np.uint8)

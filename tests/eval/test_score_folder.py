@@ -15,7 +15,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sam_medft.cli import app
+from sam_medft.data.synthetic_volumes import write_synthetic_volumes
 from sam_medft.errors import SamMedftError
+from sam_medft.eval.label_files import LabelFile, read_labels, reference_image
 from sam_medft.eval.score_folder import parse_classes, score_prediction_folder
 
 runner = CliRunner()
@@ -272,3 +274,17 @@ def test_a_prediction_stored_in_another_axis_order_is_the_same_grid(nnunet_volum
                                      show_progress=False)
     assert {r["case"]: r["dice"] for r in result.rows} == pytest.approx(
         {"case_001": 1000 / 1200, "case_002": 1.0})
+
+
+def test_strips_show_the_nnunet_image_beside_the_labels(tmp_path):
+    """labelsTs/case.nii.gz finds imagesTs/case_0000.nii.gz for the report: on the labels'
+    grid and slice order (the bright synthetic organ lies under its label)."""
+    root = write_synthetic_volumes(tmp_path / "d", n_train=1, n_test=1, size=24, n_slices=8)
+    label = root / "labelsTs" / "case_001.nii.gz"
+    labels = read_labels(label)
+    image = reference_image(LabelFile("case_001", label), labels)
+    assert image is not None and image.shape == labels.data.shape
+    assert 0 <= image.min() and image.max() <= 255
+    assert image[labels.data == 1].mean() > image[labels.data == 0].mean() + 20
+    (root / "imagesTs" / "case_001_0000.nii.gz").unlink()
+    assert reference_image(LabelFile("case_001", label), labels) is None
