@@ -84,8 +84,10 @@ def _check_extension(path: Path) -> None:
     low = path.name.lower()
     if any(low.endswith(ext) for ext in _UNSUPPORTED):
         raise SamMedftError(
-            f"{path}: NIfTI/DICOM/volume files are not supported yet; export 2-D slices as "
-            "PNG (8-bit or 16-bit) or .npy and list those instead"
+            f"{path}: NIfTI/DICOM/volume files are not read as 2-D images; give volumes to the "
+            "volume sources (data.source: nnunet, or a folder or lists whose every entry is a "
+            ".nii/.nii.gz volume or a DICOM series folder; see the README's Volumes section), "
+            "or export 2-D slices (`sam-medft data slice`); convert .mha/.mhd/.nrrd to NIfTI"
         )
 
 

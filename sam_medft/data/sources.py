@@ -29,7 +29,12 @@ from sam_medft.data.labels import LabelMap
 from sam_medft.data.lists import Pair, folder_pairs, read_pair_list
 from sam_medft.data.sample import Sample, SampleSource
 from sam_medft.data.synthetic import SYNTHETIC_LABELS, SYNTHETIC_VERSION, write_synthetic
-from sam_medft.data.volume_source import volume_label_map, volume_splits
+from sam_medft.data.volume_source import (
+    VolumeSliceSource,
+    cases_from_rows,
+    volume_label_map,
+    volume_splits,
+)
 from sam_medft.errors import SamMedftError
 
 log = logging.getLogger("sam_medft.data")
@@ -386,7 +391,7 @@ def build_splits(data: DataConfig) -> dict[str, SampleSource]:
             if getattr(data.synthetic, f"n_{s}")
         }
     if data.source == "hf":
-        return _hf_splits(data.hf, data.intensity)
+        return _hf_splits(data.hf, data.intensity, data)
     if data.source == "python":
         raise SamMedftError(
             "data.source=python: this run's data was handed over in Python "
@@ -471,7 +476,8 @@ def synthetic_folder(cfg: SyntheticConfig) -> Path:
 # ---- Hugging Face loading ----------------------------------------------------------------------
 
 
-def _hf_splits(cfg: HFDataConfig, intensity: IntensityConfig) -> dict[str, SampleSource]:
+def _hf_splits(cfg: HFDataConfig, intensity: IntensityConfig,
+               data: DataConfig | None = None) -> dict[str, SampleSource]:
     splits, root = load_hf(cfg)
     available = list(splits)
     wanted = {"train": cfg.train_split, "val": cfg.val_split, "test": cfg.test_split}
@@ -493,6 +499,14 @@ def _hf_splits(cfg: HFDataConfig, intensity: IntensityConfig) -> dict[str, Sampl
             )
             continue
         split_root = (root / theirs) if root is not None and (root / theirs).is_dir() else root
+        rows = splits[theirs]
+        if data is not None and {cfg.image_column, cfg.mask_column} <= set(rows.column_names):
+            cases = cases_from_rows(rows[cfg.image_column], rows[cfg.mask_column], split_root,
+                                    f"{cfg.path}[{theirs}]")
+            if cases is not None:  # a column of volume paths: sliced as data.volumes says
+                out[ours] = VolumeSliceSource(cases, data.volumes, intensity,
+                                              sample_empty=ours == "train", seed=data.split_seed)
+                continue
         out[ours] = HFSource(
             splits[theirs],
             cfg.image_column,

@@ -150,6 +150,35 @@ def cases_from_list(list_path: Path, img_folder: Path | None, mask_folder: Path 
     return cases
 
 
+def cases_from_rows(images: Sequence, labels: Sequence, root: Path | None, where: str
+                    ) -> list[VolumeCase] | None:
+    """A `datasets` split whose image and mask columns hold volume paths (relative ones
+    against `root`), or None when its first image is not a volume path (2-D data)."""
+    if not len(images) or not isinstance(images[0], str):
+        return None
+
+    def resolve(text: str) -> Path:
+        p = Path(text).expanduser()
+        return p if p.is_absolute() or root is None else Path(root) / p
+
+    if not (is_nifti(images[0]) or is_dicom_series(resolve(images[0]))):
+        return None
+    cases, missing = [], []
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        if not isinstance(image, str) or not isinstance(label, str):
+            raise SamMedftError(f"{where} row {i}: the image and mask columns must both hold "
+                                f"volume paths (got {type(image).__name__}, "
+                                f"{type(label).__name__})")
+        img, lab = resolve(image), resolve(label)
+        missing += [str(p) for p in (img, lab) if not is_volume(p)]
+        cases.append(VolumeCase(case_id_of(img)[0], img, lab))
+    if missing:
+        raise SamMedftError(f"{where}: {len(missing)} volume path(s) are missing or not volumes, "
+                            f"e.g. {', '.join(missing[:_SHOW])}")
+    _check_unique(cases, where)
+    return cases
+
+
 def list_names_volumes(list_path: Path, img_folder: Path | None) -> bool:
     """Whether a pair list's first image is a volume (then the list is a volume source)."""
     try:
@@ -410,10 +439,12 @@ def is_volume_data(data: DataConfig) -> bool:
     return False
 
 
-def volume_settings(data: DataConfig) -> dict | None:
-    """What prediction must repeat of the slicing (the adapter's sam_medft.json `volume`),
-    None for 2-D data."""
-    return data.volumes.model_dump(mode="json") if is_volume_data(data) else None
+def volume_settings(data: DataConfig, train: SampleSource | None) -> dict | None:
+    """What prediction must repeat of the slicing (the adapter's sam_medft.json `volume`)
+    when the training split is sliced volumes; None for 2-D data."""
+    if isinstance(train, VolumeSliceSource):
+        return data.volumes.model_dump(mode="json")
+    return None
 
 
 def volume_cases(data: DataConfig) -> dict[str, list[VolumeCase]] | None:

@@ -405,7 +405,7 @@ class Trainer:
             binary=recipe.data.binary, prompt_mode=task.mode,
             multimask=recipe.prompt.multimask,
             intensity=recipe.data.intensity.model_dump(mode="json"),
-            volume=None if self.given_splits else volume_settings(recipe.data),
+            volume=volume_settings(recipe.data, self.splits.get("train")),
             data_description=describe_data(recipe), base_revision=recipe.model.revision)
 
     def restore(self) -> None:

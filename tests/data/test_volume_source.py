@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from sam_medft.config import DataConfig, IntensityConfig, VolumeConfig
+from sam_medft.config import DataConfig, HFDataConfig, IntensityConfig, VolumeConfig
 from sam_medft.data.io import read_mask
 from sam_medft.data.lists import read_pair_list
 from sam_medft.data.slice_export import export_slices
@@ -191,3 +191,40 @@ def test_synthetic_volumes_are_anisotropic_lps_and_refuse_foreign_folders(nnunet
     with pytest.raises(SamMedftError, match="not empty"):
         write_synthetic_volumes(tmp_path, n_train=1, n_test=0, size=8, n_slices=8,
                                 overwrite=True)
+
+
+def test_a_datasets_dataset_of_volume_paths_is_sliced(nnunet, tmp_path):
+    import datasets
+
+    def rows(ids):
+        return {"image": [str(nnunet / "imagesTr" / f"case_{i:03d}_0000.nii.gz") for i in ids],
+                "mask": [f"labelsTr/case_{i:03d}.nii.gz" for i in ids]}  # relative: to root
+
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows([0, 1])),
+                               "validation": datasets.Dataset.from_dict(rows([2]))})
+    dd.save_to_disk(str(tmp_path / "ds"))
+    data = DataConfig(source="hf", hf=HFDataConfig(path=str(tmp_path / "ds"), test_split=None),
+                      volumes=VolumeConfig(empty_fraction=1.0))
+    with pytest.raises(SamMedftError, match="missing or not volumes"):
+        build_splits(data)  # a save_to_disk folder has no root for relative paths
+    dd = datasets.DatasetDict({k: datasets.Dataset.from_dict(
+        {"image": v["image"], "mask": [str(nnunet / m) for m in v["mask"]]})
+        for k, v in (("train", rows([0, 1])), ("validation", rows([2])))})
+    dd.save_to_disk(str(tmp_path / "ds2"))
+    data.hf.path = str(tmp_path / "ds2")
+    splits = build_splits(data)
+    assert isinstance(splits["val"], VolumeSliceSource)
+    assert len(splits["train"]) == 2 * SLICES and splits["val"].load(0).case == "case_002"
+
+
+def test_data_synth_volumes_command_says_how_to_train(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "sam_medft", "data", "synth", "vols", "--volumes",
+                          "--n-train", "2", "--n-test", "1", "--size", "8"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    said = " ".join(run.stdout.split())
+    assert "wrote 2 training and 1 test volumes" in said
+    assert f"data.folder=vols/{DATASET_NAME}" in said and "data.labels=null" in said
+    assert len(read_nnunet(tmp_path / "vols" / DATASET_NAME).train) == 2
+    assert read_volume(tmp_path / "vols" / DATASET_NAME / "imagesTs" / "case_002_0000.nii.gz"
+                       ).shape == (8, 8, 20)
