@@ -12,9 +12,9 @@ Runs on volumes are scored per slice as predicted, then each case's slices are p
 together and scored in 3-D in mm (`VolumeStacks`): per_case.csv holds the volumes,
 per_slice.csv the slices.
 
-Outputs in `<run>/eval/` (or `--out`): per_case.csv, per_slice.csv (volumes), summary.json, prompt_table.json
-(prompt runs), baseline/{per_case.csv,summary.json} and delta.json (`--baseline`),
-overlays/*.png and report.html.
+Outputs in `<run>/eval/` (or `--out`): per_case.csv, per_slice.csv (volumes), summary.json,
+prompt_table.json (prompt runs), baseline/{per_case.csv,summary.json} and delta.json
+(`--baseline`), overlays/*.png and report.html.
 """
 
 from __future__ import annotations
@@ -311,30 +311,36 @@ def volume_spacing(source: VolumeSliceSource, case_id: str) -> tuple[float, floa
 
 class VolumeStacks:
     """Slices of volumes put back together: once every slice of a case has been predicted,
-    `add` hands back the case's (K, D, H, W) masks per setting and its (D, H, W) reference."""
+    `add` hands back the case's (K, D, H, W) masks per setting and its (D, H, W) reference.
+    Only masks (and, with `keep_image`, a uint8 grey slice) are held, never the RGB input."""
 
-    def __init__(self, source: VolumeSliceSource, indices: Sequence[int] | None = None):
-        self.source = source
+    def __init__(self, source: VolumeSliceSource, indices: Sequence[int] | None = None, *,
+                 keep_image: bool = False):
+        self.source, self.keep_image = source, keep_image
         wanted = range(len(source)) if indices is None else indices
         self.expected: dict[str, int] = {}
         for i in wanted:
             cid = source.cases[source.index[i][0]].case_id
             self.expected[cid] = self.expected.get(cid, 0) + 1
-        self.parts: dict[str, dict[int, Case]] = {}
+        self.parts: dict[str, dict[int, tuple]] = {}
 
-    def add(self, case: Case) -> tuple[str, dict[str, np.ndarray], np.ndarray, np.ndarray] | None:
-        """-> (case id, masks per setting, reference, grey image) when the volume is whole."""
+    def add(
+        self, case: Case
+    ) -> tuple[str, dict[str, np.ndarray], np.ndarray, np.ndarray | None] | None:
+        """-> (case id, masks per setting, reference, grey image or None) once the volume
+        is whole, else None."""
         got = self.parts.setdefault(str(case.volume), {})
-        got[int(case.slice_index or 0)] = case
+        grey = None
+        if self.keep_image:  # the middle channel is the slice itself (2.5-D: its neighbours)
+            grey = np.clip(case.image[..., case.image.shape[-1] // 2], 0, 255).astype(np.uint8)
+        got[int(case.slice_index or 0)] = (case.predictions, case.reference, grey)
         if len(got) < self.expected.get(str(case.volume), 0):
             return None
         slices = [got[k] for k in sorted(got)]
         del self.parts[str(case.volume)]
-        masks = {
-            key: np.stack([c.predictions[key] for c in slices], axis=1) for key in slices[0].predictions
-        }
-        reference = np.stack([c.reference for c in slices])
-        image = np.stack([c.image[..., c.image.shape[-1] // 2] for c in slices])
+        masks = {key: np.stack([s[0][key] for s in slices], axis=1) for key in slices[0][0]}
+        reference = np.stack([s[1] for s in slices])
+        image = np.stack([s[2] for s in slices]) if self.keep_image else None
         return str(case.volume), masks, reference, image
 
 
@@ -676,7 +682,7 @@ def _volume_strips(predictor, data: EvalData, label_map: LabelMap, settings, pic
     paths = []
     for p in picks:
         indices = source.slices_of(p["case"])
-        stacks = VolumeStacks(source, indices)
+        stacks = VolumeStacks(source, indices, keep_image=True)
         whole = None
         for case in iter_cases(predictor, source, label_map, only, indices, seed=data.seed):
             whole = stacks.add(case) or whole

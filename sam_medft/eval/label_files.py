@@ -26,7 +26,10 @@ from sam_medft.data.volumes import AXES, plane, plane_spacing, read_volume
 from sam_medft.errors import SamMedftError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
-LABEL_SUFFIXES = (*VOLUME_SUFFIXES, *(s for s in IMAGE_EXTENSIONS if s not in LOSSY_MASK_EXTENSIONS))
+LABEL_SUFFIXES = (
+    *VOLUME_SUFFIXES,
+    *(s for s in IMAGE_EXTENSIONS if s not in LOSSY_MASK_EXTENSIONS),
+)
 LIST_SUFFIXES = (".csv", ".tsv", ".txt")
 _CHANNEL_RE = re.compile(r"_\d{4}$")  # nnU-Net image channel suffix: case_0000 -> case
 _SHOW = 3

@@ -165,8 +165,9 @@ def case_metrics(
 
     ``spacing`` is the (row, column) pixel size of an image or the (slice, row, column)
     voxel size of a volume (None: 1 per axis, i.e. pixels); HD95 is in its units and
-    ``nsd_tolerance`` is too. Raw values of the empty cases are explicit: Dice/IoU are NaN for ``both_empty``
-    and 0 for ``false_positive``/``miss``; HD95 and NSD are NaN whenever a side is empty.
+    ``nsd_tolerance`` is too. Raw values of the empty cases are explicit: Dice/IoU are NaN
+    for ``both_empty`` and 0 for ``false_positive``/``miss``; HD95 and NSD are NaN whenever a
+    side is empty.
     """
     pred, gt, ids = _validate(pred, gt, class_ids, nsd_tolerance, case)
     spacing = _check_spacing((1.0,) * pred.ndim if spacing is None else spacing, pred.ndim)

@@ -122,7 +122,9 @@ def render_overlay(
 STRIP_SLICES = 5  # slices per volume overlay strip
 
 
-def strip_slices(gt: np.ndarray, pred: np.ndarray, class_id: int, n: int = STRIP_SLICES) -> list[int]:
+def strip_slices(
+    gt: np.ndarray, pred: np.ndarray, class_id: int, n: int = STRIP_SLICES
+) -> list[int]:
     """Up to ``n`` slice indices evenly spread over the extent of the class in reference or
     prediction (both ends included), so a strip shows where the two agree and differ."""
     present = np.flatnonzero(((gt == class_id) | (pred == class_id)).any(axis=(1, 2)))

@@ -178,7 +178,8 @@ def check_out_dir(out: Path, pred_dir: Path, ref: Path) -> None:
         if folder.is_dir() and out_r.is_relative_to(folder.resolve()):
             raise SamMedftError(
                 f"--out {out} is inside the {what} folder {folder}: its files would be read as "
-                f"cases next time; choose an --out outside it, e.g. --out {default_out_dir(pred_dir)}"
+                "cases next time; choose an --out outside it, e.g. --out "
+                f"{default_out_dir(pred_dir)}"
             )
     if out.is_dir() and any(out.iterdir()):
         summary = out / "summary.json"

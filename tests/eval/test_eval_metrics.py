@@ -193,7 +193,9 @@ def plate(z: int, label: int = 1) -> np.ndarray:
 # so each level carries exactly half the plate's surface area. The near level is 2 slices =
 # 6 mm from the other plate's surface, the far one 9 mm: NSD = 0 below 6 mm, exactly 1/2 for
 # tolerances in [6, 9) mm and 1 from 9 mm. Only the slice spacing enters.
-@pytest.mark.parametrize(("tolerance", "expected"), [(5.9, 0.0), (6.0, 0.5), (8.9, 0.5), (9.0, 1.0)])
+@pytest.mark.parametrize(
+    ("tolerance", "expected"), [(5.9, 0.0), (6.0, 0.5), (8.9, 0.5), (9.0, 1.0)]
+)
 def test_parallel_plates_closed_form_in_mm(tolerance, expected):
     (row,) = case_metrics(
         plate(5), plate(8), [1], spacing=(3.0, 0.5, 0.8), nsd_tolerance=tolerance
