@@ -215,6 +215,8 @@ def test_out_folder_mistakes(folders_2d, tmp_path):
     assert "--pred and --ref go together" in str(res.exception)
     res = runner.invoke(app, ["eval", "runs/x", "--pred", str(pred), "--ref", str(ref)])
     assert "either a RUN" in str(res.exception)
+    res = runner.invoke(app, ["eval"])
+    assert "needs a RUN" in str(res.exception) and "--pred DIR --ref" in str(res.exception)
 
 
 def test_class_values_in_predictions_that_are_no_class_are_named(folders_2d, tmp_path):
