@@ -129,9 +129,10 @@ def predict(
     prompts: Annotated[Path | None, typer.Option(help="prompts.json: boxes/points per image")] = None,
     box: Annotated[str | None, typer.Option(help="[LABEL:]x0,y0,x1,y1 for a single image")] = None,
     point: Annotated[list[str] | None, typer.Option(help="[LABEL:]x,y (repeatable), single image")] = None,
-    values: Annotated[str, typer.Option(help="what the PNGs hold: class (class indices, palette) "
-                                        "or raw (each class's raw mask value, as the training "
-                                        "masks; see legend.json)")] = "class",
+    values: Annotated[str, typer.Option(help="what the PNGs hold: class (class indices, palette), "
+                                        "index (class indices, plain grey PNG) or raw (each "
+                                        "class's raw mask value, as the training masks; see "
+                                        "legend.json)")] = "class",
     foreground_value: Annotated[int | None, typer.Option(
         help="binary runs with --values raw: the foreground value written (default 255)")] = None,
     largest_component: Annotated[bool, typer.Option(

@@ -1,4 +1,5 @@
-"""`sam-medft eval`: the command around `sam_medft.eval.evaluate.evaluate_run`.
+"""`sam-medft eval`: the command around `sam_medft.eval.evaluate.evaluate_run`, and with
+`--pred DIR --ref LIST_OR_DIR` around `sam_medft.eval.score_folder.score_prediction_folder`.
 
 Registered by the main CLI with `app.command("eval")(eval_command)`; it parses, calls the
 runner and prints the tables, nothing else.
@@ -12,10 +13,14 @@ from typing import Annotated
 import typer
 
 from sam_medft.console import message, print_info, print_renderable, stdout_console
+from sam_medft.errors import SamMedftError
 
 
 def eval_command(
-    run: Annotated[str, typer.Argument(help="run folder (runs/<name>), adapter folder or Hub id")],
+    run: Annotated[
+        str | None,
+        typer.Argument(help="run folder (runs/<name>), adapter folder or Hub id (not with --pred)"),
+    ] = None,
     split: Annotated[
         str | None, typer.Option(help="val or test (default: the recipe's eval.split)")
     ] = None,
@@ -47,9 +52,59 @@ def eval_command(
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
     revision: Annotated[str | None, typer.Option(help="Hub revision")] = None,
+    pred: Annotated[
+        Path | None,
+        typer.Option(help="score this folder of predictions made by anything (PNG/npy or "
+                     "NIfTI) instead of a run; needs --ref"),
+    ] = None,
+    ref: Annotated[
+        Path | None,
+        typer.Option(help="with --pred: folder of reference label files, or an image,mask list"),
+    ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(help="with --pred: label values to score, e.g. 1=liver,2=tumour (default: "
+                     "dataset.json, the predictions' legend.json, else the reference values)"),
+    ] = None,
+    spacing: Annotated[
+        str | None,
+        typer.Option(help="with --pred, 2-D maps: pixel size row,column in mm (default: pixels)"),
+    ] = None,
+    nsd_tolerance: Annotated[
+        float, typer.Option(help="with --pred: NSD tolerance in mm (pixels without spacing)")
+    ] = 1.0,
+    empty_policy: Annotated[
+        str, typer.Option(help="with --pred: exclude or count (both-empty cases)")
+    ] = "exclude",
+    overlays: Annotated[
+        int, typer.Option(help="with --pred: worst and best cases drawn per class")
+    ] = 2,
 ) -> None:
-    """Dice, IoU, HD95 and NSD per image and class at the original resolution; writes
-    per_case.csv, summary.json, overlays and report.html into <run>/eval/."""
+    """Dice, IoU, HD95 and NSD per image (or volume) and class at the original resolution;
+    writes per_case.csv, summary.json, overlays and report.html into <run>/eval/ (with
+    --pred: into --out, default <pred>_eval/)."""
+    if pred is not None or ref is not None:
+        from sam_medft.eval.score_folder import score_prediction_folder
+        from sam_medft.eval.summary import format_table
+
+        if pred is None or ref is None:
+            raise SamMedftError("--pred and --ref go together: --pred DIR --ref LIST_OR_DIR")
+        if run is not None or list_file is not None or split is not None or data or baseline:
+            raise SamMedftError(
+                "give either a RUN (with --split/--list/--data/--baseline) or --pred DIR --ref "
+                "LIST_OR_DIR: --pred scores files already predicted, so no model is loaded"
+            )
+        result = score_prediction_folder(
+            pred, ref, out_dir=out_dir, classes=classes, spacing=spacing,
+            nsd_tolerance=nsd_tolerance, empty_policy=empty_policy, overlays=overlays,
+        )
+        print_folder_result(result, format_table)
+        return
+    if run is None:
+        raise SamMedftError(
+            "sam-medft eval needs a RUN (run folder, adapter folder or Hub id), or --pred DIR "
+            "--ref LIST_OR_DIR to score a folder of predictions"
+        )
     from sam_medft.eval.evaluate import evaluate_run
     from sam_medft.eval.prompt_eval import format_prompt_table
     from sam_medft.eval.summary import format_comparison, format_table
@@ -67,8 +122,16 @@ def eval_command(
         revision=revision,
     )
     table = format_table(result.summary)
-    table.title = f"{table.title}: {result.mode}"
+    table.title = f"{table.title}: {result.mode}" + (
+        ", 3-D per volume" if result.slice_summary is not None else "")
     print_renderable(table, console=out)
+    if result.slice_summary is not None:
+        per_slice = format_table(result.slice_summary)
+        per_slice.title = (
+            f"Per 2-D slice ({result.slice_summary['n_cases']} slices with a scored class in "
+            "the reference or the prediction)"
+        )
+        print_renderable(per_slice, console=out)
     if result.prompt_table is not None:
         print_renderable(format_prompt_table(result.prompt_table), console=out)
     if result.delta is not None:
@@ -76,10 +139,33 @@ def eval_command(
         caption = message(result.baseline_note) if result.baseline_note else None
         print_renderable(format_comparison(result.delta, caption=caption), console=out)  # type: ignore[arg-type]
     print_info(
-        f"wrote {result.eval_dir}/: per_case.csv, summary.json"
+        f"wrote {result.eval_dir}/: per_case.csv"
+        + (", per_slice.csv" if result.slice_summary is not None else "")
+        + ", summary.json"
         + (", prompt_table.json" if result.prompt_table is not None else "")
         + (", baseline/summary.json, delta.json" if result.delta is not None else "")
         + f", {len(result.overlays)} overlays, report.html",
+        console=out,
+    )
+
+
+def print_folder_result(result, format_table) -> None:
+    """The tables of `eval --pred`: per case (3-D for volumes), then per slice."""
+    out = stdout_console()
+    table = format_table(result.summary)
+    table.title = f"{table.title}: {'3-D volumes' if result.volumes else '2-D maps'}"
+    print_renderable(table, console=out)
+    if result.slice_summary is not None:
+        per_slice = format_table(result.slice_summary)
+        per_slice.title = (
+            f"Per 2-D slice ({result.slice_summary['n_cases']} slices with a scored class in "
+            "the reference or the prediction)"
+        )
+        print_renderable(per_slice, console=out)
+    print_info(
+        f"wrote {result.eval_dir}/: per_case.csv"
+        + (", per_slice.csv" if result.slice_summary is not None else "")
+        + f", summary.json, {len(result.overlays)} overlays, report.html",
         console=out,
     )
 

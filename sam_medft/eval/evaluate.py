@@ -8,9 +8,13 @@ evaluation on the base model without the adapter, so the delta isolates what fin
 bought. Everything a user can get wrong (run, split, list, overrides) fails before a model
 loads.
 
-Outputs in `<run>/eval/` (or `--out`): per_case.csv, summary.json, prompt_table.json
-(prompt runs), baseline/{per_case.csv,summary.json} and delta.json (`--baseline`),
-overlays/*.png and report.html.
+Runs on volumes are scored per slice as predicted, then each case's slices are put back
+together and scored in 3-D in mm (`VolumeStacks`): per_case.csv holds the volumes,
+per_slice.csv the slices.
+
+Outputs in `<run>/eval/` (or `--out`): per_case.csv, per_slice.csv (volumes), summary.json,
+prompt_table.json (prompt runs), baseline/{per_case.csv,summary.json} and delta.json
+(`--baseline`), overlays/*.png and report.html.
 """
 
 from __future__ import annotations
@@ -35,15 +39,23 @@ from sam_medft.config import Recipe, load_recipe
 from sam_medft.data.labels import LabelMap
 from sam_medft.data.lists import read_pair_list
 from sam_medft.data.sources import PairSource, SampleSource, build_splits
+from sam_medft.data.volume_source import VolumeSliceSource, cases_from_list, list_names_volumes
+from sam_medft.data.volumes import plane_spacing, read_geometry
 from sam_medft.errors import SamMedftError
-from sam_medft.eval.metrics import case_metrics
+from sam_medft.eval.metrics import HD95_DEFINITION, NSD_DEFINITION, case_metrics
 from sam_medft.eval.prompt_eval import (
     build_prompt_table,
     predict_settings,
     table_settings,
     write_prompt_table,
 )
-from sam_medft.eval.report import overlay_path, pick_cases, render_overlay, write_report
+from sam_medft.eval.report import (
+    overlay_path,
+    pick_cases,
+    render_overlay,
+    render_volume_strip,
+    write_report,
+)
 from sam_medft.eval.summary import (
     compare,
     json_clean,
@@ -63,6 +75,7 @@ EVAL_SEED = 0  # prompt simulation seed when the recipe has no `eval.seed` (alwa
 AUTOMATIC = "automatic"
 _OUTPUTS = (
     "per_case.csv",
+    "per_slice.csv",
     "summary.json",
     "prompt_table.json",
     "delta.json",
@@ -99,6 +112,7 @@ class EvalResult:
     prompt_table: dict | None = None
     report: Path | None = None
     overlays: list[Path] = field(default_factory=list)
+    slice_summary: dict | None = None  # volumes: the per-slice numbers beside the 3-D ones
 
 
 # ---- resolving the run and the data ------------------------------------------------------------
@@ -157,6 +171,10 @@ def load_eval_data(
     data = recipe.data
     if list_file is not None:
         list_file = Path(list_file)
+        if list_names_volumes(list_file, data.img_folder):  # image,label volume pairs
+            cases = cases_from_list(list_file, data.img_folder, data.mask_folder)
+            source = VolumeSliceSource(cases, data.volumes, data.intensity)
+            return EvalData(recipe, source, f"list:{list_file}", f"volume list {list_file}")
         pairs = read_pair_list(list_file, data.img_folder, data.mask_folder)
         root = data.img_folder if data.img_folder is not None else list_file.parent
         source = PairSource(pairs, data.intensity, root=root)
@@ -226,6 +244,8 @@ class Case:
     reference: np.ndarray  # HxW int64 class ids
     spacing: tuple[float, float] | None
     predictions: dict[str, np.ndarray]  # setting key -> (K,H,W) bool mask per fg class
+    volume: str | None = None  # slices of volumes: the volume's case id
+    slice_index: int | None = None
 
 
 class _EvalSamples:
@@ -278,7 +298,50 @@ def iter_cases(
             pred = {AUTOMATIC: np.stack([done.labels == c for c in fg])}
         else:
             pred = done.decoded
-        yield Case(indices[done.index], sample.name, sample.image, ref, sample.spacing, pred)
+        yield Case(indices[done.index], sample.name, sample.image, ref, sample.spacing, pred,
+                   sample.case, sample.slice_index)
+
+
+def volume_spacing(source: VolumeSliceSource, case_id: str) -> tuple[float, float, float]:
+    """(slice, row, column) voxel size in mm of a case's slices stacked in slice order."""
+    case = next(c for c in source.cases if c.case_id == case_id)
+    spacing = read_geometry(case.image).spacing
+    return (float(spacing[source.axis]), *plane_spacing(spacing, source.axis))
+
+
+class VolumeStacks:
+    """Slices of volumes put back together: once every slice of a case has been predicted,
+    `add` hands back the case's (K, D, H, W) masks per setting and its (D, H, W) reference.
+    Only masks (and, with `keep_image`, a uint8 grey slice) are held, never the RGB input."""
+
+    def __init__(self, source: VolumeSliceSource, indices: Sequence[int] | None = None, *,
+                 keep_image: bool = False):
+        self.source, self.keep_image = source, keep_image
+        wanted = range(len(source)) if indices is None else indices
+        self.expected: dict[str, int] = {}
+        for i in wanted:
+            cid = source.cases[source.index[i][0]].case_id
+            self.expected[cid] = self.expected.get(cid, 0) + 1
+        self.parts: dict[str, dict[int, tuple]] = {}
+
+    def add(
+        self, case: Case
+    ) -> tuple[str, dict[str, np.ndarray], np.ndarray, np.ndarray | None] | None:
+        """-> (case id, masks per setting, reference, grey image or None) once the volume
+        is whole, else None."""
+        got = self.parts.setdefault(str(case.volume), {})
+        grey = None
+        if self.keep_image:  # the middle channel is the slice itself (2.5-D: its neighbours)
+            grey = np.clip(case.image[..., case.image.shape[-1] // 2], 0, 255).astype(np.uint8)
+        got[int(case.slice_index or 0)] = (case.predictions, case.reference, grey)
+        if len(got) < self.expected.get(str(case.volume), 0):
+            return None
+        slices = [got[k] for k in sorted(got)]
+        del self.parts[str(case.volume)]
+        masks = {key: np.stack([s[0][key] for s in slices], axis=1) for key in slices[0][0]}
+        reference = np.stack([s[1] for s in slices])
+        image = np.stack([s[2] for s in slices]) if self.keep_image else None
+        return str(case.volume), masks, reference, image
 
 
 def score(
@@ -289,43 +352,62 @@ def score(
     *,
     desc: str,
     show_progress: bool,
-) -> tuple[dict[str, list[dict]], list[tuple[float, float] | None]]:
-    """Per-case rows for every setting key, and each case's spacing (None: pixels)."""
+) -> tuple[dict[str, list[dict]], list, dict[str, list[dict]]]:
+    """Per-case rows for every setting key, each case's spacing (None: pixels) and, for
+    slices of volumes, the per-slice rows (the per-case rows are then 3-D, one per volume
+    and class, in mm)."""
     cfg = data.recipe.eval
     names = {c: n for c, n in enumerate(label_map.class_names) if c}
     rows: dict[str, list[dict]] = {}
+    slice_rows: dict[str, list[dict]] = {}
     spacings = []
+    stacks = VolumeStacks(data.source) if isinstance(data.source, VolumeSliceSource) else None
     cases = iter_cases(predictor, data.source, label_map, settings, seed=data.seed)
     for case in tqdm(
         cases, total=len(data.source), desc=desc, unit="img", disable=not show_progress
     ):
-        spacings.append(case.spacing)
+        if stacks is None:
+            spacings.append(case.spacing)
         for key, masks in case.predictions.items():
-            rows.setdefault(key, []).extend(
-                score_masks(
-                    masks, case.reference, names, case.spacing, cfg.nsd_tolerance, case.name
-                )
+            scored = score_masks(
+                masks, case.reference, names, case.spacing, cfg.nsd_tolerance, case.name
             )
-    return rows, spacings
+            if stacks is None:
+                rows.setdefault(key, []).extend(scored)
+            elif any(r["empty_case"] != "both_empty" for r in scored):
+                # per-slice numbers: slices with a scored class on either side (as `eval
+                # --pred` counts them); the 3-D rows below see every slice
+                slice_rows.setdefault(key, []).extend(scored)
+        whole = stacks.add(case) if stacks is not None else None
+        if whole is not None:
+            cid, masks_by, reference, _ = whole
+            spacing = volume_spacing(stacks.source, cid)
+            spacings.append(spacing)
+            for key, masks in masks_by.items():
+                rows.setdefault(key, []).extend(
+                    score_masks(masks, reference, names, spacing, cfg.nsd_tolerance, cid)
+                )
+    return rows, spacings, slice_rows
 
 
 def score_masks(
     masks: np.ndarray,
     reference: np.ndarray,
     names: dict[int, str],
-    spacing: tuple[float, float] | None,
+    spacing: Sequence[float] | None,
     nsd_tolerance: float,
     case: str,
 ) -> list[dict]:
     """One row per class, each class scored on its own mask (prompted classes may overlap:
-    an object's pixels are never taken away by another class's prompt)."""
+    an object's pixels are never taken away by another class's prompt); masks (K, H, W) of
+    an image or (K, D, H, W) of a volume."""
     rows = []
     for k, (cid, _) in enumerate(names.items()):
         rows += case_metrics(
             masks[k].astype(np.int64) * cid,
             np.where(reference == cid, cid, 0),
             [cid],
-            spacing or (1.0, 1.0),
+            spacing,
             nsd_tolerance,
             case=case,
             class_names=names,
@@ -469,7 +551,7 @@ def evaluate_run(
 
     model, meta = load_adapter_model(adapter)
     predictor = FineTunedSam(model, meta, device=device, multimask=meta.multimask)
-    rows_by, spacings = score(
+    rows_by, spacings, slice_rows_by = score(
         predictor, data, label_map, settings, desc="eval", show_progress=show_progress
     )
     names = {c: n for c, n in enumerate(label_map.class_names) if c}
@@ -481,7 +563,7 @@ def evaluate_run(
     base_summaries, base_rows, note = None, {}, ""
     if baseline:
         with baseline_of(predictor) as (base_predictor, note):
-            base_rows, _ = score(
+            base_rows, _, _ = score(
                 base_predictor,
                 data,
                 label_map,
@@ -506,6 +588,10 @@ def evaluate_run(
         "data": data.description,
         "nsd_tolerance": data.recipe.eval.nsd_tolerance,
         "spacing": _spacing_units(spacings),
+        "cases": "3-D volumes (per-slice numbers in per_slice.csv)" if slice_rows_by
+        else "2-D images",
+        "hd95": HD95_DEFINITION,
+        "nsd": NSD_DEFINITION,
         "device": str(predictor.device),
         "sam_medft_version": __version__,
         "trained_with_sam_medft": meta.sam_medft_version,
@@ -513,8 +599,14 @@ def evaluate_run(
     }
     _clear(eval_dir)
     write_per_case_csv(rows, eval_dir / "per_case.csv")
-    write_summary_json(summary, eval_dir / "summary.json", extra)
-    result = EvalResult(eval_dir, summary, rows, main_label)
+    doc = summary
+    slice_summary = None
+    if slice_rows_by:
+        slice_summary = summarize(slice_rows_by[main], names, policy)
+        write_per_case_csv(slice_rows_by[main], eval_dir / "per_slice.csv")
+        doc = summary | {"per_slice": slice_summary}
+    write_summary_json(doc, eval_dir / "summary.json", extra)
+    result = EvalResult(eval_dir, summary, rows, main_label, slice_summary=slice_summary)
     if base_summaries is not None:
         result.baseline_summary = base_summaries[main]
         result.delta = compare(summary, base_summaries[main])
@@ -552,6 +644,8 @@ def render_overlays(
     if k <= 0:
         return []
     picks = pick_cases(rows, k=k)
+    if isinstance(data.source, VolumeSliceSource):
+        return _volume_strips(predictor, data, label_map, settings, picks, key, eval_dir)
     index_of = {n: i for i, n in enumerate(data.source.names)}
     wanted = sorted({index_of[p["case"]] for p in picks})
     only = None if settings is None else [s for s in settings if s.key == key]
@@ -580,6 +674,34 @@ def render_overlays(
     return paths
 
 
+def _volume_strips(predictor, data: EvalData, label_map: LabelMap, settings, picks, key: str,
+                   eval_dir: Path) -> list[Path]:
+    """The picked volumes re-predicted slice by slice and drawn as strips of slices."""
+    source = data.source
+    only = None if settings is None else [s for s in settings if s.key == key]
+    paths = []
+    for p in picks:
+        indices = source.slices_of(p["case"])
+        stacks = VolumeStacks(source, indices, keep_image=True)
+        whole = None
+        for case in iter_cases(predictor, source, label_map, only, indices, seed=data.seed):
+            whole = stacks.add(case) or whole
+        _, masks_by, reference, image = whole
+        cid = int(p["class_id"])
+        title = (
+            f"{p['pick']} · class {cid} {p['class_name']} · {p['case']} · "
+            f"Dice {float(p['dice']):.3f}"
+        )
+        pred = masks_by[key][cid - 1].astype(np.int64) * cid  # masks are classes 1..K
+        paths.append(
+            render_volume_strip(
+                np.where(reference == cid, cid, 0), pred, cid, overlay_path(eval_dir, p),
+                spacing=volume_spacing(source, p["case"]), image=image, title=title,
+            )
+        )
+    return paths
+
+
 def write_eval_report(result: EvalResult, extra: dict) -> Path:
     """report.html with the run facts, the summary, the baseline delta and the prompt table."""
     facts = {k: v for k, v in extra.items() if k != "recipe" and v is not None}
@@ -595,6 +717,7 @@ def write_eval_report(result: EvalResult, extra: dict) -> Path:
         delta=result.delta,
         delta_note=result.baseline_note,
         prompt_table=result.prompt_table,
+        slice_summary=result.slice_summary,
     )
 
 
@@ -610,4 +733,5 @@ __all__ = [
     "label_map_of",
     "load_eval_data",
     "score",
+    "volume_spacing",
 ]

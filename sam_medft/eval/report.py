@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from PIL import Image as PILImage
 
 from sam_medft.errors import SamMedftError
+from sam_medft.eval.metrics import HD95_DEFINITION, NSD_DEFINITION
 from sam_medft.eval.summary import resolved_value
 
 GT_COLOR = "#00e676"  # green, solid: reference
@@ -117,6 +119,78 @@ def render_overlay(
     return path
 
 
+STRIP_SLICES = 5  # slices per volume overlay strip
+
+
+def strip_slices(
+    gt: np.ndarray, pred: np.ndarray, class_id: int, n: int = STRIP_SLICES
+) -> list[int]:
+    """Up to ``n`` slice indices evenly spread over the extent of the class in reference or
+    prediction (both ends included), so a strip shows where the two agree and differ."""
+    present = np.flatnonzero(((gt == class_id) | (pred == class_id)).any(axis=(1, 2)))
+    if present.size == 0:
+        return [gt.shape[0] // 2]
+    picks = np.linspace(present[0], present[-1], num=min(n, present[-1] - present[0] + 1))
+    return sorted({int(round(k)) for k in picks})
+
+
+def render_volume_strip(
+    gt: np.ndarray,
+    pred: np.ndarray,
+    class_id: int,
+    path: str | Path,
+    *,
+    spacing: Sequence[float] | None = None,
+    image: np.ndarray | None = None,
+    title: str | None = None,
+) -> Path:
+    """A strip of slices of a (slice, row, column) volume with reference (solid green) and
+    predicted (dashed magenta) contours, each panel drawn at its true aspect (``spacing``
+    in mm); ``image`` is the (slice, row, column) grey volume in 0..255 under them; without
+    one the reference is shaded so the panels are not blank."""
+    gt, pred = np.asarray(gt), np.asarray(pred)
+    if gt.ndim != 3 or gt.shape != pred.shape:
+        raise SamMedftError(
+            f"a volume strip needs reference and prediction volumes of one shape (slice, row, "
+            f"column); got {gt.shape} and {pred.shape}"
+        )
+    ks = strip_slices(gt, pred, class_id)
+    _, h, w = gt.shape
+    aspect = float(spacing[1]) / float(spacing[2]) if spacing is not None else 1.0
+    panel_w, panel_h = 2.6, 2.6 * min(3.0, max(0.33, h * aspect / w))
+    band = 0.28 if title else 0.0
+    fig = Figure(figsize=(panel_w * len(ks), panel_h + band + 0.22), dpi=100)
+    for i, k in enumerate(ks):
+        ax = fig.add_axes(
+            (i / len(ks), 0.22 / fig.get_figheight(), 1 / len(ks) - 0.004,
+             panel_h / fig.get_figheight())
+        )
+        if image is not None:
+            ax.imshow(image[k], cmap="gray", vmin=0, vmax=255, interpolation="nearest",
+                      aspect=aspect)
+        else:
+            ax.imshow((gt[k] == class_id) * 0.35, cmap="gray", vmin=0, vmax=1,
+                      interpolation="nearest", aspect=aspect)
+        for mask, color, style in ((gt[k] == class_id, GT_COLOR, "solid"),
+                                   (pred[k] == class_id, PRED_COLOR, "dashed")):
+            if mask.any():
+                m = np.pad(mask.astype(np.float32), 1)
+                ax.contour(np.arange(-1, w + 1), np.arange(-1, h + 1), m, levels=[0.5],
+                           colors=color, linewidths=1.5, linestyles=style)
+        ax.set_xlim(-0.5, w - 0.5)
+        ax.set_ylim(h - 0.5, -0.5)
+        ax.set_axis_off()
+        fig.text((i + 0.5) / len(ks), 0.11 / fig.get_figheight(), f"slice {k}", ha="center",
+                 va="center", fontsize=8, color="#52606d")
+    if title:
+        fig.text(0.005, 1 - 0.5 * band / fig.get_figheight(), title, va="center", ha="left",
+                 fontsize=9, color="#1f2933")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
 def pick_cases(rows: Sequence[dict], k: int = 2) -> list[dict]:
     """Per class, the ``k`` lowest- and ``k`` highest-Dice cases (defined Dice only).
 
@@ -203,7 +277,7 @@ def _never_predicted_notice(summary: dict) -> str:
     return f'<div class="never" id="never-predicted"><ul>{items}</ul></div>' if items else ""
 
 
-def _summary_table(summary: dict) -> str:
+def _summary_table(summary: dict, table_id: str = "summary") -> str:
     head = (
         "<tr><th>class</th><th>Dice mean</th><th>Dice std</th><th>Dice median</th><th>n</th>"
         "<th>IoU mean</th><th>NSD mean</th><th>HD95 mean</th><th>HD95 undefined</th></tr>"
@@ -225,7 +299,7 @@ def _summary_table(summary: dict) -> str:
     body.append(
         line("mean over foreground classes", fg, f"{fg['n_classes']} classes", ' class="fg"')
     )
-    return f'<table id="summary"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
+    return f'<table id="{table_id}"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
 
 
 def _empty_table(summary: dict) -> str:
@@ -237,6 +311,16 @@ def _empty_table(summary: dict) -> str:
         cells = "".join(f"<td>{e['empty_cases'][c]}</td>" for c in cols)
         body.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
     return f'<table id="empty-cases"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _strip_class(path: Path) -> str:
+    """A strip of volume slices (much wider than tall) takes a whole row of the grid."""
+    try:
+        with PILImage.open(path) as img:
+            w, h = img.size
+    except OSError:
+        return ""  # _file_data_uri names the problem
+    return ' class="strip"' if w > 2 * h else ""
 
 
 def _caption(path: Path, rows: Sequence[dict]) -> str:
@@ -270,10 +354,22 @@ tr.fg td{font-weight:600;background:#fffbea}
 .overlays{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(300px,100%),1fr));
 gap:1rem}
 figure{margin:0;min-width:0}
+figure.strip{grid-column:1/-1}
 figure img{display:block;width:100%;max-width:100%;height:auto;border:1px solid #d9e2ec}
 figcaption{font-size:.85rem;color:#52606d;overflow-wrap:anywhere;word-break:break-word}
 img.plot{max-width:100%;height:auto}
 """
+
+
+def _slice_section(slice_summary: dict | None) -> str:
+    if slice_summary is None:
+        return ""
+    return (
+        "<h2>Per-slice numbers</h2>\n<p>The same metrics on each 2-D slice along the slice "
+        f"axis ({slice_summary['n_cases']} slices with a scored class in the reference or the "
+        "prediction; in-plane spacing), as 2-D methods report them.</p>\n"
+        + _summary_table(slice_summary, "slice-summary")
+    )
 
 
 def _signed(v: float | None, digits: int = 4) -> str:
@@ -354,8 +450,11 @@ def write_report(
     delta: dict | None = None,
     delta_note: str = "",
     prompt_table: dict | None = None,
+    slice_summary: dict | None = None,
 ) -> Path:
     """Write ``eval_dir/report.html``: one self-contained page (no scripts, no links out).
+
+    ``slice_summary`` (volumes) adds the same metrics per 2-D slice beside the 3-D ones.
 
     ``delta`` (``summary.compare``) adds the baseline comparison with ``delta_note`` saying
     what the baseline is; ``prompt_table`` adds the per-prompt-setting Dice table.
@@ -370,7 +469,8 @@ def write_report(
         )
         meta = f'<table class="meta" id="run">{cells}</table>'
     figures = "".join(
-        f'<figure><img src="{_file_data_uri(Path(p))}" alt="{html.escape(Path(p).name)}">'
+        f'<figure{_strip_class(Path(p))}><img src="{_file_data_uri(Path(p))}" '
+        f'alt="{html.escape(Path(p).name)}">'
         f"<figcaption>{html.escape(_caption(Path(p), rows))}</figcaption></figure>"
         for p in overlays
     )
@@ -388,14 +488,18 @@ def write_report(
 <body>
 <h1>{html.escape(title)}</h1>
 <p>{summary["n_cases"]} cases, {len(summary["per_class"])} foreground classes.
-Metrics per image at the original resolution (Dice, IoU, HD95, normalised surface Dice);
-HD95 is in the units of the pixel spacing (mm when the spacing is given in mm).</p>
+Metrics per image (or per volume, in 3-D) at the original resolution (Dice, IoU, HD95,
+normalised surface Dice); HD95 is in the units of the pixel spacing (mm when the spacing is
+given in mm).</p>
+<p class="policy" id="definitions">{html.escape(HD95_DEFINITION)}.<br>
+{html.escape(NSD_DEFINITION)}.</p>
 {meta}
 <p class="policy"><strong>Empty-case policy: {html.escape(summary["empty_policy"])}.</strong>
 {html.escape(summary["policy_description"])}</p>
 {_never_predicted_notice(summary)}
 <h2>Summary</h2>
 {_summary_table(summary)}
+{_slice_section(slice_summary)}
 {_delta_section(delta, delta_note)}
 {_prompt_section(prompt_table)}
 <h2>Per-class Dice</h2>

@@ -4,8 +4,10 @@
 `predict_paths` (and `predict_paths_with_prompts`, with boxes/points decoded by
 `sam_medft.infer.prompted`) is what `sam-medft predict` runs: batched, bf16 on GPU, a
 progress bar, and output names that mirror the inputs so nothing is overwritten silently.
-The PNGs hold class indices (a palette; `values="class"`) or each class's raw mask value as
-the training masks stored it (`values="raw"`: `raw_values`, `value_table`); legend.json
+The PNGs hold class indices (a palette; `values="class"`), the same indices as a plain
+one-channel PNG (`values="index"`: tools that read PNGs as grey values, e.g. nnU-Net, would read
+a palette as RGB colours) or each class's raw mask value as the training masks stored it
+(`values="raw"`: `raw_values`, `value_table`); legend.json
 (`legend_of`) names both for every class. Overlays of prompted runs show the prompts
 (`draw_prompts`).
 All of them run the one prediction pipeline (`sam_medft.infer.pipeline`), as eval does.
@@ -59,9 +61,10 @@ MANIFEST = "sam_medft_predictions.json"  # every file `predict` wrote in an --ou
 # a colour per class index (0 = background = black), repeated past 10 classes
 PALETTE = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
            (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)]
-#: what a prediction PNG holds: "class" (class indices, palette PNG) or "raw" (each class's
-#: raw mask value, as the training masks stored it; single-channel uint8/uint16 PNG)
-VALUES = ("class", "raw")
+#: what a prediction PNG holds: "class" (class indices, palette PNG), "index" (class indices,
+#: plain single-channel PNG) or "raw" (each class's raw mask value, as the training masks
+#: stored it; single-channel uint8/uint16 PNG)
+VALUES = ("class", "index", "raw")
 #: a binary run's foreground in `--values raw` when --foreground-value is not given: its
 #: sam_medft.json does not record the training masks' foreground values (every value > 0 was
 #: foreground), so the common 0/255 convention is written and legend.json says so
@@ -140,7 +143,7 @@ class FineTunedSam:
     def predict(self, image, prompts: list[dict] | None = None, *, values: str = "class",
                 foreground: int | None = None) -> np.ndarray:
         """One image (path or array) -> HxW map at its original size: uint8 class indices
-        (`values="class"`), or each pixel's raw mask value (`values="raw"`, see
+        (`values="class"` or `"index"`), or each pixel's raw mask value (`values="raw"`, see
         `to_raw_values`; `foreground`: a binary run's foreground value, 255 by default)."""
         lut = value_table(self.meta, values, foreground)  # a mistake fails before predicting
         if prompts:
@@ -350,15 +353,17 @@ def raw_values(meta: AdapterMeta, foreground: int | None = None) -> list[int]:
 def value_table(meta: AdapterMeta, values: str = "class",
                 foreground: int | None = None) -> np.ndarray | None:
     """`values="raw"`: class index -> raw value lookup table (uint8, uint16 past 255);
-    `"class"`: None (the class indices are written). Checked before any image is read."""
+    `"index"`: the identity (class indices in a plain one-channel PNG); `"class"`: None (a
+    palette PNG of the class indices). Checked before any image is read."""
     if values not in VALUES:
         raise SamMedftError(f"--values {values!r}: use one of {', '.join(VALUES)}")
-    if values == "class":
+    if values != "raw":
         if foreground is not None:
             raise SamMedftError("--foreground-value sets what --values raw writes for a binary "
                                 "run's foreground; add --values raw")
-        return None
-    table = raw_values(meta, foreground)
+        if values == "class":
+            return None
+    table = raw_values(meta, foreground) if values == "raw" else list(range(len(meta.class_names)))
     return np.asarray(table, dtype=np.uint8 if max(table) <= 255 else np.uint16)
 
 

@@ -127,3 +127,50 @@ def test_value_mistakes_fail_before_anything_is_written(zones, scans, tmp_path):
         with pytest.raises(SamMedftError, match=message):
             predictor.predict(scans / "a.png", **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+def test_index_pngs_are_plain_grey_class_indices(zones, scans, tmp_path):
+    """--values index: the palette's class indices, but in a one-channel PNG, so tools that
+    read PNGs as grey values (nnU-Net's reader, OpenCV) get the indices, not RGB colours."""
+    predictor = sam_medft.load(zones, device="cpu")
+    predict_paths(predictor, [scans], tmp_path / "cls", show_progress=False)
+    res = runner.invoke(app, ["predict", str(zones), str(scans), "--out", str(tmp_path / "idx"),
+                              "--values", "index", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    for name in ("a.png", "b.png"):
+        palette = Image.open(tmp_path / "cls" / name)
+        plain = Image.open(tmp_path / "idx" / name)
+        assert palette.mode == "P" and plain.mode == "L"
+        assert np.array_equal(np.asarray(plain), np.asarray(palette))
+        assert np.array_equal(np.asarray(plain.convert("RGB"))[..., 0], np.asarray(plain))
+    legend = json.loads((tmp_path / "idx" / "legend.json").read_text())
+    assert [legend[k]["png_value"] for k in ("0", "1", "2")] == [0, 1, 2]
+    assert np.array_equal(predictor.predict(scans / "a.png", values="index"),
+                          np.asarray(Image.open(tmp_path / "idx" / "a.png")))
+    with pytest.raises(SamMedftError, match="add --values raw"):
+        predict_paths(predictor, [scans], tmp_path / "x", values="index", foreground=1,
+                      show_progress=False)
+
+
+def test_raw_predictions_score_against_raw_masks_with_the_legend_names(zones, scans, tmp_path):
+    """Interop end to end: `predict --values raw` writes the masks' own values, and
+    `eval --pred` scores them against 0/254/255 references, naming classes from legend.json."""
+    predictor = sam_medft.load(zones, device="cpu")
+    predict_paths(predictor, [scans], tmp_path / "raw", values="raw", show_progress=False)
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for name in ("a.png", "b.png"):
+        raw = np.asarray(Image.open(tmp_path / "raw" / name)).copy()
+        if name == "b.png":
+            raw[: raw.shape[0] // 2] = 0  # half of b's labels erased in the reference
+        Image.fromarray(raw).save(refs / name)
+    res = runner.invoke(app, ["eval", "--pred", str(tmp_path / "raw"), "--ref", str(refs),
+                              "--out", str(tmp_path / "ev"), "--overlays", "0"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["class_names"] == {"254": "zone_a", "255": "zone_b"}
+    assert "legend.json" in summary["run"]["classes_from"]
+    dice = {(e["reference_file"][-5:], c): m["Dice"] for e in summary["metric_per_case"]
+            for c, m in e["metrics"].items()}
+    assert all(v == 1.0 for (f, _), v in dice.items() if f == "a.png" and v is not None)
+    assert any(v is not None and v < 1.0 for (f, _), v in dice.items() if f == "b.png")

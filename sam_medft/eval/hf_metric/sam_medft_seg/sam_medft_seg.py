@@ -17,7 +17,9 @@ _DESCRIPTION = """\
 Per-image, per-foreground-class segmentation metrics at the original resolution (Dice,
 IoU, 95th-percentile Hausdorff distance and normalised surface Dice, via MONAI), averaged
 per class and over foreground classes with an explicit policy for slices where a class is
-absent from both the reference and the prediction.
+absent from both the reference and the prediction. HD95 is the larger of the two directed
+95th percentiles; NSD weights each surface element by its length (DeepMind's surface-distance
+definition, MONAI use_subvoxels=True).
 """
 
 _KWARGS_DESCRIPTION = """
