@@ -123,6 +123,9 @@ class ModelConfig(_Section):
     # the registry architecture with seeded random weights, no download: dry runs,
     # benchmarks, CPU smoke tests (the adapter records the base as random:<name>)
     random_init: bool = False
+    # Setup 3: image-encoder weights from `sam-medft pretrain` (its run folder, its encoder/
+    # folder, or a transformers SAM folder), loaded over the base's encoder before fine-tuning
+    encoder_weights: str | None = None
 
 
 class PeftSettings(_Section):
@@ -254,6 +257,19 @@ class PromptConfig(_Section):
     refine_clicks: int = Field(0, ge=0)
 
 
+class PretrainConfig(_Section):
+    """Setup 3, `sam-medft pretrain`: SimMIM-style masked image modelling of the encoder.
+    Masked patches become a learned token (SAM's windowed + global attention needs the
+    whole grid, so tokens cannot be dropped as MAE does); a 1x1-conv decoder reconstructs
+    the masked pixels (L1)."""
+
+    mask_ratio: float = Field(0.6, gt=0, lt=1)
+    mask_patch_size: int = Field(32, ge=1)  # pixels at the model input; a multiple of 16
+    # which splits of the recipe's data are pretrained on (masks are never read); the val
+    # split (when there is one) scores the reconstruction with fixed masks
+    splits: list[Literal["train", "val", "test"]] = ["train"]
+
+
 class EvalConfig(_Section):
     split: Literal["val", "test"] = "test"
     empty_policy: Literal["exclude", "count"] = "exclude"
@@ -288,6 +304,7 @@ class Recipe(_Section):
     prompt: PromptConfig = PromptConfig()
     eval: EvalConfig = EvalConfig()
     hub: HubConfig = HubConfig()
+    pretrain: PretrainConfig = PretrainConfig()
 
     @field_validator("name", mode="before")
     @classmethod

@@ -25,19 +25,25 @@ from sam_medft.adapters.methods import apply_vanilla
 from sam_medft.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sam_medft.errors import SamMedftError
 from sam_medft.files import apply_umask_modes, disk_error, make_temp_dir
+from sam_medft.models.encoder_weights import load_encoder_weights
 from sam_medft.models.loading import load_base_model, resolve_model_name, trainable_tensors, unwrap
 from sam_medft.runs import META_FILE, AdapterMeta
 
 VANILLA_FILE = "trainable_model.safetensors"
+# Setup 3: the self-supervised encoder the run started from (`model.encoder_weights`); it is
+# not the named base, so the artifact carries it (`vision_encoder.*` tensors)
+BASE_ENCODER_FILE = "base_encoder.safetensors"
 
 
 def save_adapter(model: torch.nn.Module, meta: AdapterMeta, out_dir: Path, *,
-                 state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+                 state_dict: dict[str, torch.Tensor] | None = None,
+                 base_encoder: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the adapter folder atomically (temp folder, then rename over the old one), with
     the modes the user's umask gives. A full disk or an unwritable folder is one
     SamMedftError; the temporary folder is removed and the previous adapter stays as it was.
 
-    `state_dict`: the model's full state when its parameters are sharded (FSDP2 gathers it)."""
+    `state_dict`: the model's full state when its parameters are sharded (FSDP2 gathers it).
+    `base_encoder`: the pretrained encoder the base was given (`model.encoder_weights`)."""
     out_dir = Path(out_dir)
     old = out_dir.with_name(out_dir.name + ".old")
     tmp = None
@@ -50,6 +56,8 @@ def save_adapter(model: torch.nn.Module, meta: AdapterMeta, out_dir: Path, *,
         else:
             tensors = trainable_tensors(unwrap(model) if state_dict is None else model, state_dict)
             save_file(tensors, str(tmp / VANILLA_FILE))
+        if base_encoder is not None:
+            save_file(base_encoder, str(tmp / BASE_ENCODER_FILE))
         (tmp / META_FILE).write_text(meta.to_json())
         _write_processor_config(tmp, meta)
         apply_umask_modes(tmp)  # safetensors writes 0600 files
@@ -93,6 +101,8 @@ def load_adapter_model(folder: Path, *, is_trainable: bool = False,
     spec = resolve_model_name(meta.base_model, meta.normalization)
     base = load_base_model(spec, meta.mask_outputs or meta.num_classes,
                            revision=revision or meta.base_revision)
+    if (folder / BASE_ENCODER_FILE).is_file():
+        load_encoder_weights(base, folder / BASE_ENCODER_FILE)
     if (folder / VANILLA_FILE).is_file():
         state = load_file(str(folder / VANILLA_FILE))
         missing = set(state) - set(base.state_dict())
@@ -138,4 +148,4 @@ def unwrap_for_save(model: torch.nn.Module) -> torch.nn.Module:
     return m
 
 
-__all__ = ["VANILLA_FILE", "load_adapter_model", "save_adapter", "unwrap_for_save"]
+__all__ = ["BASE_ENCODER_FILE", "VANILLA_FILE", "load_adapter_model", "save_adapter", "unwrap_for_save"]

@@ -56,6 +56,7 @@ from sam_medft.models.device_map import (
     place_model,
     validate_fractions,
 )
+from sam_medft.models.encoder_weights import load_encoder_weights, read_encoder_tensors
 from sam_medft.models.fast_attention import enable_fast_attention, enable_regional_compile
 from sam_medft.models.loading import load_base_model, model_geometry, resolve_model_name
 from sam_medft.models.registry import architecture_config
@@ -190,6 +191,10 @@ def check_launch(recipe: Recipe) -> None:
 def build_model(recipe: Recipe, label_map):
     """Base model + method, or a shared adapter to continue (its base and classes win)."""
     m = recipe.model
+    if m.adapter and m.encoder_weights:
+        raise SamMedftError(f"model.adapter={m.adapter} continues a fine-tuned model (its encoder "
+                            f"included); model.encoder_weights={m.encoder_weights} starts a new "
+                            f"one from a pretrained encoder: set only one of them")
     if m.adapter:
         folder = find_adapter_folder(resolve_run(m.adapter))
         model, meta = load_adapter_model(folder, is_trainable=True)
@@ -208,6 +213,8 @@ def build_model(recipe: Recipe, label_map):
     base = load_base_model(spec, task_for(recipe.prompt).mask_outputs(label_map.num_classes),
                            revision=m.revision,
                            attn_implementation=m.attn_implementation)
+    if m.encoder_weights:
+        load_encoder_weights(base, m.encoder_weights)
     if m.device_map:
         device_map = build_device_map(base, m.device_map)
         check_devices(device_map)
@@ -540,22 +547,26 @@ class Trainer:
         seconds = time.perf_counter() - t0
         if accelerator.is_main_process:
             remove_disk_stores(run.root)
-            summary = {"best_val_dice": s.best_dice, "best_step": s.best_step, "steps": s.step,
-                       "train_seconds": round(seconds, 2),
-                       "val_dice_on": VAL_DICE_ON if self.val_dl is not None else None,
-                       "foreground_segmented": (s.best_dice > 0) if self.val_dl is not None
-                       else None,
-                       "classes": classes,
-                       "never_predicted": [n for n, c in classes.items()
-                                           if c["first_predicted_step"] is None],
-                       "rare_classes": [r.to_dict() for r in self.rare],
-                       "rare_thresholds": {"image_share_at_most": RARE_IMAGE_SHARE,
-                                           "pixel_share_below": RARE_PIXEL_SHARE},
-                       "history": s.history}
             with disk_errors(run.summary, "the training summary"):
-                write_text_atomic(run.summary, json.dumps(summary, indent=2))
+                write_text_atomic(run.summary, json.dumps(self.summary(seconds, classes),
+                                                          indent=2))
         accelerator.end_training()
         return TrainResult(run.root, s.best_dice, s.best_step, s.step, seconds, s.history)
+
+    def summary(self, seconds: float, classes: dict) -> dict:
+        """train_summary.json: what the run found."""
+        s = self.state
+        return {"best_val_dice": s.best_dice, "best_step": s.best_step, "steps": s.step,
+                "train_seconds": round(seconds, 2),
+                "val_dice_on": VAL_DICE_ON if self.val_dl is not None else None,
+                "foreground_segmented": (s.best_dice > 0) if self.val_dl is not None else None,
+                "classes": classes,
+                "never_predicted": [n for n, c in classes.items()
+                                    if c["first_predicted_step"] is None],
+                "rare_classes": [r.to_dict() for r in self.rare],
+                "rare_thresholds": {"image_share_at_most": RARE_IMAGE_SHARE,
+                                    "pixel_share_below": RARE_PIXEL_SHARE},
+                "history": s.history}
 
     def evaluate_and_select(self, step: int) -> bool:
         """Validate, keep the best adapter, and say whether early stopping triggers."""
@@ -668,10 +679,19 @@ class Trainer:
         if is_sharded(inner):
             state_dict = accelerator.get_state_dict(self.model)  # a collective: all ranks
             if accelerator.is_main_process:
-                save_adapter(inner, self.meta, out_dir, state_dict=state_dict)
+                save_adapter(inner, self.meta, out_dir, state_dict=state_dict,
+                             base_encoder=self.base_encoder())
             return
         if accelerator.is_main_process:
-            save_adapter(inner, self.meta, out_dir)
+            save_adapter(inner, self.meta, out_dir, base_encoder=self.base_encoder())
+
+    def base_encoder(self) -> dict[str, torch.Tensor] | None:
+        """The pretrained encoder the run started from (`model.encoder_weights`), which the
+        artifact must carry: its base name alone would rebuild the original encoder."""
+        path = self.recipe.model.encoder_weights
+        if not path:
+            return None
+        return {f"vision_encoder.{k}": v for k, v in read_encoder_tensors(path).items()}
 
 
 VAL_DICE_ON = ("the model's low-res mask grid (picks the best adapter); `sam-medft eval` "

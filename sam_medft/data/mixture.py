@@ -1,0 +1,98 @@
+"""Several sources read as one: pretraining on several splits (Setup 3) and the labelled
+mixture of data sets (Setup 2).
+
+`ConcatSource` keeps each part's own source (any kind: lists, folder, `datasets`, ...) and
+prefixes sample names with the part's name, so outputs never collide and every sample says
+where it came from. With `label_maps`, each part's raw mask values are mapped by that part's
+own label map onto the union class space (`union_label_map`), whose raw values are the class
+indices themselves; `valid_classes` says which union classes each part labels.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+
+import numpy as np
+
+from sam_medft.data import io
+from sam_medft.data.labels import LabelMap
+from sam_medft.data.sources import Sample, SampleSource
+from sam_medft.errors import SamMedftError
+
+
+def union_label_map(label_maps: Sequence[LabelMap]) -> LabelMap:
+    """Background + every part's foreground class, by name, in first-seen order; the raw
+    value of a union class is its index."""
+    names = ["background"]
+    for lm in label_maps:
+        for name in lm.class_names[1:]:
+            if name not in names:
+                names.append(name)
+    return LabelMap({i: n for i, n in enumerate(names)})
+
+
+class ConcatSource(SampleSource):
+    """`parts` one after the other; `part_names[k]` prefixes the names of part k."""
+
+    def __init__(self, parts: Sequence[SampleSource], part_names: Sequence[str],
+                 label_maps: Sequence[LabelMap] | None = None) -> None:
+        if len(parts) != len(part_names) or len(set(part_names)) != len(part_names):
+            raise SamMedftError(f"data set names must be unique, got {list(part_names)}")
+        self.parts = list(parts)
+        self.part_names = list(part_names)
+        self.starts = list(np.cumsum([0, *[len(p) for p in self.parts]])[:-1])
+        self.names = [f"{n}/{s}" for n, p in zip(part_names, parts, strict=True) for s in p.names]
+        self.label_maps = list(label_maps) if label_maps is not None else None
+        self.union = union_label_map(self.label_maps) if self.label_maps is not None else None
+        self._to_union: list[np.ndarray] = []
+        for lm in self.label_maps or []:
+            table = np.array([self.union.class_names.index(n) for n in lm.class_names])
+            self._to_union.append(table)
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """Sample i -> (part, index inside the part)."""
+        if not 0 <= i < len(self.names):
+            raise IndexError(i)
+        k = bisect.bisect_right(self.starts, i) - 1
+        return k, i - self.starts[k]
+
+    def part_of(self) -> np.ndarray:
+        """(N,) the part of every sample."""
+        return np.concatenate([np.full(len(p), k) for k, p in enumerate(self.parts)])
+
+    def valid_classes(self) -> np.ndarray:
+        """(parts, union classes) bool: the classes each part labels (background always)."""
+        if self.union is None:
+            raise ValueError("valid_classes needs label_maps")
+        out = np.zeros((len(self.parts), self.union.num_classes), dtype=bool)
+        for k, table in enumerate(self._to_union):
+            out[k, table] = True
+        return out
+
+    def _mask(self, k: int, raw: np.ndarray, where: str) -> np.ndarray:
+        if self.label_maps is None:
+            return raw
+        return self._to_union[k][self.label_maps[k].apply(raw, where)].astype(np.int64)
+
+    def load(self, i: int) -> Sample:
+        k, j = self.locate(i)
+        s = self.parts[k].load(j)
+        return Sample(s.image, self._mask(k, s.raw_mask, self.parts[k].where(j)), self.names[i],
+                      s.spacing)
+
+    def image_path(self, i: int) -> str | None:
+        k, j = self.locate(i)
+        return self.parts[k].image_path(j)
+
+    def mask_path(self, i: int) -> str | None:
+        k, j = self.locate(i)
+        return self.parts[k].mask_path(j)
+
+    def image_header(self, i: int) -> io.ImageHeader:
+        k, j = self.locate(i)
+        return self.parts[k].image_header(j)
+
+    def load_mask(self, i: int) -> np.ndarray:
+        k, j = self.locate(i)
+        return self._mask(k, self.parts[k].load_mask(j), self.parts[k].where(j))
