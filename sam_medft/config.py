@@ -52,7 +52,8 @@ class SyntheticConfig(_Section):
 
 class DataConfig(_Section):
     # python: the data is handed over in Python (`sam_medft.train(..., train_data=...)`)
-    source: Literal["lists", "folder", "hf", "synthetic", "python"] = "synthetic"
+    # mixture: several labelled data sets (`datasets`), each its own source and labels (Setup 2)
+    source: Literal["lists", "folder", "hf", "synthetic", "python", "mixture"] = "synthetic"
     # study layout: CSV/TSV lists of image_path,mask_path relative to the two roots
     img_folder: Path | None = None
     mask_folder: Path | None = None
@@ -71,13 +72,17 @@ class DataConfig(_Section):
     binary: bool = False
     intensity: IntensityConfig = IntensityConfig()
     keep_empty: bool = True  # empty slices stay in val/test (the study dropped them: biased)
+    # Setup 2: several labelled data sets; the classes are the union of theirs (by name), and
+    # each trains only the classes it labels
+    datasets: list[DatasetEntry] | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _infer_source(cls, data: Any) -> Any:
         """No `source:` given: the keys present say which layout it is."""
         if isinstance(data, dict) and "source" not in data:
-            for key, source in (("train_list", "lists"), ("folder", "folder"), ("hf", "hf")):
+            for key, source in (("train_list", "lists"), ("folder", "folder"), ("hf", "hf"),
+                                ("datasets", "mixture")):
                 if data.get(key) is not None:
                     return {**data, "source": source}
         return data
@@ -102,6 +107,7 @@ class DataConfig(_Section):
             "hf": ["hf"],
             "synthetic": [],
             "python": [],
+            "mixture": ["datasets"],
         }[self.source]
         for key in need:
             if getattr(self, key) is None:
@@ -110,7 +116,39 @@ class DataConfig(_Section):
             raise ValueError("set either data.labels or data.binary: true, not both")
         if self.labels is not None and 0 not in self.labels:
             raise ValueError("data.labels must map the background value 0 (e.g. {0: background})")
+        if self.source == "mixture":
+            if self.labels is not None or self.binary:
+                raise ValueError("data.source=mixture takes its classes from each data set's own "
+                                 "labels (data.datasets[i].labels); remove data.labels/binary")
+            if not self.datasets:
+                raise ValueError("data.source=mixture needs at least one entry in data.datasets")
+            names = [d.name for d in self.datasets]
+            if len(set(names)) != len(names):
+                raise ValueError(f"data.datasets names must be unique, got {names}")
+        elif self.datasets:
+            raise ValueError(f"data.datasets is for data.source=mixture, not {self.source}")
         return self
+
+
+class DatasetEntry(DataConfig):
+    """One data set of a Setup 2 mixture: any source, its own label map, a sampling weight
+    (the share of training samples it gets, whatever its size)."""
+
+    name: str
+    weight: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _flat(self) -> DatasetEntry:
+        if self.source in ("mixture", "python"):
+            raise ValueError(f"data set {self.name}: source {self.source} cannot be a member of "
+                             f"a mixture; use lists, folder, hf or synthetic")
+        if self.binary:
+            raise ValueError(f"data set {self.name}: give data.labels naming its classes (the "
+                             f"class space is the union of the names), not binary: true")
+        return self
+
+
+DataConfig.model_rebuild()
 
 
 class ModelConfig(_Section):
@@ -439,12 +477,15 @@ def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
     data = raw.get("data")
     if not isinstance(data, dict):
         return
-    for k in _PATH_KEYS:
-        v = data.get(k)
-        if isinstance(v, str) and not Path(v).is_absolute() and not _exists(Path(v)):
-            candidate = base / v
-            if _exists(candidate):
-                data[k] = str(candidate)
+    entries = data.get("datasets")
+    for node in [data, *(e for e in entries if isinstance(e, dict))] if isinstance(
+            entries, list) else [data]:
+        for k in _PATH_KEYS:
+            v = node.get(k)
+            if isinstance(v, str) and not Path(v).is_absolute() and not _exists(Path(v)):
+                candidate = base / v
+                if _exists(candidate):
+                    node[k] = str(candidate)
 
 
 def _exists(p: Path) -> bool:

@@ -15,9 +15,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from sam_medft.config import DataConfig
 from sam_medft.data import io
+from sam_medft.data.check import DataReport, check_dataset
 from sam_medft.data.labels import LabelMap
-from sam_medft.data.sources import Sample, SampleSource
+from sam_medft.data.sources import (
+    SPLITS,
+    Sample,
+    SampleSource,
+    build_splits,
+    default_label_map,
+)
 from sam_medft.errors import SamMedftError
 
 
@@ -36,15 +44,20 @@ class ConcatSource(SampleSource):
     """`parts` one after the other; `part_names[k]` prefixes the names of part k."""
 
     def __init__(self, parts: Sequence[SampleSource], part_names: Sequence[str],
-                 label_maps: Sequence[LabelMap] | None = None) -> None:
+                 label_maps: Sequence[LabelMap] | None = None,
+                 weights: Sequence[float] | None = None,
+                 union: LabelMap | None = None) -> None:
         if len(parts) != len(part_names) or len(set(part_names)) != len(part_names):
             raise SamMedftError(f"data set names must be unique, got {list(part_names)}")
         self.parts = list(parts)
         self.part_names = list(part_names)
         self.starts = list(np.cumsum([0, *[len(p) for p in self.parts]])[:-1])
         self.names = [f"{n}/{s}" for n, p in zip(part_names, parts, strict=True) for s in p.names]
+        self.weights = list(weights) if weights is not None else None
         self.label_maps = list(label_maps) if label_maps is not None else None
-        self.union = union_label_map(self.label_maps) if self.label_maps is not None else None
+        if union is None and self.label_maps is not None:
+            union = union_label_map(self.label_maps)
+        self.union = union  # the class space of every split of a mixture (all its data sets)
         self._to_union: list[np.ndarray] = []
         for lm in self.label_maps or []:
             table = np.array([self.union.class_names.index(n) for n in lm.class_names])
@@ -60,6 +73,21 @@ class ConcatSource(SampleSource):
     def part_of(self) -> np.ndarray:
         """(N,) the part of every sample."""
         return np.concatenate([np.full(len(p), k) for k, p in enumerate(self.parts)])
+
+    def sample_weights(self) -> np.ndarray | None:
+        """(N,) sampling probabilities: part k gets weights[k] / sum(weights) of the draws,
+        whatever its size (None: no weights, every sample once per epoch)."""
+        if self.weights is None:
+            return None
+        w = np.array(self.weights, dtype=np.float64)
+        sizes = np.array([len(p) for p in self.parts], dtype=np.float64)
+        per = np.where(sizes > 0, w / np.maximum(sizes, 1), 0.0)
+        out = per[self.part_of()]
+        return out / out.sum()
+
+    def sample_valid_classes(self) -> np.ndarray:
+        """(N, union classes) bool: the classes sample i's data set labels."""
+        return self.valid_classes()[self.part_of()]
 
     def valid_classes(self) -> np.ndarray:
         """(parts, union classes) bool: the classes each part labels (background always)."""
@@ -96,3 +124,48 @@ class ConcatSource(SampleSource):
     def load_mask(self, i: int) -> np.ndarray:
         k, j = self.locate(i)
         return self._mask(k, self.parts[k].load_mask(j), self.parts[k].where(j))
+
+
+# ---- a recipe's mixture -------------------------------------------------------------------
+
+
+def check_data(data: DataConfig, sources: dict[str, SampleSource] | None = None) -> DataReport:
+    """`check_dataset` of a recipe's data; a mixture checks each data set with its own labels
+    (messages name the data set) and reports the union label map."""
+    if data.source != "mixture" or sources is not None:
+        return check_dataset(data, sources=sources)
+    errors, warns, maps = [], [], []
+    for entry in data.datasets:
+        report = check_dataset(entry)
+        errors += [f"data set {entry.name}: {e}" for e in report.errors]
+        warns += [f"data set {entry.name}: {w}" for w in report.warnings]
+        maps.append(report.label_map)
+    union = union_label_map(maps) if all(m is not None for m in maps) else None
+    return DataReport({}, errors, warns, union)
+
+
+def data_splits(data: DataConfig) -> dict[str, SampleSource]:
+    """`build_splits`, and for a mixture one `ConcatSource` per split over the data sets that
+    have it, each data set's masks mapped onto the union classes."""
+    if data.source != "mixture":
+        return build_splits(data)
+    per_entry = [(e, build_splits(e), default_label_map(e) or _label_map_for(e))
+                 for e in data.datasets]
+    union = union_label_map([lm for _, _, lm in per_entry])
+    out: dict[str, SampleSource] = {}
+    for split in SPLITS:
+        have = [(e, s[split], lm) for e, s, lm in per_entry if split in s and len(s[split])]
+        if have:
+            out[split] = ConcatSource([s for _, s, _ in have], [e.name for e, _, _ in have],
+                                      label_maps=[lm for _, _, lm in have],
+                                      weights=[e.weight for e, _, _ in have], union=union)
+    return out
+
+
+def _label_map_for(entry: DataConfig) -> LabelMap:
+    """An entry's label map when the recipe does not give it: inferred from its masks."""
+    report = check_dataset(entry)
+    if report.label_map is None:
+        report.raise_for_errors()
+        raise SamMedftError(f"data set {getattr(entry, 'name', '?')}: give data.labels")
+    return report.label_map

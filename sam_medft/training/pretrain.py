@@ -18,9 +18,8 @@ import torch
 from accelerate.utils import set_seed
 
 from sam_medft.config import Recipe
-from sam_medft.data.check import check_dataset
-from sam_medft.data.mixture import ConcatSource
-from sam_medft.data.sources import SampleSource, build_splits
+from sam_medft.data.mixture import ConcatSource, check_data, data_splits
+from sam_medft.data.sources import SampleSource
 from sam_medft.errors import SamMedftError
 from sam_medft.models.encoder_weights import ENCODER_DIR, load_encoder_weights, save_encoder
 from sam_medft.models.loading import load_base_model, model_geometry, resolve_model_name
@@ -62,11 +61,11 @@ class PretrainTrainer(Trainer):
         self.recipe, note = apply_preset(self.recipe)
         if note:
             log.info("%s", note)
-        report = check_dataset(self.recipe.data, sources=self.given_splits)
+        report = check_data(self.recipe.data, sources=self.given_splits)
         report.raise_for_errors()  # unreadable images fail now; masks only need to decode
         self.label_map = report.label_map
         self.splits = pretrain_splits(self.recipe, self.given_splits or
-                                      build_splits(self.recipe.data))
+                                      data_splits(self.recipe.data))
         log.info("pretraining on %d images (%s), masks unused", len(self.splits["train"]),
                  "+".join(self.recipe.pretrain.splits))
 

@@ -43,9 +43,10 @@ from sam_medft.adapters.methods import (
     encoder_is_frozen,
 )
 from sam_medft.config import Recipe
-from sam_medft.data.check import RARE_IMAGE_SHARE, RARE_PIXEL_SHARE, RareClass, check_dataset
+from sam_medft.data.check import RARE_IMAGE_SHARE, RARE_PIXEL_SHARE, RareClass
 from sam_medft.data.dataset import ModelFrameSpec
-from sam_medft.data.sources import SampleSource, build_splits
+from sam_medft.data.mixture import ConcatSource, check_data, data_splits
+from sam_medft.data.sources import SampleSource
 from sam_medft.errors import Interrupted, SamMedftError
 from sam_medft.files import disk_errors, write_text_atomic
 from sam_medft.hub import resolve_run
@@ -344,7 +345,7 @@ class Trainer:
         self.recipe, preset_note = apply_preset(self.recipe)
         if preset_note:
             log.info("%s", preset_note)
-        report = check_dataset(self.recipe.data, sources=self.given_splits)
+        report = check_data(self.recipe.data, sources=self.given_splits)
         report.raise_for_errors()
         self.label_map = report.label_map
         train_report = report.splits.get("train")
@@ -352,7 +353,7 @@ class Trainer:
             self.rare = train_report.rare_classes(self.label_map.class_names)
         for rare in self.rare if PartialState().is_main_process else []:  # once, not per rank
             log.warning("%s", rare_class_warning(rare, self.recipe, self.label_map.num_classes))
-        self.splits = self.given_splits or build_splits(self.recipe.data)
+        self.splits = self.given_splits or data_splits(self.recipe.data)
         if "train" not in self.splits or len(self.splits["train"]) == 0:
             raise SamMedftError("the training split is empty: check data.train_list / data.folder")
 
@@ -571,14 +572,24 @@ class Trainer:
     def evaluate_and_select(self, step: int) -> bool:
         """Validate, keep the best adapter, and say whether early stopping triggers."""
         s, accelerator = self.state, self.accelerator
+        val = self.splits.get("val")
+        mixture = isinstance(val, ConcatSource)
         metrics = validate(self.model, self.val_dl, accelerator, task=self.task,
                            frozen_encoder=self.frozen_encoder, cache=self.cache,
-                           finish=self.data.finish_val)
+                           finish=self.data.finish_val,
+                           groups=torch.from_numpy(val.part_of()) if mixture else None,
+                           group_names=val.part_names if mixture else None)
         dice = metrics["dice"]
         s.history.append({"step": step, "val_dice": dice, "per_class": metrics.get("per_class"),
                           "predicted_pixels": metrics.get("predicted_pixels"),
                           "n_images": metrics["n_images"]})
         accelerator.log({"val/dice": dice}, step=step)
+        if "per_dataset" in metrics:
+            per = {n: m["dice"] for n, m in metrics["per_dataset"].items()}
+            s.history[-1]["per_dataset"] = per
+            accelerator.log({f"val/dice/{n}": d for n, d in per.items()}, step=step)
+            log.info("step %d: validation Dice per data set: %s", step,
+                     ", ".join(f"{n} {d:.4f}" for n, d in per.items()))
         if not math.isnan(dice) and dice > s.best_dice:
             s.best_dice, s.best_step, s.bad_evals = dice, step, 0
             self.save_adapter()
@@ -799,4 +810,7 @@ def describe_data(recipe: Recipe) -> str:
         return f"image/mask folder {d.folder.name}"
     if d.source == "python":
         return "data handed over in Python (sam_medft.train)"
+    if d.source == "mixture":
+        return "a mixture of data sets: " + ", ".join(
+            f"{e.name} (weight {e.weight:g})" for e in d.datasets)
     return f"file lists {d.train_list.name if d.train_list else ''}"
