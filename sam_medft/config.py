@@ -457,15 +457,30 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         )
     node = raw
     for p in parts[:-1]:
+        if isinstance(node, list):
+            node = _list_item(node, p, item)
+            continue
         if node.get(p) is None:  # absent, or a section set to null (`data.hf: null`)
             node[p] = {}
         node = node[p]
-        if not isinstance(node, dict):
+        if not isinstance(node, dict | list):
             raise SamMedftError(f"override {item!r}: {p} is not a section")
+    last = parts[-1]
+    if isinstance(node, list):  # `data.datasets.0=...` replaces a whole entry
+        raise SamMedftError(f"override {item!r}: set a key of the entry, e.g. {key}.weight=2")
     try:
-        node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+        node[last] = yaml.safe_load(value) if value != "" else None
     except (yaml.YAMLError, ValueError, RecursionError):  # not YAML: the text as written
-        node[parts[-1]] = value
+        node[last] = value
+
+
+def _list_item(node: list, part: str, item: str) -> Any:
+    """`data.datasets.1.weight=2`: a number indexes a list of sections (the mixture's data
+    sets); the item must exist."""
+    if not part.isdigit() or int(part) >= len(node):
+        raise SamMedftError(f"override {item!r}: {part!r} is not an entry of a list of "
+                            f"{len(node)} (counting from 0)")
+    return node[int(part)]
 
 
 _PATH_KEYS = ("img_folder", "mask_folder", "train_list", "val_list", "test_list", "folder")

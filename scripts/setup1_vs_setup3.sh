@@ -4,16 +4,24 @@
 # then fine-tune (LoRA encoder + decoder); Setup 1: the same fine-tuning from the same random
 # init without pretraining. Both score the test split with `sam-medft eval`.
 #   scripts/setup1_vs_setup3.sh OUT_DIR [PRETRAIN_STEPS] [FINETUNE_STEPS] [SEEDS...]
+# SHARED_PRETRAIN=1: one pretraining (the first seed's) serves every seed's fine-tuning.
+# A finished pretraining of the same step count in OUT_DIR is reused, not repeated.
 set -euo pipefail
 out=${1:?usage: $0 OUT_DIR [PRETRAIN_STEPS] [FINETUNE_STEPS] [SEEDS...]}
 pre=${2:-100}; ft=${3:-100}; shift $(( $# < 3 ? $# : 3 )); seeds=${*:-0 1 2}
 cli="python -m sam_medft"
 common="output_dir=$out train.log_with=none"
+first=${seeds%% *}
+done_steps() { python -c "import json,sys; print(json.load(open(sys.argv[1]))['steps'])" \
+  "$1/train_summary.json" 2>/dev/null || echo 0; }
 for s in $seeds; do
-  $cli pretrain setups/setup3_pretrain $common name=pre_s$s train.seed=$s \
-    train.max_steps=$pre train.eval_every=$pre train.save_every=$pre --overwrite
+  p=$s; [ "${SHARED_PRETRAIN:-0}" = 1 ] && p=$first
+  if [ "$(done_steps $out/pre_s$p)" != "$pre" ]; then
+    $cli pretrain setups/setup3_pretrain $common name=pre_s$p train.seed=$p \
+      train.max_steps=$pre train.eval_every=$pre train.save_every=$pre --overwrite
+  fi
   $cli train setups/setup3_finetune $common name=setup3_s$s train.seed=$s \
-    model.encoder_weights=$out/pre_s$s train.max_steps=$ft train.eval_every=$ft \
+    model.encoder_weights=$out/pre_s$p train.max_steps=$ft train.eval_every=$ft \
     train.save_every=$ft --overwrite
   $cli train setups/setup3_finetune $common name=setup1_s$s train.seed=$s \
     model.encoder_weights= train.max_steps=$ft train.eval_every=$ft train.save_every=$ft \
