@@ -4,6 +4,7 @@
 # then fine-tune (LoRA encoder + decoder); Setup 1: the same fine-tuning from the same random
 # init without pretraining. Both score the test split with `sam-medft eval`.
 #   scripts/setup1_vs_setup3.sh OUT_DIR [PRETRAIN_STEPS] [FINETUNE_STEPS] [SEEDS...]
+# FT_BATCH: the fine-tuning batch size (default 8, as the recipe).
 # SHARED_PRETRAIN=1: one pretraining (the first seed's) serves every seed's fine-tuning.
 # A finished pretraining of the same step count in OUT_DIR is reused, not repeated.
 set -euo pipefail
@@ -11,6 +12,7 @@ out=${1:?usage: $0 OUT_DIR [PRETRAIN_STEPS] [FINETUNE_STEPS] [SEEDS...]}
 pre=${2:-100}; ft=${3:-100}; shift $(( $# < 3 ? $# : 3 )); seeds=${*:-0 1 2}
 cli="python -m sam_medft"
 common="output_dir=$out train.log_with=none"
+ftargs="train.batch_size=${FT_BATCH:-8}"
 first=${seeds%% *}
 done_steps() { python -c "import json,sys; print(json.load(open(sys.argv[1]))['steps'])" \
   "$1/train_summary.json" 2>/dev/null || echo 0; }
@@ -20,10 +22,10 @@ for s in $seeds; do
     $cli pretrain setups/setup3_pretrain $common name=pre_s$p train.seed=$p \
       train.max_steps=$pre train.eval_every=$pre train.save_every=$pre --overwrite
   fi
-  $cli train setups/setup3_finetune $common name=setup3_s$s train.seed=$s \
+  $cli train setups/setup3_finetune $common name=setup3_s$s train.seed=$s $ftargs \
     model.encoder_weights=$out/pre_s$p train.max_steps=$ft train.eval_every=$ft \
     train.save_every=$ft --overwrite
-  $cli train setups/setup3_finetune $common name=setup1_s$s train.seed=$s \
+  $cli train setups/setup3_finetune $common name=setup1_s$s train.seed=$s $ftargs \
     model.encoder_weights= train.max_steps=$ft train.eval_every=$ft train.save_every=$ft \
     --overwrite
   for setup in setup1 setup3; do $cli eval $out/${setup}_s$s > /dev/null; done

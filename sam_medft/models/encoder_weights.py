@@ -18,12 +18,12 @@ from safetensors.torch import load_file, save_file
 
 from sam_medft.errors import SamMedftError
 from sam_medft.files import disk_errors, write_text_atomic
+from sam_medft.hub import download_encoder, is_hub_id, looks_like_path
+from sam_medft.runs import ENCODER_DIR, ENCODER_META
+from sam_medft.runs import ENCODER_WEIGHTS as WEIGHTS_FILE
 
 log = logging.getLogger("sam_medft.models")
 
-ENCODER_DIR = "encoder"  # inside a pretrain run folder
-WEIGHTS_FILE = "model.safetensors"
-ENCODER_META = "sam_medft_encoder.json"
 PREFIX = "vision_encoder."
 
 
@@ -39,9 +39,12 @@ def save_encoder(tensors: dict[str, torch.Tensor], folder: Path, meta: dict) -> 
 
 
 def encoder_weights_file(path: str | Path) -> Path:
-    """A pretrain run folder, its encoder/ folder, a transformers SAM folder or a
-    .safetensors file -> the file holding `vision_encoder.*` tensors."""
+    """A pretrain run folder, its encoder/ folder, a transformers SAM folder, a
+    .safetensors file or the Hub id of a pushed pretrain run -> the file holding
+    `vision_encoder.*` tensors."""
     p = Path(path).expanduser()
+    if not p.exists() and not looks_like_path(str(path)) and is_hub_id(str(path)):
+        p = download_encoder(str(path))  # a pushed pretrain run (`sam-medft push`)
     for candidate in (p, p / ENCODER_DIR / WEIGHTS_FILE, p / WEIGHTS_FILE):
         if candidate.is_file():
             return candidate

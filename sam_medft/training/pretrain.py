@@ -21,9 +21,10 @@ from sam_medft.config import Recipe
 from sam_medft.data.mixture import ConcatSource, check_data, data_splits
 from sam_medft.data.sources import SampleSource
 from sam_medft.errors import SamMedftError
-from sam_medft.models.encoder_weights import ENCODER_DIR, load_encoder_weights, save_encoder
+from sam_medft.models.encoder_weights import load_encoder_weights, save_encoder
 from sam_medft.models.loading import load_base_model, model_geometry, resolve_model_name
 from sam_medft.models.masked_image import MaskedImageModel
+from sam_medft.runs import ENCODER_DIR
 from sam_medft.tasks.masked_image import MaskedImageTask, check_mask_geometry
 from sam_medft.training.presets import apply_preset
 from sam_medft.training.trainer import Trainer, TrainResult, enable_speedups
