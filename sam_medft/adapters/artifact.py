@@ -10,7 +10,9 @@ never saved. Here, above the method builders: loading rebuilds the method the me
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -27,7 +29,10 @@ from sam_medft.errors import SamMedftError
 from sam_medft.files import apply_umask_modes, disk_error, make_temp_dir
 from sam_medft.models.encoder_weights import load_encoder_weights
 from sam_medft.models.loading import load_base_model, resolve_model_name, trainable_tensors, unwrap
-from sam_medft.runs import META_FILE, AdapterMeta
+from sam_medft.models.registry import RANDOM_INIT_SEED, seeded_model
+from sam_medft.runs import ADAPTER_DIR, META_FILE, AdapterMeta, find_adapter_folder
+
+log = logging.getLogger("sam_medft.adapters")
 
 VANILLA_FILE = "trainable_model.safetensors"
 # Setup 3: the self-supervised encoder the run started from (`model.encoder_weights`); it is
@@ -98,9 +103,12 @@ def load_adapter_model(folder: Path, *, is_trainable: bool = False,
     """Rebuild base + adapter from an adapter folder (base model and classes from its meta)."""
     folder = Path(folder)
     meta = AdapterMeta.read(folder)
-    spec = resolve_model_name(meta.base_model, meta.normalization)
-    base = load_base_model(spec, meta.mask_outputs or meta.num_classes,
-                           revision=revision or meta.base_revision)
+    if is_run_model(meta.base_model):  # fine-tuned from another run (Setup 2 -> a target)
+        base, _ = base_from_run(meta.base_model, meta.mask_outputs or meta.num_classes)
+    else:
+        spec = resolve_model_name(meta.base_model, meta.normalization)
+        base = load_base_model(spec, meta.mask_outputs or meta.num_classes,
+                               revision=revision or meta.base_revision)
     if (folder / BASE_ENCODER_FILE).is_file():
         load_encoder_weights(base, folder / BASE_ENCODER_FILE)
     if (folder / VANILLA_FILE).is_file():
@@ -120,6 +128,42 @@ def load_adapter_model(folder: Path, *, is_trainable: bool = False,
     with peft_call():
         model = PeftModel.from_pretrained(base, str(folder), is_trainable=is_trainable)
     return model, meta
+
+
+def is_run_model(name: str) -> bool:
+    """Whether `model.name` is a sam_medft run (or adapter) folder, not a base checkpoint."""
+    p = Path(name).expanduser()
+    return p.is_dir() and any((c / META_FILE).is_file() for c in (p, p / ADAPTER_DIR))
+
+
+# the decoder tensors whose shape follows the class count (fresh for another class count)
+CLASS_HEADS = ("mask_decoder.mask_tokens", "mask_decoder.iou_prediction_head",
+               "mask_decoder.output_hypernetworks_mlps")
+
+
+def base_from_run(name: str, mask_outputs: int) -> tuple[torch.nn.Module, AdapterMeta]:
+    """A fine-tuned run as the base model of a new fine-tuning (Setup 2's mixture model, then
+    one target data set): its adapter merged into the weights; for another class count the
+    class heads are fresh (seeded), everything else is the run's."""
+    folder = find_adapter_folder(name)
+    model, meta = load_adapter_model(folder)
+    if meta.method == "adapter":
+        raise SamMedftError(
+            f"model.name={name}: a bottleneck-adapter run cannot be merged into the model's "
+            f"weights; continue it with model.adapter={name} (same classes), or train the "
+            f"first run with peft.method=lora or vanilla")
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    if (meta.mask_outputs or meta.num_classes) != mask_outputs:
+        cfg = copy.deepcopy(model.config)
+        cfg.mask_decoder_config.num_multimask_outputs = mask_outputs
+        fresh = seeded_model(type(model), cfg, RANDOM_INIT_SEED)
+        kept = {k: v for k, v in model.state_dict().items() if not k.startswith(CLASS_HEADS)}
+        fresh.load_state_dict(kept, strict=False)
+        log.info("%s: %d classes -> %d: fresh class heads, the rest from the run", name,
+                 meta.mask_outputs or meta.num_classes, mask_outputs)
+        model = fresh
+    return model.eval(), meta
 
 
 def _write_processor_config(folder: Path, meta: AdapterMeta) -> None:

@@ -69,6 +69,10 @@ def eval_command(
     table = format_table(result.summary)
     table.title = f"{table.title}: {result.mode}"
     print_renderable(table, console=out)
+    for name, summary in result.summary.get("per_dataset", {}).items():  # a Setup 2 mixture
+        per = format_table(summary)
+        per.title = f"data set {name}: {summary['n_cases']} cases, the classes it labels"
+        print_renderable(per, console=out)
     if result.prompt_table is not None:
         print_renderable(format_prompt_table(result.prompt_table), console=out)
     if result.delta is not None:

@@ -35,7 +35,12 @@ from accelerate.utils import (
 )
 from tqdm.auto import tqdm
 
-from sam_medft.adapters.artifact import load_adapter_model, save_adapter
+from sam_medft.adapters.artifact import (
+    base_from_run,
+    is_run_model,
+    load_adapter_model,
+    save_adapter,
+)
 from sam_medft.adapters.methods import (
     DECODER_HEADS,
     apply_method,
@@ -209,11 +214,18 @@ def build_model(recipe: Recipe, label_map):
         log.info("continuing from adapter %s (base %s, %s/%s)", m.adapter, meta.base_model,
                  meta.method, meta.scope)
         return model, meta.base_model, meta.normalization
-    spec = resolve_model_name(m.name, m.normalization, random_init=m.random_init)
-    _check_method_before_loading(recipe)
-    base = load_base_model(spec, task_for(recipe.prompt).mask_outputs(label_map.num_classes),
-                           revision=m.revision,
-                           attn_implementation=m.attn_implementation)
+    outputs = task_for(recipe.prompt).mask_outputs(label_map.num_classes)
+    if is_run_model(m.name):  # a fine-tuned run as the base (Setup 2's model -> one target)
+        _check_method_before_loading(recipe)
+        base, run_meta = base_from_run(m.name, outputs)
+        base_id, normalization = m.name, m.normalization or run_meta.normalization
+    else:
+        spec = resolve_model_name(m.name, m.normalization, random_init=m.random_init)
+        _check_method_before_loading(recipe)
+        base = load_base_model(spec, outputs, revision=m.revision,
+                               attn_implementation=m.attn_implementation)
+        base_id = spec.source if not spec.is_tiny else "tiny"
+        normalization = spec.normalization
     if m.encoder_weights:
         load_encoder_weights(base, m.encoder_weights)
     if m.device_map:
@@ -226,7 +238,7 @@ def build_model(recipe: Recipe, label_map):
     model, info = apply_method(base, recipe.peft)
     log.info("method %s/%s: %d trainable of %d parameters", info.method, info.scope,
              info.trainable, info.total)
-    return model, spec.source if not spec.is_tiny else "tiny", spec.normalization
+    return model, base_id, normalization
 
 
 def _check_method_before_loading(recipe: Recipe) -> None:

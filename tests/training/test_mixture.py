@@ -123,3 +123,36 @@ def test_two_data_sets_train_and_evaluate_per_data_set(tmp_path):
     assert list(per["organ_b_set"]["class_names"].values()) == ["organ_b"]
     assert {r["class_name"] for r in ev.rows if r["case"].startswith("organ_a_set/")} == {"organ_a"}
     assert ev.summary["n_cases"] == 4
+
+
+def test_fine_tune_the_mixture_model_on_one_target(tmp_path):
+    """`model.name=runs/<setup2 run>`: the mixture's weights (LoRA merged) start a new
+    fine-tuning with the target's classes (fresh heads); its artifact reloads from the run."""
+    from sam_medft.adapters.artifact import load_adapter_model
+
+    mix = load_recipe(SETUPS / "setup2_mixture.yaml", [
+        f"output_dir={tmp_path}", "name=mix", "train.log_with=none", "train.batch_size=2",
+        "train.max_steps=1", "peft.method=lora", "data.datasets.0.synthetic.n_val=0",
+        "data.datasets.1.synthetic.n_val=0", "data.datasets.0.synthetic.n_train=2",
+        "data.datasets.1.synthetic.n_train=2"])
+    mix_run = train(mix).run_dir
+    mixed, _ = load_adapter_model(mix_run / "adapter")
+    merged = mixed.merge_and_unload().vision_encoder.state_dict()
+    target = load_recipe(SETUPS / "setup3_finetune.yaml", [
+        f"output_dir={tmp_path}", "name=target", f"model.name={mix_run}",
+        "model.encoder_weights=", "data.labels={0: background, 128: organ_a, 255: background}",
+        "data.synthetic.n_train=2", "data.synthetic.n_val=0", "data.synthetic.n_test=0",
+        "train.batch_size=2", "train.max_steps=1", "train.log_with=none"])
+    from sam_medft.data.labels import LabelMap
+    from sam_medft.training.trainer import build_model
+
+    model, base_id, _ = build_model(target, LabelMap({0: "background", 128: "organ_a"}))
+    start = model.get_base_model()
+    assert base_id == str(mix_run)
+    assert start.mask_decoder.mask_tokens.weight.shape[0] == 3  # 2 classes + SAM's token 0
+    key = "layers.1.attn.qkv.weight"
+    assert torch.equal(start.vision_encoder.state_dict()[key.replace("qkv.", "qkv.base_layer.")],
+                       merged[key])
+    run = train(target).run_dir
+    again, meta = load_adapter_model(run / "adapter")
+    assert meta.base_model == str(mix_run) and meta.num_classes == 2
