@@ -306,6 +306,9 @@ class PretrainConfig(_Section):
     # which splits of the recipe's data are pretrained on (masks are never read); the val
     # split (when there is one) scores the reconstruction with fixed masks
     splits: list[Literal["train", "val", "test"]] = ["train"]
+    # unlabelled scans without masks: a folder of images (recursive) or a .txt list of
+    # image paths; pretrained on together with `splits` (use `splits: []` for these alone)
+    images: Path | None = None
 
 
 class EvalConfig(_Section):

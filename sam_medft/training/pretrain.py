@@ -18,8 +18,10 @@ import torch
 from accelerate.utils import set_seed
 
 from sam_medft.config import Recipe
+from sam_medft.data.labels import LabelMap
 from sam_medft.data.mixture import ConcatSource, check_data, data_splits
 from sam_medft.data.sources import SampleSource
+from sam_medft.data.unlabelled import UnlabelledSource
 from sam_medft.errors import SamMedftError
 from sam_medft.models.encoder_weights import load_encoder_weights, save_encoder
 from sam_medft.models.loading import load_base_model, model_geometry, resolve_model_name
@@ -39,16 +41,24 @@ def pretrain(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
     return PretrainTrainer(recipe, resume=resume, overwrite=overwrite, splits=splits).run()
 
 
-def pretrain_splits(recipe: Recipe, splits: dict[str, SampleSource]) -> dict[str, SampleSource]:
-    """train: the images of every split in `pretrain.splits`; val: the val split when it is
-    not among them (else no validation: it would score images the encoder saw)."""
+def pretrain_splits(recipe: Recipe, splits: dict[str, SampleSource],
+                    unlabelled: SampleSource | None = None) -> dict[str, SampleSource]:
+    """train: the images of every split in `pretrain.splits` (plus `unlabelled`, the
+    `pretrain.images`); val: the val split when it is not among them (else no validation:
+    it would score images the encoder saw)."""
     wanted = recipe.pretrain.splits
     missing = [s for s in wanted if s not in splits or not len(splits[s])]
     if missing:
         raise SamMedftError(f"pretrain.splits names {missing}, which the data section does not "
                             f"provide (it has {sorted(splits)}); e.g. pretrain.splits=[train]")
-    train = splits[wanted[0]] if len(wanted) == 1 else ConcatSource(
-        [splits[s] for s in wanted], list(wanted))
+    parts = [(s, splits[s]) for s in wanted]
+    if unlabelled is not None:
+        parts.append(("unlabelled", unlabelled))
+    if not parts:
+        raise SamMedftError("nothing to pretrain on: pretrain.splits is empty and "
+                            "pretrain.images is not set")
+    train = parts[0][1] if len(parts) == 1 else ConcatSource(
+        [src for _, src in parts], [name for name, _ in parts])
     out = {"train": train}
     if "val" in splits and "val" not in wanted and len(splits["val"]):
         out["val"] = splits["val"]
@@ -62,13 +72,19 @@ class PretrainTrainer(Trainer):
         self.recipe, note = apply_preset(self.recipe)
         if note:
             log.info("%s", note)
-        report = check_data(self.recipe.data, sources=self.given_splits)
-        report.raise_for_errors()  # unreadable images fail now; masks only need to decode
-        self.label_map = report.label_map
-        self.splits = pretrain_splits(self.recipe, self.given_splits or
-                                      data_splits(self.recipe.data))
+        cfg = self.recipe.pretrain
+        unlabelled = (UnlabelledSource.from_path(cfg.images, self.recipe.data.intensity)
+                      if cfg.images is not None else None)
+        if cfg.splits or self.given_splits:
+            report = check_data(self.recipe.data, sources=self.given_splits)
+            report.raise_for_errors()  # unreadable images fail now; masks only need to decode
+            self.label_map = report.label_map
+            splits = self.given_splits or data_splits(self.recipe.data)
+        else:  # the unlabelled images alone: the data section is not read
+            self.label_map, splits = LabelMap(binary=True), {}
+        self.splits = pretrain_splits(self.recipe, splits, unlabelled)
         log.info("pretraining on %d images (%s), masks unused", len(self.splits["train"]),
-                 "+".join(self.recipe.pretrain.splits))
+                 "+".join([*cfg.splits, *(["pretrain.images"] if unlabelled else [])]))
 
     def setup_model(self) -> None:
         recipe, m = self.recipe, self.recipe.model

@@ -157,3 +157,23 @@ def test_encoder_weights_mistakes_are_one_message(tmp_path, pretrain_run):
     both = load_recipe(SETUPS / "setup3_finetune.yaml", ["model.adapter=runs/x"])
     with pytest.raises(SamMedftError, match="set only one of them"):
         build_model(both, labels)
+
+
+def test_pretrain_on_a_folder_of_unlabelled_images(tmp_path):
+    """`pretrain.images`: image files without any mask (here the synthetic images/ folder
+    alone); a file that is not an image is named before training starts."""
+    from sam_medft.data.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "synth", n_train=4, n_val=0, n_test=0, size=64, seed=3)
+    scans = tmp_path / "scans"
+    (tmp_path / "synth" / "images").rename(scans)  # no masks anywhere near
+    recipe = load_recipe(SETUPS / "setup3_pretrain.yaml", [
+        f"output_dir={tmp_path / 'runs'}", "name=scans", f"pretrain.images={scans}",
+        "pretrain.splits=[]", "train.max_steps=1", "train.batch_size=2",
+        "train.log_with=none"])
+    result = pretrain(recipe)
+    assert (result.run_dir / "encoder" / "model.safetensors").is_file()
+    assert "4 images (pretrain.images)" in (result.run_dir / "logs" / "train.log").read_text()
+    (scans / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(SamMedftError, match="unreadable image.*broken.png"):
+        pretrain(recipe, overwrite=True)
