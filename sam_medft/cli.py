@@ -293,8 +293,18 @@ def data_check(recipe: Path, overrides: Overrides = None):
     from sam_medft.data.check import check_dataset
 
     r = load_recipe(find_recipe(recipe), overrides or [])
-    report = check_dataset(r.data)
-    print_renderable(report.table(), console=out)
+    if r.data.source == "mixture":  # Setup 2: one table per data set, with its own labels
+        from sam_medft.data.mixture import check_data, check_entries
+
+        entries = check_entries(r.data)
+        for entry, entry_report in entries:
+            table = entry_report.table()
+            table.title = f"data check: data set {entry.name} (weight {entry.weight:g})"
+            print_renderable(table, console=out)
+        report = check_data(r.data, entries=entries)
+    else:
+        report = check_dataset(r.data)
+        print_renderable(report.table(), console=out)
     for w in report.warnings:
         print_warning(w, console=out)  # stdout, beside the table they explain
     report.raise_for_errors()

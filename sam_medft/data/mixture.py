@@ -129,19 +129,25 @@ class ConcatSource(SampleSource):
 # ---- a recipe's mixture -------------------------------------------------------------------
 
 
-def check_data(data: DataConfig, sources: dict[str, SampleSource] | None = None) -> DataReport:
+def check_data(data: DataConfig, sources: dict[str, SampleSource] | None = None, *,
+               entries: list[tuple[DataConfig, DataReport]] | None = None) -> DataReport:
     """`check_dataset` of a recipe's data; a mixture checks each data set with its own labels
-    (messages name the data set) and reports the union label map."""
+    (messages name the data set; `entries`: `check_entries` already run) and reports the
+    union label map."""
     if data.source != "mixture" or sources is not None:
         return check_dataset(data, sources=sources)
     errors, warns, maps = [], [], []
-    for entry in data.datasets:
-        report = check_dataset(entry)
+    for entry, report in entries if entries is not None else check_entries(data):
         errors += [f"data set {entry.name}: {e}" for e in report.errors]
         warns += [f"data set {entry.name}: {w}" for w in report.warnings]
         maps.append(report.label_map)
     union = union_label_map(maps) if all(m is not None for m in maps) else None
     return DataReport({}, errors, warns, union)
+
+
+def check_entries(data: DataConfig) -> list[tuple[DataConfig, DataReport]]:
+    """Each data set of a mixture checked on its own, with its own label map."""
+    return [(entry, check_dataset(entry)) for entry in data.datasets or []]
 
 
 def data_splits(data: DataConfig) -> dict[str, SampleSource]:
