@@ -132,7 +132,9 @@ class PretrainTrainer(Trainer):
         loss = metrics["recon_loss"]
         s.history.append({"step": step, "val_recon_loss": loss, "n_images": metrics["n_images"]})
         accelerator.log({"val/recon_loss": loss}, step=step)
-        if not math.isnan(loss) and -loss > s.best_dice:
+        # best_dice holds minus the best loss (higher is better, as the loop expects); the
+        # first validation is the best so far whatever its loss (an L1 may exceed 1)
+        if not math.isnan(loss) and (not s.best_step or -loss > s.best_dice):
             s.best_dice, s.best_step, s.bad_evals = -loss, step, 0
             self.save_adapter()
         else:
