@@ -60,7 +60,8 @@ class ConcatSource(SampleSource):
         self.union = union  # the class space of every split of a mixture (all its data sets)
         self._to_union: list[np.ndarray] = []
         for lm in self.label_maps or []:
-            table = np.array([self.union.class_names.index(n) for n in lm.class_names])
+            # class 0 is every data set's background, whatever its name there
+            table = np.array([0, *(self.union.class_names.index(n) for n in lm.class_names[1:])])
             self._to_union.append(table)
 
     def locate(self, i: int) -> tuple[int, int]:
