@@ -6,7 +6,7 @@
 #   scripts/setup1_vs_setup3.sh OUT_DIR [PRETRAIN_STEPS] [FINETUNE_STEPS] [SEEDS...]
 # FT_BATCH: the fine-tuning batch size (default 8, as the recipe).
 # SHARED_PRETRAIN=1: one pretraining (the first seed's) serves every seed's fine-tuning.
-# A finished pretraining of the same step count in OUT_DIR is reused, not repeated.
+# Finished pretrainings and fine-tunings of the same step counts in OUT_DIR are reused.
 set -euo pipefail
 out=${1:?usage: $0 OUT_DIR [PRETRAIN_STEPS] [FINETUNE_STEPS] [SEEDS...]}
 pre=${2:-100}; ft=${3:-100}; shift $(( $# < 3 ? $# : 3 )); seeds=${*:-0 1 2}
@@ -22,13 +22,15 @@ for s in $seeds; do
     $cli pretrain setups/setup3_pretrain $common name=pre_s$p train.seed=$p \
       train.max_steps=$pre train.eval_every=$pre train.save_every=$pre --overwrite
   fi
-  $cli train setups/setup3_finetune $common name=setup3_s$s train.seed=$s $ftargs \
-    model.encoder_weights=$out/pre_s$p train.max_steps=$ft train.eval_every=$ft \
-    train.save_every=$ft --overwrite
-  $cli train setups/setup3_finetune $common name=setup1_s$s train.seed=$s $ftargs \
-    model.encoder_weights= train.max_steps=$ft train.eval_every=$ft train.save_every=$ft \
-    --overwrite
-  for setup in setup1 setup3; do $cli eval $out/${setup}_s$s > /dev/null; done
+  for setup in setup3 setup1; do
+    [ "$(done_steps $out/${setup}_s$s)" = "$ft" ] && [ -f $out/${setup}_s$s/eval/summary.json ] \
+      && continue  # a finished fine-tuning of this budget is reused
+    enc=$out/pre_s$p; [ $setup = setup1 ] && enc=
+    $cli train setups/setup3_finetune $common name=${setup}_s$s train.seed=$s $ftargs \
+      model.encoder_weights=$enc train.max_steps=$ft train.eval_every=$ft \
+      train.save_every=$ft --overwrite
+    $cli eval $out/${setup}_s$s > /dev/null
+  done
 done
 python - "$out" $seeds <<'PY'
 import json, statistics, sys
