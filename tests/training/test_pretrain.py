@@ -7,10 +7,12 @@ run folder), the synthetic data set on disk, the saved safetensors files.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from launching import accelerate_bin, free_port, run_env
 from safetensors.torch import load_file
 
 from sam_medft.adapters.artifact import BASE_ENCODER_FILE, load_adapter_model
@@ -177,3 +179,19 @@ def test_pretrain_on_a_folder_of_unlabelled_images(tmp_path):
     (scans / "broken.png").write_bytes(b"not a png")
     with pytest.raises(SamMedftError, match="unreadable image.*broken.png"):
         pretrain(recipe, overwrite=True)
+
+
+def test_pretrain_under_two_process_ddp(tmp_path):
+    """`accelerate launch` with 2 gloo processes (DDP): every rank trains, the main process
+    writes the encoder and the summary once."""
+    cmd = [accelerate_bin(), "launch", "--config_file",
+           str(SETUPS.parents[1] / "accelerate_configs" / "cpu.yaml"), "--multi_gpu",
+           "--num_processes", "2", "--main_process_port", str(free_port()),
+           "-m", "sam_medft", "pretrain", str(SETUPS / "setup3_pretrain.yaml"),
+           f"output_dir={tmp_path}", "name=ddp", *SMALL, "train.max_steps=2",
+           "train.eval_every=2", "train.save_every=2", "train.batch_size=2"]
+    done = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "train_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["history"][0]["n_images"] == 4
+    assert (tmp_path / "ddp" / "encoder" / "model.safetensors").is_file()
