@@ -27,7 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token
+from huggingface_hub import (
+    EvalResult,
+    HfApi,
+    ModelCard,
+    ModelCardData,
+    constants,
+    get_token,
+    try_to_load_from_cache,
+)
 from huggingface_hub import snapshot_download as _snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -642,6 +650,23 @@ def push_encoder(run_dir: str | Path, repo_id: str, *, private: bool = False,
                               or f"Upload encoder {root.resolve().name} with sam_medft")
     url = f"{api.endpoint}/{repo_id}"
     return f"{url}/tree/{revision}" if revision else url
+
+
+def is_hub_run(name: str, *, ask_hub: bool = True) -> bool:
+    """Whether `name` is a Hub repo that holds a sam_medft run (its sam_medft.json), e.g. a
+    pushed Setup 2 model given as `model.name`. Local paths are not asked about; the Hub
+    cache answers first; an unreachable Hub (or offline mode, or `ask_hub=False`) answers
+    False, so a base model id takes its usual path and its usual messages."""
+    if looks_like_path(name) or not is_hub_id(name) or "/" not in name:
+        return False
+    if isinstance(try_to_load_from_cache(name, META_FILE), str):
+        return True
+    if offline_mode() or not ask_hub:
+        return False
+    try:
+        return HfApi(library_name="sam_medft").file_exists(name, META_FILE)
+    except (HfHubHTTPError, HFValidationError, OSError, *TRANSPORT_ERRORS):
+        return False
 
 
 def download_encoder(repo_id: str, revision: str | None = None) -> Path:

@@ -27,6 +27,7 @@ from sam_medft.adapters.methods import apply_vanilla
 from sam_medft.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sam_medft.errors import SamMedftError
 from sam_medft.files import apply_umask_modes, disk_error, make_temp_dir
+from sam_medft.hub import is_hub_run, resolve_run
 from sam_medft.models.encoder_weights import load_encoder_weights
 from sam_medft.models.loading import load_base_model, resolve_model_name, trainable_tensors, unwrap
 from sam_medft.models.registry import RANDOM_INIT_SEED, seeded_model
@@ -103,7 +104,7 @@ def load_adapter_model(folder: Path, *, is_trainable: bool = False,
     """Rebuild base + adapter from an adapter folder (base model and classes from its meta)."""
     folder = Path(folder)
     meta = AdapterMeta.read(folder)
-    if is_run_model(meta.base_model):  # fine-tuned from another run (Setup 2 -> a target)
+    if is_run_model(meta.base_model, ask_hub=False):  # from another run (Setup 2 -> a target)
         base, _ = base_from_run(meta.base_model, meta.mask_outputs or meta.num_classes)
     else:
         spec = resolve_model_name(meta.base_model, meta.normalization)
@@ -130,10 +131,14 @@ def load_adapter_model(folder: Path, *, is_trainable: bool = False,
     return model, meta
 
 
-def is_run_model(name: str) -> bool:
-    """Whether `model.name` is a sam_medft run (or adapter) folder, not a base checkpoint."""
+def is_run_model(name: str, *, ask_hub: bool = True) -> bool:
+    """Whether `model.name` is a sam_medft run (a run or adapter folder, or the Hub id of a
+    pushed run), not a base checkpoint. `ask_hub=False`: the Hub cache only (loading an
+    artifact makes no extra request for its base)."""
     p = Path(name).expanduser()
-    return p.is_dir() and any((c / META_FILE).is_file() for c in (p, p / ADAPTER_DIR))
+    if p.is_dir():
+        return any((c / META_FILE).is_file() for c in (p, p / ADAPTER_DIR))
+    return not p.exists() and is_hub_run(name, ask_hub=ask_hub)
 
 
 # the decoder tensors whose shape follows the class count (fresh for another class count)
@@ -145,7 +150,7 @@ def base_from_run(name: str, mask_outputs: int) -> tuple[torch.nn.Module, Adapte
     """A fine-tuned run as the base model of a new fine-tuning (Setup 2's mixture model, then
     one target data set): its adapter merged into the weights; for another class count the
     class heads are fresh (seeded), everything else is the run's."""
-    folder = find_adapter_folder(name)
+    folder = find_adapter_folder(resolve_run(name))  # a local folder, or the Hub's copy
     model, meta = load_adapter_model(folder)
     if meta.method == "adapter":
         raise SamMedftError(
