@@ -88,6 +88,10 @@ class PretrainTrainer(Trainer):
 
     def setup_model(self) -> None:
         recipe, m = self.recipe, self.recipe.model
+        if m.adapter:
+            raise SamMedftError(f"model.adapter={m.adapter}: pretraining starts from model.name "
+                                f"(and model.encoder_weights to continue an earlier "
+                                f"pretraining), not from a fine-tuned adapter; remove it")
         set_seed(recipe.train.seed)
         spec = resolve_model_name(m.name, m.normalization, random_init=m.random_init)
         base = load_base_model(spec, 1, revision=m.revision,
