@@ -113,6 +113,31 @@ def train(
 
 
 @app.command()
+def pretrain(
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe with a pretrain: section")],
+    overrides: Overrides = None,
+    resume: Annotated[bool, typer.Option(help="continue from the run's last checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option(help="delete an existing run folder first")] = False,
+):
+    """Self-supervised pretraining of the image encoder on unlabelled images (Setup 3);
+    writes runs/<name>/encoder/ for `train ... model.encoder_weights=runs/<name>`."""
+    from sam_medft.config import load_recipe
+    from sam_medft.training.pretrain import pretrain as run_pretrain
+
+    r = load_recipe(find_recipe(recipe), overrides or [])
+    result = run_pretrain(r, resume=resume, overwrite=overwrite)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        best = (f"best validation masked-reconstruction L1 {-result.best_dice:.4f} at step "
+                f"{result.best_step}" if result.history else "no validation split")
+        print_info(("done", "bold green"), f": {result.steps} steps in {result.seconds:.1f} s; "
+                   f"{best}", console=out)
+        print_info(f"encoder: {result.run_dir / 'encoder'} (fine-tune with "
+                   f"model.encoder_weights={result.run_dir})", console=out)
+
+
+@app.command()
 def predict(
     model: Annotated[str, typer.Argument(help="run folder, adapter folder or Hub id")],
     inputs: Annotated[list[Path], typer.Argument(help="image files, folders or .txt/.csv lists")],
@@ -337,14 +362,24 @@ def data_check(recipe: Path, overrides: Overrides = None):
     from sam_medft.data.check import check_dataset
 
     r = load_recipe(find_recipe(recipe), overrides or [])
-    from sam_medft.data.volume_check import check_volumes
+    if r.data.source == "mixture":  # Setup 2: one table per data set, with its own labels
+        from sam_medft.data.mixture import check_data, check_entries
 
-    volumes = check_volumes(r.data)  # None: 2-D data
-    if volumes is not None:
-        print_renderable(volumes.table(), console=out)
-        volumes.raise_for_errors()
-    report = check_dataset(r.data)
-    print_renderable(report.table(), console=out)
+        entries = check_entries(r.data)
+        for entry, entry_report in entries:
+            table = entry_report.table()
+            table.title = f"data check: data set {entry.name} (weight {entry.weight:g})"
+            print_renderable(table, console=out)
+        report = check_data(r.data, entries=entries)
+    else:
+        from sam_medft.data.volume_check import check_volumes
+
+        volumes = check_volumes(r.data)  # None: 2-D data
+        if volumes is not None:
+            print_renderable(volumes.table(), console=out)
+            volumes.raise_for_errors()
+        report = check_dataset(r.data)
+        print_renderable(report.table(), console=out)
     for w in report.warnings:
         print_warning(w, console=out)  # stdout, beside the table they explain
     report.raise_for_errors()

@@ -100,7 +100,8 @@ class DataConfig(_Section):
     # nnunet: `folder` is an nnU-Net raw data set (DatasetXXX_Name with imagesTr, labelsTr,
     # dataset.json); lists and folder sources may hold volumes (.nii/.nii.gz, DICOM series
     # folders) instead of 2-D images; `volumes` says how they are sliced
-    source: Literal["lists", "folder", "hf", "synthetic", "python", "nnunet"] = "synthetic"
+    # mixture: several labelled data sets (`datasets`), each its own source and labels (Setup 2)
+    source: Literal["lists", "folder", "hf", "synthetic", "python", "nnunet", "mixture"] = "synthetic"
     # study layout: CSV/TSV lists of image_path,mask_path relative to the two roots
     img_folder: Path | None = None
     mask_folder: Path | None = None
@@ -120,13 +121,17 @@ class DataConfig(_Section):
     intensity: IntensityConfig = IntensityConfig()
     keep_empty: bool = True  # empty slices stay in val/test (the study dropped them: biased)
     volumes: VolumeConfig = VolumeConfig()
+    # Setup 2: several labelled data sets; the classes are the union of theirs (by name), and
+    # each trains only the classes it labels
+    datasets: list[DatasetEntry] | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _infer_source(cls, data: Any) -> Any:
         """No `source:` given: the keys present say which layout it is."""
         if isinstance(data, dict) and "source" not in data:
-            for key, source in (("train_list", "lists"), ("folder", "folder"), ("hf", "hf")):
+            for key, source in (("train_list", "lists"), ("folder", "folder"), ("hf", "hf"),
+                                ("datasets", "mixture")):
                 if data.get(key) is not None:
                     return {**data, "source": source}
         return data
@@ -152,6 +157,7 @@ class DataConfig(_Section):
             "hf": ["hf"],
             "synthetic": [],
             "python": [],
+            "mixture": ["datasets"],
         }[self.source]
         for key in need:
             if getattr(self, key) is None:
@@ -160,7 +166,39 @@ class DataConfig(_Section):
             raise ValueError("set either data.labels or data.binary: true, not both")
         if self.labels is not None and 0 not in self.labels:
             raise ValueError("data.labels must map the background value 0 (e.g. {0: background})")
+        if self.source == "mixture":
+            if self.labels is not None or self.binary:
+                raise ValueError("data.source=mixture takes its classes from each data set's own "
+                                 "labels (data.datasets[i].labels); remove data.labels/binary")
+            if not self.datasets:
+                raise ValueError("data.source=mixture needs at least one entry in data.datasets")
+            names = [d.name for d in self.datasets]
+            if len(set(names)) != len(names):
+                raise ValueError(f"data.datasets names must be unique, got {names}")
+        elif self.datasets:
+            raise ValueError(f"data.datasets is for data.source=mixture, not {self.source}")
         return self
+
+
+class DatasetEntry(DataConfig):
+    """One data set of a Setup 2 mixture: any source, its own label map, a sampling weight
+    (the share of training samples it gets, whatever its size)."""
+
+    name: str
+    weight: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _flat(self) -> DatasetEntry:
+        if self.source in ("mixture", "python"):
+            raise ValueError(f"data set {self.name}: source {self.source} cannot be a member of "
+                             f"a mixture; use lists, folder, hf or synthetic")
+        if self.binary:
+            raise ValueError(f"data set {self.name}: give data.labels naming its classes (the "
+                             f"class space is the union of the names), not binary: true")
+        return self
+
+
+DataConfig.model_rebuild()
 
 
 class ModelConfig(_Section):
@@ -173,6 +211,9 @@ class ModelConfig(_Section):
     # the registry architecture with seeded random weights, no download: dry runs,
     # benchmarks, CPU smoke tests (the adapter records the base as random:<name>)
     random_init: bool = False
+    # Setup 3: image-encoder weights from `sam-medft pretrain` (its run folder, its encoder/
+    # folder, or a transformers SAM folder), loaded over the base's encoder before fine-tuning
+    encoder_weights: str | None = None
 
 
 class PeftSettings(_Section):
@@ -304,6 +345,22 @@ class PromptConfig(_Section):
     refine_clicks: int = Field(0, ge=0)
 
 
+class PretrainConfig(_Section):
+    """Setup 3, `sam-medft pretrain`: SimMIM-style masked image modelling of the encoder.
+    Masked patches become a learned token (SAM's windowed + global attention needs the
+    whole grid, so tokens cannot be dropped as MAE does); a 1x1-conv decoder reconstructs
+    the masked pixels (L1)."""
+
+    mask_ratio: float = Field(0.6, gt=0, lt=1)
+    mask_patch_size: int = Field(32, ge=1)  # pixels at the model input; a multiple of 16
+    # which splits of the recipe's data are pretrained on (masks are never read); the val
+    # split (when there is one) scores the reconstruction with fixed masks
+    splits: list[Literal["train", "val", "test"]] = ["train"]
+    # unlabelled scans without masks: a folder of images (recursive) or a .txt list of
+    # image paths; pretrained on together with `splits` (use `splits: []` for these alone)
+    images: Path | None = None
+
+
 class EvalConfig(_Section):
     split: Literal["val", "test"] = "test"
     empty_policy: Literal["exclude", "count"] = "exclude"
@@ -338,6 +395,7 @@ class Recipe(_Section):
     prompt: PromptConfig = PromptConfig()
     eval: EvalConfig = EvalConfig()
     hub: HubConfig = HubConfig()
+    pretrain: PretrainConfig = PretrainConfig()
 
     @field_validator("name", mode="before")
     @classmethod
@@ -452,15 +510,30 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         )
     node = raw
     for p in parts[:-1]:
+        if isinstance(node, list):
+            node = _list_item(node, p, item)
+            continue
         if node.get(p) is None:  # absent, or a section set to null (`data.hf: null`)
             node[p] = {}
         node = node[p]
-        if not isinstance(node, dict):
+        if not isinstance(node, dict | list):
             raise SamMedftError(f"override {item!r}: {p} is not a section")
+    last = parts[-1]
+    if isinstance(node, list):  # `data.datasets.0=...` replaces a whole entry
+        raise SamMedftError(f"override {item!r}: set a key of the entry, e.g. {key}.weight=2")
     try:
-        node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+        node[last] = yaml.safe_load(value) if value != "" else None
     except (yaml.YAMLError, ValueError, RecursionError):  # not YAML: the text as written
-        node[parts[-1]] = value
+        node[last] = value
+
+
+def _list_item(node: list, part: str, item: str) -> Any:
+    """`data.datasets.1.weight=2`: a number indexes a list of sections (the mixture's data
+    sets); the item must exist."""
+    if not part.isdigit() or int(part) >= len(node):
+        raise SamMedftError(f"override {item!r}: {part!r} is not an entry of a list of "
+                            f"{len(node)} (counting from 0)")
+    return node[int(part)]
 
 
 _PATH_KEYS = ("img_folder", "mask_folder", "train_list", "val_list", "test_list", "folder")
@@ -472,12 +545,15 @@ def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
     data = raw.get("data")
     if not isinstance(data, dict):
         return
-    for k in _PATH_KEYS:
-        v = data.get(k)
-        if isinstance(v, str) and not Path(v).is_absolute() and not _exists(Path(v)):
-            candidate = base / v
-            if _exists(candidate):
-                data[k] = str(candidate)
+    entries = data.get("datasets")
+    for node in [data, *(e for e in entries if isinstance(e, dict))] if isinstance(
+            entries, list) else [data]:
+        for k in _PATH_KEYS:
+            v = node.get(k)
+            if isinstance(v, str) and not Path(v).is_absolute() and not _exists(Path(v)):
+                candidate = base / v
+                if _exists(candidate):
+                    node[k] = str(candidate)
 
 
 def _exists(p: Path) -> bool:

@@ -27,7 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token
+from huggingface_hub import (
+    EvalResult,
+    HfApi,
+    ModelCard,
+    ModelCardData,
+    constants,
+    get_token,
+    try_to_load_from_cache,
+)
 from huggingface_hub import snapshot_download as _snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -43,6 +51,10 @@ from sam_medft.config import read_recipe_file
 from sam_medft.errors import SamMedftError
 from sam_medft.model_names import lookup
 from sam_medft.runs import (
+    ADAPTER_DIR,
+    ENCODER_DIR,
+    ENCODER_META,
+    ENCODER_WEIGHTS,
     META_FILE,
     RECIPE_FILE,
     AdapterMeta,
@@ -566,6 +578,9 @@ def push_run(
     default, and an existing repo keeps its visibility. `revision` pushes to that branch,
     created from main when missing. The run folder is never written to.
     """
+    if is_encoder_run(run_dir):
+        return push_encoder(run_dir, repo_id, private=private, revision=revision, token=token,
+                            endpoint=endpoint, commit_message=commit_message)
     run = inspect_run(run_dir)
     if revision is not None and not revision.strip():
         raise SamMedftError("--revision is empty: give a branch name (e.g. v1) or leave it out.")
@@ -589,6 +604,77 @@ def push_run(
             )
     url = f"{api.endpoint}/{repo_id}"
     return f"{url}/tree/{revision}" if revision else url
+
+
+def is_encoder_run(run_dir: str | Path) -> bool:
+    """A `sam-medft pretrain` run (encoder/, no adapter/)."""
+    root = Path(run_dir).expanduser()
+    return (root / ENCODER_DIR / ENCODER_WEIGHTS).is_file() and not (root / ADAPTER_DIR).exists()
+
+
+def push_encoder(run_dir: str | Path, repo_id: str, *, private: bool = False,
+                 revision: str | None = None, token: str | None = None,
+                 endpoint: str | None = None, commit_message: str | None = None) -> str:
+    """Upload a pretrain run's encoder (weights + sam_medft_encoder.json), its recipe and a
+    card as ONE commit; fine-tuning takes the repo id as `model.encoder_weights`."""
+    root = Path(run_dir).expanduser()
+    folder = root / ENCODER_DIR
+    meta_file = folder / ENCODER_META
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SamMedftError(f"{meta_file} is missing or not JSON ({e}): the pretraining did not "
+                            f"finish; re-run `sam-medft pretrain`") from None
+    token = check_push_target(repo_id, token)
+    api = HfApi(endpoint=endpoint, token=token, library_name="sam_medft")
+    card = (f"---\nlibrary_name: sam_medft\ntags: [{', '.join(CARD_TAGS)}, self-supervised]\n"
+            f"---\n# {repo_id}\n\nA SAM image encoder pretrained with masked image modelling "
+            f"(`sam-medft pretrain`, Setup 3) from `{meta.get('base_model')}`, "
+            f"{meta.get('step')} steps; validation masked-reconstruction L1 "
+            f"{meta.get('val_recon_loss')}.\n\nFine-tune from it:\n\n```bash\nsam-medft train "
+            f"RECIPE model.name={meta.get('base_model')} model.encoder_weights={repo_id}\n```\n")
+    with hub_errors(f"pushing {root} to {repo_id!r} on {api.endpoint}", repo_id, api.endpoint,
+                    push=True):
+        repo_id = api.create_repo(repo_id, private=True if private else None,
+                                  exist_ok=True).repo_id or repo_id
+        if revision and revision != constants.DEFAULT_REVISION:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="sam_medft-push-") as tmp:
+            dest = Path(tmp)
+            for src in (folder / ENCODER_WEIGHTS, meta_file, root / RECIPE_FILE):
+                if src.is_file():
+                    shutil.copy2(src, dest / src.name)
+            (dest / "README.md").write_text(card, encoding="utf-8")
+            api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
+                              commit_message=commit_message
+                              or f"Upload encoder {root.resolve().name} with sam_medft")
+    url = f"{api.endpoint}/{repo_id}"
+    return f"{url}/tree/{revision}" if revision else url
+
+
+def is_hub_run(name: str, *, ask_hub: bool = True) -> bool:
+    """Whether `name` is a Hub repo that holds a sam_medft run (its sam_medft.json), e.g. a
+    pushed Setup 2 model given as `model.name`. Local paths are not asked about; the Hub
+    cache answers first; an unreachable Hub (or offline mode, or `ask_hub=False`) answers
+    False, so a base model id takes its usual path and its usual messages."""
+    if looks_like_path(name) or not is_hub_id(name) or "/" not in name:
+        return False
+    if isinstance(try_to_load_from_cache(name, META_FILE), str):
+        return True
+    if offline_mode() or not ask_hub:
+        return False
+    try:
+        return HfApi(library_name="sam_medft").file_exists(name, META_FILE)
+    except (HfHubHTTPError, HFValidationError, OSError, *TRANSPORT_ERRORS):
+        return False
+
+
+def download_encoder(repo_id: str, revision: str | None = None) -> Path:
+    """A pushed pretrain run's files from the Hub (cached) -> the local folder."""
+    where = f"downloading the encoder {repo_id!r}"
+    with hub_errors(where, repo_id, constants.ENDPOINT, push=False):
+        return Path(_snapshot_download(repo_id, revision=revision,
+                                       allow_patterns=[ENCODER_WEIGHTS, ENCODER_META]))
 
 
 def push_recipe_run(run_dir: str | Path, hub_config: Any, **kwargs: Any) -> str:

@@ -52,6 +52,11 @@ LOCK = ".sam_medft_lock"
 META_FILE = "sam_medft.json"  # the artifact's typed metadata (AdapterMeta)
 RECIPE_FILE = "recipe.yaml"  # the resolved recipe a run was trained with
 ADAPTER_DIR = "adapter"
+# `sam-medft pretrain` (Setup 3) writes the encoder, not an adapter: encoder/ holds its
+# tensors (SamModel's `vision_encoder.*` names) and what it was pretrained from
+ENCODER_DIR = "encoder"
+ENCODER_WEIGHTS = "model.safetensors"
+ENCODER_META = "sam_medft_encoder.json"
 CHECKPOINT_PREFIX = "checkpoint-"  # checkpoints/checkpoint-NNNNNNNN (training.checkpoint)
 _CHECKPOINT_NAME = re.compile(rf"{CHECKPOINT_PREFIX}\d+")
 SCHEMA_VERSION = 2  # of META_FILE; 1: no schema_version, no multimask (see AdapterMeta.read)

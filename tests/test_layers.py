@@ -26,8 +26,8 @@ PACKAGE = ROOT / "sam_medft"
 LAZY_IMPORTS = {
     # imported by `sam-medft --help`: each command imports what it calls when it runs, so
     # --help stays ~0.3 s instead of loading torch, transformers and peft (~5 s)
-    "cli.py": {"train", "predict", "push", "recipes", "convert", "data_synth", "data_check",
-               "app_command", "data_slice"},
+    "cli.py": {"train", "pretrain", "predict", "push", "recipes", "convert", "data_synth",
+               "data_check", "app_command", "data_slice"},
     "bench_cli.py": {"bench_command"},
     "eval/cli.py": {"eval_command"},
     # `import sam_medft` runs before any submodule: `load`/`train` reach the top layers

@@ -133,16 +133,21 @@ class EpochSampler(Sampler[tuple[int, int]]):
     Yields (epoch, index): the item's augmentation seed travels with the key, so loader
     workers can persist across epochs."""
 
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True,
+                 weights: np.ndarray | None = None):
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        # a weighted mixture (Setup 2): n draws with replacement, sample i with weights[i]
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         order = range(self.n)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, -1))
+        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, -1))
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+        elif self.shuffle:
             order = torch.randperm(self.n, generator=g).tolist()
         return iter([(self.epoch, i) for i in order])
 

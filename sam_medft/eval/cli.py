@@ -132,6 +132,10 @@ def eval_command(
             "the reference or the prediction)"
         )
         print_renderable(per_slice, console=out)
+    for name, summary in result.summary.get("per_dataset", {}).items():  # a Setup 2 mixture
+        per = format_table(summary)
+        per.title = f"data set {name}: {summary['n_cases']} cases, the classes it labels"
+        print_renderable(per, console=out)
     if result.prompt_table is not None:
         print_renderable(format_prompt_table(result.prompt_table), console=out)
     if result.delta is not None:

@@ -38,11 +38,13 @@ from sam_medft.adapters.artifact import load_adapter_model
 from sam_medft.config import Recipe, load_recipe
 from sam_medft.data.labels import LabelMap
 from sam_medft.data.lists import read_pair_list
-from sam_medft.data.sources import PairSource, SampleSource, build_splits
+from sam_medft.data.mixture import ConcatSource, data_splits
+from sam_medft.data.sources import PairSource, SampleSource
 from sam_medft.data.volume_source import VolumeSliceSource, cases_from_list, list_names_volumes
 from sam_medft.data.volumes import plane_spacing, read_geometry
 from sam_medft.errors import SamMedftError
 from sam_medft.eval.metrics import HD95_DEFINITION, NSD_DEFINITION, case_metrics
+from sam_medft.eval.per_dataset import labelled_rows, per_dataset_summaries
 from sam_medft.eval.prompt_eval import (
     build_prompt_table,
     predict_settings,
@@ -188,7 +190,7 @@ def load_eval_data(
             "paths are relative to them), or pass the list with --list FILE"
         )
     which = split or recipe.eval.split
-    splits = build_splits(data)
+    splits = data_splits(data)
     named = getattr(data, f"{which}_list", None) if data.source == "lists" else None
     if which not in splits and named is not None:
         raise SamMedftError(
@@ -225,6 +227,8 @@ def describe(recipe: Recipe) -> str:
         return f"dataset {d.hf.path}"
     if d.source == "folder":
         return f"folder {d.folder}"
+    if d.source == "mixture":
+        return "the data sets " + ", ".join(e.name for e in d.datasets)
     return f"lists in {d.train_list.parent if d.train_list else '.'}"
 
 
@@ -556,8 +560,13 @@ def evaluate_run(
     )
     names = {c: n for c, n in enumerate(label_map.class_names) if c}
     policy = data.recipe.eval.empty_policy
+    mixture = isinstance(data.source, ConcatSource) and data.source.union is not None
+    if mixture:  # Setup 2: each case scores only the classes its data set labels
+        rows_by = {k: labelled_rows(data.source, r) for k, r in rows_by.items()}
     summaries = {k: summarize(r, names, policy) for k, r in rows_by.items()}
     rows, summary = rows_by[main], summaries[main]
+    if mixture:
+        summary["per_dataset"] = per_dataset_summaries(data.source, rows, names, policy)
     main_label = next((s.label for s in settings if s.key == main), main) if settings else main
 
     base_summaries, base_rows, note = None, {}, ""

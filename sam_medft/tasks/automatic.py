@@ -30,13 +30,21 @@ class AutomaticTask(Task):
     def loss(self, outputs: Outputs, batch: dict) -> torch.Tensor:
         cfg = self.loss_cfg
         logits, iou = outputs.logits, outputs.iou
-        loss = segmentation_loss(logits, batch["labels"], cfg)["loss"]
+        valid = batch.get("valid_classes")  # a Setup 2 mixture: the classes each image labels
+        loss = segmentation_loss(logits, batch["labels"], cfg, valid)["loss"]
         if cfg.iou_weight:
-            return loss + cfg.iou_weight * iou_head_loss(iou, logits.detach(), batch["labels"])
+            return loss + cfg.iou_weight * iou_head_loss(iou, logits.detach(), batch["labels"],
+                                                         valid)
         return loss + 0.0 * iou.sum()  # keeps the (trainable) IoU head in the graph for DDP
 
     def score(self, outputs: Outputs, batch: dict) -> torch.Tensor:
-        return confusion_counts(outputs.logits, batch["labels"])
+        """Confusion counts; a class the image's data set does not label counts nothing
+        (all zero: its Dice there is undefined and left out of the means)."""
+        valid = batch.get("valid_classes")
+        counts = confusion_counts(outputs.logits, batch["labels"])
+        if valid is not None:
+            counts = counts * valid[:, 1:, None].to(counts.dtype)
+        return counts
 
     def summarize(self, counts: torch.Tensor) -> dict:
         return dice_from_counts(counts)

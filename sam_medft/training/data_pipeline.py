@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from sam_medft.config import Recipe, TrainConfig
 from sam_medft.data.dataset import EpochSampler, ModelFrameSpec, SamSegmentationDataset, collate
+from sam_medft.data.mixture import ConcatSource
 from sam_medft.data.model_frame import finish_batch
 from sam_medft.data.preprocessed import PreprocessedStore, choose_mode, estimate_bytes, mask_dtype
 from sam_medft.data.sources import SampleSource
@@ -122,7 +123,10 @@ def build_train_data(recipe: Recipe, splits: dict[str, SampleSource], spec: Mode
     train_ds = SamSegmentationDataset(
         splits["train"], spec, recipe.augment, seed=t.seed, prompts=prompts,
         store=stores.get("train"), finish_in_loader=not on_accelerator, cache_keys=train_keys)
-    sampler = EpochSampler(len(train_ds), seed=t.seed)
+    train_source = splits["train"]
+    mixture = isinstance(train_source, ConcatSource) and train_source.union is not None
+    sampler = EpochSampler(len(train_ds), seed=t.seed,
+                           weights=train_source.sample_weights() if mixture else None)
     pin = torch.cuda.is_available()
     # drop the incomplete last global batch (every step then sees batch_size x processes
     # images, as one process with the whole batch would). Workers persist across epochs
@@ -142,7 +146,21 @@ def build_train_data(recipe: Recipe, splits: dict[str, SampleSource], spec: Mode
                             num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
                             worker_init_fn=ignore_ctrl_c if workers else None)
     finish = partial(finish_batch, geometry=spec.geometry, normalization=spec.normalization)
-    return TrainData(train_ds, sampler, train_dl, val_dl,
-                     finish_train=partial(finish, augment=recipe.augment),
-                     finish_val=partial(finish, augment=None), stores=stores,
-                     on_accelerator=on_accelerator)
+    finish_train, finish_val = partial(finish, augment=recipe.augment), partial(finish, augment=None)
+    if mixture:  # each sample trains only the classes its data set labels
+        finish_train = partial(with_valid_classes, finish_train,
+                               torch.from_numpy(train_source.sample_valid_classes()))
+    val_source = splits.get("val")
+    if isinstance(val_source, ConcatSource) and val_source.union is not None:
+        finish_val = partial(with_valid_classes, finish_val,
+                             torch.from_numpy(val_source.sample_valid_classes()))
+    return TrainData(train_ds, sampler, train_dl, val_dl, finish_train=finish_train,
+                     finish_val=finish_val, stores=stores, on_accelerator=on_accelerator)
+
+
+def with_valid_classes(finish: Callable[[dict], dict], table: torch.Tensor, batch: dict) -> dict:
+    """The finished batch plus `valid_classes` (B, C) bool: the classes each sample's data
+    set labels (a mixture, Setup 2); the task's loss and scores ignore the others."""
+    out = finish(batch)
+    out["valid_classes"] = table[out["index"].cpu()].to(out["labels"].device)
+    return out

@@ -35,7 +35,12 @@ from accelerate.utils import (
 )
 from tqdm.auto import tqdm
 
-from sam_medft.adapters.artifact import load_adapter_model, save_adapter
+from sam_medft.adapters.artifact import (
+    base_from_run,
+    is_run_model,
+    load_adapter_model,
+    save_adapter,
+)
 from sam_medft.adapters.methods import (
     DECODER_HEADS,
     apply_method,
@@ -43,9 +48,10 @@ from sam_medft.adapters.methods import (
     encoder_is_frozen,
 )
 from sam_medft.config import Recipe
-from sam_medft.data.check import RARE_IMAGE_SHARE, RARE_PIXEL_SHARE, RareClass, check_dataset
+from sam_medft.data.check import RARE_IMAGE_SHARE, RARE_PIXEL_SHARE, RareClass
 from sam_medft.data.dataset import ModelFrameSpec
-from sam_medft.data.sources import SampleSource, build_splits
+from sam_medft.data.mixture import ConcatSource, check_data, data_splits
+from sam_medft.data.sources import SampleSource
 from sam_medft.data.volume_source import volume_settings
 from sam_medft.errors import Interrupted, SamMedftError
 from sam_medft.files import disk_errors, write_text_atomic
@@ -57,6 +63,7 @@ from sam_medft.models.device_map import (
     place_model,
     validate_fractions,
 )
+from sam_medft.models.encoder_weights import load_encoder_weights, read_encoder_tensors
 from sam_medft.models.fast_attention import enable_fast_attention, enable_regional_compile
 from sam_medft.models.loading import load_base_model, model_geometry, resolve_model_name
 from sam_medft.models.registry import architecture_config
@@ -191,6 +198,10 @@ def check_launch(recipe: Recipe) -> None:
 def build_model(recipe: Recipe, label_map):
     """Base model + method, or a shared adapter to continue (its base and classes win)."""
     m = recipe.model
+    if m.adapter and m.encoder_weights:
+        raise SamMedftError(f"model.adapter={m.adapter} continues a fine-tuned model (its encoder "
+                            f"included); model.encoder_weights={m.encoder_weights} starts a new "
+                            f"one from a pretrained encoder: set only one of them")
     if m.adapter:
         folder = find_adapter_folder(resolve_run(m.adapter))
         model, meta = load_adapter_model(folder, is_trainable=True)
@@ -204,11 +215,20 @@ def build_model(recipe: Recipe, label_map):
         log.info("continuing from adapter %s (base %s, %s/%s)", m.adapter, meta.base_model,
                  meta.method, meta.scope)
         return model, meta.base_model, meta.normalization
-    spec = resolve_model_name(m.name, m.normalization, random_init=m.random_init)
-    _check_method_before_loading(recipe)
-    base = load_base_model(spec, task_for(recipe.prompt).mask_outputs(label_map.num_classes),
-                           revision=m.revision,
-                           attn_implementation=m.attn_implementation)
+    outputs = task_for(recipe.prompt).mask_outputs(label_map.num_classes)
+    if is_run_model(m.name):  # a fine-tuned run as the base (Setup 2's model -> one target)
+        _check_method_before_loading(recipe)
+        base, run_meta = base_from_run(m.name, outputs)
+        base_id, normalization = m.name, m.normalization or run_meta.normalization
+    else:
+        spec = resolve_model_name(m.name, m.normalization, random_init=m.random_init)
+        _check_method_before_loading(recipe)
+        base = load_base_model(spec, outputs, revision=m.revision,
+                               attn_implementation=m.attn_implementation)
+        base_id = spec.source
+        normalization = spec.normalization
+    if m.encoder_weights:
+        load_encoder_weights(base, m.encoder_weights)
     if m.device_map:
         device_map = build_device_map(base, m.device_map)
         check_devices(device_map)
@@ -219,7 +239,7 @@ def build_model(recipe: Recipe, label_map):
     model, info = apply_method(base, recipe.peft)
     log.info("method %s/%s: %d trainable of %d parameters", info.method, info.scope,
              info.trainable, info.total)
-    return model, spec.source, spec.normalization
+    return model, base_id, normalization
 
 
 def _check_method_before_loading(recipe: Recipe) -> None:
@@ -338,7 +358,7 @@ class Trainer:
         self.recipe, preset_note = apply_preset(self.recipe)
         if preset_note:
             log.info("%s", preset_note)
-        report = check_dataset(self.recipe.data, sources=self.given_splits)
+        report = check_data(self.recipe.data, sources=self.given_splits)
         report.raise_for_errors()
         self.label_map = report.label_map
         train_report = report.splits.get("train")
@@ -346,7 +366,7 @@ class Trainer:
             self.rare = train_report.rare_classes(self.label_map.class_names)
         for rare in self.rare if PartialState().is_main_process else []:  # once, not per rank
             log.warning("%s", rare_class_warning(rare, self.recipe, self.label_map.num_classes))
-        self.splits = self.given_splits or build_splits(self.recipe.data)
+        self.splits = self.given_splits or data_splits(self.recipe.data)
         if "train" not in self.splits or len(self.splits["train"]) == 0:
             raise SamMedftError("the training split is empty: check data.train_list / data.folder")
 
@@ -542,34 +562,48 @@ class Trainer:
         seconds = time.perf_counter() - t0
         if accelerator.is_main_process:
             remove_disk_stores(run.root)
-            summary = {"best_val_dice": s.best_dice, "best_step": s.best_step, "steps": s.step,
-                       "train_seconds": round(seconds, 2),
-                       "val_dice_on": VAL_DICE_ON if self.val_dl is not None else None,
-                       "foreground_segmented": (s.best_dice > 0) if self.val_dl is not None
-                       else None,
-                       "classes": classes,
-                       "never_predicted": [n for n, c in classes.items()
-                                           if c["first_predicted_step"] is None],
-                       "rare_classes": [r.to_dict() for r in self.rare],
-                       "rare_thresholds": {"image_share_at_most": RARE_IMAGE_SHARE,
-                                           "pixel_share_below": RARE_PIXEL_SHARE},
-                       "history": s.history}
             with disk_errors(run.summary, "the training summary"):
-                write_text_atomic(run.summary, json.dumps(summary, indent=2))
+                write_text_atomic(run.summary, json.dumps(self.summary(seconds, classes),
+                                                          indent=2))
         accelerator.end_training()
         return TrainResult(run.root, s.best_dice, s.best_step, s.step, seconds, s.history)
+
+    def summary(self, seconds: float, classes: dict) -> dict:
+        """train_summary.json: what the run found."""
+        s = self.state
+        return {"best_val_dice": s.best_dice, "best_step": s.best_step, "steps": s.step,
+                "train_seconds": round(seconds, 2),
+                "val_dice_on": VAL_DICE_ON if self.val_dl is not None else None,
+                "foreground_segmented": (s.best_dice > 0) if self.val_dl is not None else None,
+                "classes": classes,
+                "never_predicted": [n for n, c in classes.items()
+                                    if c["first_predicted_step"] is None],
+                "rare_classes": [r.to_dict() for r in self.rare],
+                "rare_thresholds": {"image_share_at_most": RARE_IMAGE_SHARE,
+                                    "pixel_share_below": RARE_PIXEL_SHARE},
+                "history": s.history}
 
     def evaluate_and_select(self, step: int) -> bool:
         """Validate, keep the best adapter, and say whether early stopping triggers."""
         s, accelerator = self.state, self.accelerator
+        val = self.splits.get("val")
+        mixture = isinstance(val, ConcatSource)
         metrics = validate(self.model, self.val_dl, accelerator, task=self.task,
                            frozen_encoder=self.frozen_encoder, cache=self.cache,
-                           finish=self.data.finish_val)
+                           finish=self.data.finish_val,
+                           groups=torch.from_numpy(val.part_of()) if mixture else None,
+                           group_names=val.part_names if mixture else None)
         dice = metrics["dice"]
         s.history.append({"step": step, "val_dice": dice, "per_class": metrics.get("per_class"),
                           "predicted_pixels": metrics.get("predicted_pixels"),
                           "n_images": metrics["n_images"]})
         accelerator.log({"val/dice": dice}, step=step)
+        if "per_dataset" in metrics:
+            per = {n: m["dice"] for n, m in metrics["per_dataset"].items()}
+            s.history[-1]["per_dataset"] = per
+            accelerator.log({f"val/dice/{n}": d for n, d in per.items()}, step=step)
+            log.info("step %d: validation Dice per data set: %s", step,
+                     ", ".join(f"{n} {d:.4f}" for n, d in per.items()))
         if not math.isnan(dice) and dice > s.best_dice:
             s.best_dice, s.best_step, s.bad_evals = dice, step, 0
             self.save_adapter()
@@ -670,10 +704,19 @@ class Trainer:
         if is_sharded(inner):
             state_dict = accelerator.get_state_dict(self.model)  # a collective: all ranks
             if accelerator.is_main_process:
-                save_adapter(inner, self.meta, out_dir, state_dict=state_dict)
+                save_adapter(inner, self.meta, out_dir, state_dict=state_dict,
+                             base_encoder=self.base_encoder())
             return
         if accelerator.is_main_process:
-            save_adapter(inner, self.meta, out_dir)
+            save_adapter(inner, self.meta, out_dir, base_encoder=self.base_encoder())
+
+    def base_encoder(self) -> dict[str, torch.Tensor] | None:
+        """The pretrained encoder the run started from (`model.encoder_weights`), which the
+        artifact must carry: its base name alone would rebuild the original encoder."""
+        path = self.recipe.model.encoder_weights
+        if not path:
+            return None
+        return {f"vision_encoder.{k}": v for k, v in read_encoder_tensors(path).items()}
 
 
 VAL_DICE_ON = ("the model's low-res mask grid (picks the best adapter); `sam-medft eval` "
@@ -783,4 +826,7 @@ def describe_data(recipe: Recipe) -> str:
         return f"image/mask folder {d.folder.name}"
     if d.source == "python":
         return "data handed over in Python (sam_medft.train)"
+    if d.source == "mixture":
+        return "a mixture of data sets: " + ", ".join(
+            f"{e.name} (weight {e.weight:g})" for e in d.datasets)
     return f"file lists {d.train_list.name if d.train_list else ''}"

@@ -20,13 +20,16 @@ from sam_medft.training.embedding_cache import batch_keys, cached_embeddings
 
 @torch.no_grad()
 def validate(model, loader, accelerator, *, task: Task, frozen_encoder: bool, cache=None,
-             finish=None) -> dict:
+             finish=None, groups: torch.Tensor | None = None,
+             group_names: list[str] | None = None) -> dict:
     """Automatic mode: per-image per-class Dice. Prompt modes: per-prompt Dice of the mask
     with the highest predicted IoU (prompts simulated from the ground truth, seeded).
-    `finish`: makes pixels and labels of uint8 batches (`model_frame.finish_batch`)."""
+    `finish`: makes pixels and labels of uint8 batches (`model_frame.finish_batch`).
+    `groups` (N,): the data set of each validation image (a Setup 2 mixture, names in
+    `group_names`): the result then also has `per_dataset`, each data set's own summary."""
     was_training = model.training
     model.eval()
-    gathered = []
+    gathered, indices = [], []
     for batch in loader:
         if finish is not None:
             batch = finish(batch)
@@ -34,11 +37,18 @@ def validate(model, loader, accelerator, *, task: Task, frozen_encoder: bool, ca
             emb = cached_embeddings(cache, model, batch["pixel_values"], batch_keys(batch))
             outputs = task.forward(model, batch, frozen_encoder=frozen_encoder, embeddings=emb)
         gathered.append(accelerator.gather_for_metrics(task.score(outputs, batch)).cpu())
+        if groups is not None:
+            indices.append(accelerator.gather_for_metrics(batch["index"]).cpu())
     model.train(was_training)
     if not gathered:
         return {"dice": float("nan"), "n_images": 0}
     counts = torch.cat(gathered)
-    return task.summarize(counts) | pixel_totals(counts, prompted=task.prompted)
+    out = task.summarize(counts) | pixel_totals(counts, prompted=task.prompted)
+    if groups is not None:
+        of = groups[torch.cat(indices)]
+        out["per_dataset"] = {name: task.summarize(counts[of == k])
+                              for k, name in enumerate(group_names or []) if (of == k).any()}
+    return out
 
 
 def pixel_totals(counts: torch.Tensor, *, prompted: bool) -> dict:
