@@ -59,12 +59,17 @@ def prompt_decoder(modeling, size: int, grid: int):
     return prompt, decoder
 
 
-def official_sam(size: int = 256):
-    m = official_modeling("segment_anything")
-    encoder = m.ImageEncoderViT(
+def small_vit(m, size: int):
+    """The official ViT image encoder (SAM's and SAM-HQ's are the same code), 2 blocks."""
+    return m.ImageEncoderViT(
         depth=2, embed_dim=64, img_size=size, mlp_ratio=4,
         norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=2, patch_size=16,
         qkv_bias=True, use_rel_pos=True, global_attn_indexes=[1], window_size=14, out_chans=256)
+
+
+def official_sam(size: int = 256):
+    m = official_modeling("segment_anything")
+    encoder = small_vit(m, size)
     prompt, decoder = prompt_decoder(m, size, size // 16)
     sam = m.Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder,
                 pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
@@ -195,10 +200,7 @@ def test_sam_checkpoint_equals_official_segment_anything(tmp_path: Path):
 
 def official_sam_hq(size: int = 256):
     m = official_modeling("segment_anything_hq")
-    encoder = m.ImageEncoderViT(
-        depth=2, embed_dim=64, img_size=size, mlp_ratio=4,
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=2, patch_size=16,
-        qkv_bias=True, use_rel_pos=True, global_attn_indexes=[1], window_size=14, out_chans=256)
+    encoder = small_vit(m, size)
     prompt, _ = prompt_decoder(m, size, size // 16)
     decoder = m.MaskDecoderHQ(
         num_multimask_outputs=3,
