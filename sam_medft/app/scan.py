@@ -9,10 +9,16 @@ with a slice slider and nothing else changes. Each slice gives two pictures:
 - `display_image(k, window)`: what the person sees; a window/level preset changes only this.
 
 Image files (PNG, TIFF, BMP, JPEG, .npy) go through `data.io`; a DICOM file (one slice, or
-the frames of a multi-frame file) through pydicom with its rescale slope/intercept; a NIfTI
-volume through nibabel, sliced along its last axis. The NIfTI affine (or the one built from
-the DICOM position/orientation/spacing) is kept so a label map saves with the source's
-geometry. Unreadable files raise one `SamMedftError` naming the file, before any model work.
+the frames of a multi-frame file) through pydicom with its rescale slope/intercept. A volume
+(a NIfTI file or a DICOM series folder) goes through `data.volumes.read_volume`, as training
+and `predict` read it: reoriented to RAS, sliced along the run's training axis
+(`VolumeConfig.axis`, with `plane`'s viewer orientation), scaled once per volume with the
+run's intensity rules and, for 2.5-D runs, given its neighbouring slices as channels
+(`data.volume_source.scale_volume` / `slice_image`), so what the model sees on a slice is
+what it saw in training and what `predict_volume` gives it. A volume's labels are written
+back with `write_label_volume` (the source's voxel order, affine and header); a DICOM
+slice's affine is built from its position/orientation/spacing. Unreadable files raise one
+`SamMedftError` naming the file, before any model work.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sam_medft.config import IntensityConfig
+from sam_medft.config import IntensityConfig, VolumeConfig
 from sam_medft.data.io import IMAGE_EXTENSIONS, read_image, scale_intensity
+from sam_medft.data.volume_source import scale_volume, slice_image
+from sam_medft.data.volumes import Volume, axis_index, is_dicom_series, plane, read_volume
 from sam_medft.errors import SamMedftError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -44,29 +52,55 @@ WINDOWS: dict[str, tuple[float, float] | None] = {
 
 @dataclass
 class Scan:
-    """A stack of 2-D slices from one file. `source`: the file (image files are re-read
-    through `data.io` so the model input is exactly predict's); `arrays`: the slices of
-    volumes and DICOM (HxW or HxWxC raw values); `affine`: voxel -> world (RAS, mm) for
-    NIfTI output, None for plain images (saved with a unit affine)."""
+    """A stack of 2-D slices from one file or series. `source`: the file (image files are
+    re-read through `data.io` so the model input is exactly predict's); `arrays`: the slices
+    of DICOM files (HxW or HxWxC raw values); `volume`: a NIfTI volume or DICOM series in RAS
+    order, sliced across `slicing.axis`; `affine`: voxel -> world (RAS, mm) of a DICOM slice,
+    None for plain images (saved with a unit affine)."""
 
     name: str
-    kind: str  # "image", "dicom" or "nifti"
+    kind: str  # "image", "dicom" or "volume"
     source: Path
     shape: tuple[int, int]  # (H, W) of every slice
     arrays: list[np.ndarray] = field(default_factory=list)
     affine: np.ndarray | None = None
-    volume_shape: tuple[int, ...] | None = None  # NIfTI: the source's voxel grid
+    volume: Volume | None = None
+    slicing: VolumeConfig = field(default_factory=VolumeConfig)
+    _scaled: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def axis(self) -> int:
+        return axis_index(self.slicing.axis)
 
     def __len__(self) -> int:
+        if self.volume is not None:
+            return self.volume.shape[self.axis]
         return max(1, len(self.arrays))
 
     def raw(self, k: int) -> np.ndarray:
+        if self.volume is not None:
+            return plane(self.volume.array, self.axis, k)
         if self.kind == "image":
             return _raw_image(self.source)
         return self.arrays[k]
 
-    def model_image(self, k: int, intensity: IntensityConfig) -> np.ndarray:
-        """Slice k as the model sees it: HxWx3 float32 in [0, 255] (predict's rules)."""
+    def scaled_volume(self, intensity: IntensityConfig) -> np.ndarray:
+        """The whole volume in [0, 255] by `intensity` (one scale per volume, as training and
+        `predict_volume` scale it), computed once per intensity setting."""
+        if self.volume is None:
+            raise SamMedftError(f"{self.name} is not a volume")
+        key = intensity.model_dump_json()
+        if key not in self._scaled:
+            self._scaled[key] = scale_volume(self.volume.array, intensity, self.name)
+        return self._scaled[key]
+
+    def model_image(self, k: int, intensity: IntensityConfig,
+                    channels: str | None = None) -> np.ndarray:
+        """Slice k as the model sees it: HxWx3 float32 in [0, 255] (predict's rules; a
+        volume: `channels` "2d" or "2.5d", by default the scan's slicing)."""
+        if self.volume is not None:
+            return slice_image(self.scaled_volume(intensity), self.axis, k,
+                               channels or self.slicing.channels)
         if self.kind == "image":
             return read_image(self.source, intensity, name=self.name)
         return scale_intensity(self.arrays[k], intensity, source=f"{self.name} slice {k}")
@@ -76,6 +110,9 @@ class Scan:
         if window not in WINDOWS:
             raise SamMedftError(f"unknown window {window!r}; use one of {', '.join(WINDOWS)}")
         preset = WINDOWS[window]
+        if preset is None and self.volume is not None:  # the slice itself, not 2.5-D's channels
+            grey = np.round(plane(self.scaled_volume(intensity), self.axis, k)).astype(np.uint8)
+            return np.repeat(grey[..., None], 3, axis=2)
         raw = self.raw(k)
         if preset is None or (raw.ndim == 3 and raw.shape[2] >= 3):
             return np.round(self.model_image(k, intensity)).astype(np.uint8)
@@ -92,15 +129,19 @@ class Scan:
         return np.repeat(out[..., None], 3, axis=2)
 
 
-def open_scan(path: str | Path, name: str | None = None) -> Scan:
-    """A file -> a Scan, or one clear error naming the file and what to give instead."""
+def open_scan(path: str | Path, name: str | None = None,
+              slicing: VolumeConfig | None = None) -> Scan:
+    """A file or a DICOM series folder -> a Scan, or one clear error naming the file and what
+    to give instead. `slicing`: how the run slices volumes (its adapter's `volume` settings)."""
     path = Path(path)
     name = name or path.name
     low = name.lower()
+    if path.is_dir() and is_dicom_series(path):
+        return _open_volume(path, name, slicing or VolumeConfig())
     if not path.is_file():
         raise SamMedftError(f"{name}: file not found")
     if low.endswith(NIFTI_SUFFIXES):
-        return _open_nifti(path, name)
+        return _open_volume(path, name, slicing or VolumeConfig())
     if low.endswith(DICOM_SUFFIXES):
         return _open_dicom(path, name)
     if low.endswith(IMAGE_EXTENSIONS):
@@ -111,8 +152,8 @@ def open_scan(path: str | Path, name: str | None = None) -> Scan:
             raise SamMedftError(reason.replace(" or remove it from the list", "")) from None
         return Scan(name, "image", path, tuple(image.shape[:2]))
     raise SamMedftError(f"{name}: cannot open this kind of file; open an image "
-                        f"({', '.join(IMAGE_EXTENSIONS)}), a DICOM slice (.dcm) or a NIfTI "
-                        f"volume (.nii, .nii.gz)")
+                        f"({', '.join(IMAGE_EXTENSIONS)}), a DICOM slice (.dcm), a DICOM "
+                        f"series (its folder, files or .zip) or a NIfTI volume (.nii, .nii.gz)")
 
 
 def _raw_image(path: Path) -> np.ndarray:
@@ -125,26 +166,15 @@ def _raw_image(path: Path) -> np.ndarray:
         return np.asarray(img)
 
 
-def _open_nifti(path: Path, name: str) -> Scan:
-    import nibabel as nib  # loaded only when a volume is opened
-
+def _open_volume(path: Path, name: str, slicing: VolumeConfig) -> Scan:
+    """A NIfTI file or DICOM series through `read_volume` (RAS), sliced as the run was."""
     try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.get_fdata(dtype=np.float32))
-    except Exception as err:  # nibabel raises many types for a broken file
-        raise SamMedftError(f"{name}: not a readable NIfTI file ({err}); check the file "
-                            f"or re-export it") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim == 2:
-        data = data[..., None]
-    if data.ndim != 3 or min(data.shape) < 1:
-        raise SamMedftError(f"{name}: a NIfTI of shape {data.shape} is not one 3-D volume; "
-                            f"give a single 3-D image (one channel, one time point)")
-    # slice k is data[:, :, k] shown with rows = the second voxel axis (see `volume_labels`)
-    arrays = [np.ascontiguousarray(data[:, :, k].T) for k in range(data.shape[2])]
-    return Scan(name, "nifti", path, tuple(arrays[0].shape), arrays,
-                np.asarray(img.affine, dtype=np.float64), tuple(data.shape))
+        volume = read_volume(path)
+    except SamMedftError as err:  # name the upload, not its temporary path
+        raise SamMedftError(str(err).replace(str(path), name)) from None
+    first = plane(volume.array, slicing.axis, 0)
+    return Scan(name, "volume", path, (int(first.shape[0]), int(first.shape[1])),
+                volume=volume, slicing=slicing)
 
 
 def _open_dicom(path: Path, name: str) -> Scan:

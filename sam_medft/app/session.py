@@ -9,7 +9,11 @@ points and its box), the undo history, and painted corrections.
 The label map of a slice is computed with the package's own inference functions
 (`infer.prompted.paint_prompts`, `FineTunedSam.labels_from_pixels`) on the image as
 `predict` reads it, so the app's map equals `sam_medft.load(run).predict(image, prompts)`
-for the same prompts; corrections are then painted over it.
+for the same prompts; corrections are then painted over it. On a volume, automatic mode
+predicts the shown slice together with the rest of its `predict_volume` batch (the slices
+`VOLUME_BATCH * b ... VOLUME_BATCH * (b + 1) - 1`, through the same pipeline and inputs), so
+the app's label volume equals `sam_medft.load(run).predict_volume(path)` bit for bit, and
+the neighbouring slices are then shown at once.
 """
 
 from __future__ import annotations
@@ -25,9 +29,12 @@ from typing import Any
 import numpy as np
 
 from sam_medft.app.scan import Scan, open_scan
+from sam_medft.config import VolumeConfig
 from sam_medft.errors import SamMedftError
+from sam_medft.infer.pipeline import predict_images
 from sam_medft.infer.predict import FineTunedSam
 from sam_medft.infer.prompted import check_prompts, embed_image, paint_prompts
+from sam_medft.infer.volume_inference import VOLUME_BATCH, VolumeSlices, slicing_of
 
 CACHE_ITEMS = 32  # embeddings kept per app (a vit-b embedding is 4 MiB in fp32)
 NO_CORRECTION = -1  # corrections map: this pixel keeps the model's label
@@ -37,6 +44,19 @@ CLICK_MODES = ("positive point", "negative point", "box (two corners)")
 
 def is_prompted(predictor: FineTunedSam) -> bool:
     return predictor.meta.prompt_mode != "none"
+
+
+class SliceRange:
+    """Slices start..stop-1 of a volume's prediction inputs (one `predict_volume` batch)."""
+
+    def __init__(self, slices: VolumeSlices, start: int, stop: int):
+        self.slices, self.start, self.stop = slices, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def load(self, k: int) -> tuple[np.ndarray, None]:
+        return self.slices.load(self.start + k)
 
 
 class Engine:
@@ -56,6 +76,18 @@ class Engine:
     def main(self) -> FineTunedSam:
         return self.predictors[0]
 
+    @property
+    def slicing(self) -> VolumeConfig:
+        """How volumes are sliced in the app: as the main run was trained (`predict_volume`)."""
+        return slicing_of(self.main)
+
+    def model_image(self, m: int, scan: Scan, k: int) -> np.ndarray:
+        """Slice k as model m sees it (its intensity rules; on a volume its 2-D/2.5-D
+        channels, across the scan's axis)."""
+        predictor = self.predictors[m]
+        channels = slicing_of(predictor).channels if scan.volume is not None else None
+        return scan.model_image(k, predictor.intensity, channels)
+
     def _cached(self, key: tuple, make):
         with self._lock:  # the page runs handlers in threads
             if key in self._cache:
@@ -74,20 +106,36 @@ class Engine:
 
         def make():
             self.encoder_calls += 1
-            return embed_image(predictor, session.scan.model_image(k, predictor.intensity))
+            return embed_image(predictor, self.model_image(m, session.scan, k))
 
         return self._cached(("emb", m, session.scan_key, k), make)
 
     def automatic(self, m: int, session: Session, k: int) -> np.ndarray:
-        """Model m's prompt-free label map of slice k (cached)."""
-        predictor = self.predictors[m]
+        """Model m's prompt-free label map of slice k (cached; a volume's by batches, see
+        the module)."""
+        predictor, scan = self.predictors[m], session.scan
+        if scan.volume is not None:
+            return self._volume_batch(m, session, k - k % VOLUME_BATCH)[k % VOLUME_BATCH]
 
         def make():
-            image = session.scan.model_image(k, predictor.intensity)
+            image = self.model_image(m, scan, k)
             labels, _ = predictor.labels_from_pixels(*predictor.pixel_batch([image]))
             return labels[0]
 
         return self._cached(("auto", m, session.scan_key, k), make)
+
+    def _volume_batch(self, m: int, session: Session, start: int) -> list[np.ndarray]:
+        """Model m's label maps of the volume slices start.. of one `predict_volume` batch."""
+        predictor, scan = self.predictors[m], session.scan
+        settings = VolumeConfig(axis=scan.slicing.axis, channels=slicing_of(predictor).channels)
+
+        def make():
+            inputs = SliceRange(VolumeSlices(scan.scaled_volume(predictor.intensity), settings),
+                                start, min(start + VOLUME_BATCH, len(scan)))
+            return [done.labels for done in predict_images(predictor, inputs,
+                                                           batch_size=VOLUME_BATCH)]
+
+        return self._cached(("auto-volume", m, session.scan_key, start), make)
 
     def model_labels(self, m: int, session: Session, k: int | None = None) -> np.ndarray:
         """Model m's HxW uint8 class map of a slice: automatic, or from the slice's prompts
@@ -113,6 +161,15 @@ class Engine:
         return np.where(fix != NO_CORRECTION, fix, labels).astype(np.uint8)
 
 
+def _digest(path: Path) -> str:
+    """What the embedding cache knows a scan by: its bytes (a folder: its files' bytes)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class SliceState:
     """One slice's prompts (class id -> its object), undo history and corrections."""
@@ -136,15 +193,17 @@ class Session:
     slice: int = 0
     slices: dict[int, SliceState] = field(default_factory=dict)
 
-    def open(self, path: str | Path, name: str | None = None) -> None:
-        """Open a file (an unreadable one raises and leaves the current scan as it was)."""
-        scan = open_scan(path, name)
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-        self.scan, self.scan_key, self.slice, self.slices = scan, digest, 0, {}
+    def open(self, path: str | Path, name: str | None = None,
+             slicing: VolumeConfig | None = None) -> None:
+        """Open a file or DICOM series folder, volumes sliced by `slicing` (an unreadable one
+        raises and leaves the current scan as it was)."""
+        scan = open_scan(path, name, slicing)
+        self.scan, self.scan_key, self.slice, self.slices = scan, _digest(Path(path)), 0, {}
 
     def require_scan(self) -> Scan:
         if self.scan is None:
-            raise SamMedftError("open an image first (PNG, TIFF, DICOM slice or NIfTI volume)")
+            raise SamMedftError("open an image first (PNG, TIFF, DICOM slice or series, "
+                                "NIfTI volume)")
         return self.scan
 
     def state(self, k: int | None = None) -> SliceState:

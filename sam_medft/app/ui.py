@@ -4,7 +4,10 @@ Why Gradio: it is the maintained Python web-UI library the Hugging Face stack al
 it serves the page itself from the installed package (no CDN, analytics off, bound to
 loopback), and its image widget reports click positions in the image's own pixels, which is
 what SAM's prompts are. Boxes are drawn as two corner clicks (Gradio has no drag-a-box
-widget); corrections are painted with Gradio's image editor.
+widget); corrections are painted with Gradio's image editor. A DICOM series is opened as
+its folder (Gradio's `file_count="directory"`: the browser's folder picker), as its files
+selected together, or as a .zip (`app.uploads`); no typed server path, so the page reads
+nothing on the server that the person did not upload.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from sam_medft.app.session import (  # noqa: E402
     Session,
     is_prompted,
 )
+from sam_medft.app.uploads import staged_upload  # noqa: E402
 from sam_medft.errors import SamMedftError  # noqa: E402
 
 #: no web fonts: the page must not fetch anything from the network
@@ -110,26 +114,35 @@ class AppPage:
         other, note = self.compared(session, window, list(opacity))
         counts = np.bincount(labels.ravel(), minlength=len(self.classes))
         scan = session.scan
-        status = (f"{scan.name}: slice {session.slice + 1} of {len(scan)}, "
+        across = f" ({scan.slicing.axis}, RAS)" if scan.volume is not None else ""
+        status = (f"{scan.name}: slice {session.slice + 1} of {len(scan)}{across}, "
                   f"{scan.shape[1]}x{scan.shape[0]} px; "
                   f"{sum(int(counts[c] > 0) for c in range(1, len(self.classes)))} class(es) "
                   f"shown.{note}")
         prompts = json.dumps(session.entries()) if self.prompted else "[]"
         return main, other, render.legend_html(self.classes, counts), prompts, status
 
-    def open_file(self, upload, session: Session | None):
-        if upload is None:
+    def open_file(self, upload, session: Session | None, *, folder: bool = False):
+        """Open what an upload button sent: one file, the files of a DICOM series, a .zip of
+        one, or (`folder`) a folder's files."""
+        if not upload:
             raise SamMedftError("no file was received; choose a file to open")
-        path = Path(upload if isinstance(upload, str) else upload.name)
+        items = upload if isinstance(upload, list) else [upload]
+        paths = [Path(u if isinstance(u, str) else u.name) for u in items]
         session = session or Session()
         fresh = Session()
-        fresh.open(path, name=path.name)  # an unreadable file leaves `session` as it was
+        with staged_upload(paths, folder=folder) as (path, name):
+            # an unreadable file leaves `session` as it was
+            fresh.open(path, name=name, slicing=self.engine.slicing)
         session.scan, session.scan_key, session.slice, session.slices = (
             fresh.scan, fresh.scan_key, 0, {})
         n = len(session.scan)
         slider = gr.Slider(minimum=0, maximum=max(n - 1, 1), value=0, step=1,
                            visible=n > 1, interactive=n > 1)
         return session, slider
+
+    def open_folder(self, upload, session: Session | None):
+        return self.open_file(upload, session, folder=True)
 
     def go_to(self, session: Session | None, k: float):
         if session is not None and session.scan is not None:
@@ -213,9 +226,12 @@ class AppPage:
             with gr.Row():
                 with gr.Column(scale=1, min_width=280):
                     # any file is accepted: the app's own message names what it can open
-                    upload = gr.UploadButton("Open a scan (PNG, TIFF, DICOM slice, NIfTI)",
-                                             file_count="single", elem_id="upload",
-                                             variant="primary")
+                    upload = gr.UploadButton(
+                        "Open a scan (PNG, TIFF, DICOM, NIfTI; a series' files or .zip)",
+                        file_count="multiple", elem_id="upload", variant="primary")
+                    upload_folder = gr.UploadButton("Open a DICOM series folder",
+                                                    file_count="directory",
+                                                    elem_id="upload_folder")
                     slider = gr.Slider(0, 1, value=0, step=1, label="slice", visible=False,
                                        elem_id="slice")
                     window = gr.Dropdown(list(WINDOWS), value=next(iter(WINDOWS)),
@@ -268,6 +284,8 @@ class AppPage:
                            outputs=shown)
             upload.upload(_user_errors(self.open_file), [upload, session],
                           [session, slider]).success(**refresh)
+            upload_folder.upload(_user_errors(self.open_folder), [upload_folder, session],
+                                 [session, slider]).success(**refresh)
             slider.change(_user_errors(self.go_to), [session, slider], session) \
                 .success(**refresh)
             for control in [window, *opacity]:

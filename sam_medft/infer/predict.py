@@ -45,7 +45,7 @@ from sam_medft.files import read_manifest, write_manifest
 from sam_medft.hub import resolve_run
 from sam_medft.infer.pipeline import Images, model_batches, predict_images
 from sam_medft.infer.prompted import cli_entry, predict_prompted, predict_with_prompts
-from sam_medft.infer.volume_inference import predict_volume
+from sam_medft.infer.volume_inference import VOLUME_BATCH, predict_volume
 from sam_medft.models.fast_attention import enable_fast_attention
 from sam_medft.models.forward import automatic_forward, image_embeddings
 from sam_medft.runs import AdapterMeta, find_adapter_folder
@@ -154,7 +154,7 @@ class FineTunedSam:
 
     def predict_volume(self, volume: Volume | str | Path | np.ndarray, *,
                        out: str | Path | None = None, largest_component: bool = False,
-                       fill_holes: bool = False, batch_size: int = 8) -> np.ndarray:
+                       fill_holes: bool = False, batch_size: int = VOLUME_BATCH) -> np.ndarray:
         """A volume (NIfTI path, DICOM series folder, `Volume`, or a 3-D array in RAS axis
         order) -> its label volume (uint8 class indices) in RAS order, the order of
         `sam_medft.data.volumes.read_volume(path).array`, sliced as the model was trained.

@@ -21,6 +21,10 @@ from sam_medft.data.volumes import Volume, axis_index, read_volume, set_plane
 from sam_medft.errors import SamMedftError
 from sam_medft.infer.pipeline import Predictor, predict_images
 
+#: slices per model batch: the app predicts a shown slice with its whole batch of this size, so
+#: its maps are bit for bit `predict_volume`'s (a batch's numbers can depend on its other images)
+VOLUME_BATCH = 8
+
 
 class VolumeSlices:
     """A scaled volume's slices as prediction inputs (picklable, for loader workers)."""
@@ -43,7 +47,7 @@ def slicing_of(predictor: Predictor) -> VolumeConfig:
 
 
 def predict_volume(predictor: Predictor, volume: Volume | str | Path | np.ndarray, *,
-                   batch_size: int = 8, num_workers: int = 0, largest_component: bool = False,
+                   batch_size: int = VOLUME_BATCH, num_workers: int = 0, largest_component: bool = False,
                    fill_holes: bool = False) -> np.ndarray:
     """A volume (a `Volume`, a NIfTI path / DICOM series folder, or a 3-D array in RAS axis
     order, e.g. `Volume.array`) -> its label volume (class indices, uint8) of the same shape

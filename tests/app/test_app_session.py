@@ -14,6 +14,7 @@ from sam_medft.app.scan import open_scan
 from sam_medft.app.session import CLICK_MODES, NO_CORRECTION, Engine, Session
 from sam_medft.app.ui import AppPage, painted_classes
 from sam_medft.config import IntensityConfig
+from sam_medft.data.volumes import plane, read_volume
 from sam_medft.errors import SamMedftError
 from sam_medft.infer.predict import PALETTE, FineTunedSam
 
@@ -83,10 +84,12 @@ def test_broken_nifti_and_dicom_name_the_file(tmp_path):
 def test_nifti_slices_and_ct_window(ct_nifti):
     path, data, _ = ct_nifti
     scan = open_scan(path)
-    assert (scan.kind, len(scan), scan.shape) == ("nifti", 3, (20, 24))
-    assert np.array_equal(scan.raw(1), data[:, :, 1].T)
+    assert (scan.kind, len(scan), scan.shape) == ("volume", 3, (20, 24))
+    # stored L-A-S: read in RAS (x flipped), shown as `plane` shows it (Anterior at the top)
+    assert np.array_equal(scan.raw(1), np.flipud(data[::-1, :, 1].T))
+    assert np.array_equal(scan.raw(1), plane(read_volume(path).array, "axial", 1))
     soft = scan.display_image(0, IntensityConfig(), "CT soft tissue (40/400)")
-    assert soft[4, 5, 0] == 127 and soft[0, 0, 0] == 0  # 40 HU mid-grey, air black
+    assert soft[10, 12, 0] == 127 and soft[0, 0, 0] == 0  # 40 HU mid-grey, air black
     with pytest.raises(SamMedftError, match="unknown window"):
         scan.display_image(0, IntensityConfig(), "nope")
 
@@ -96,15 +99,16 @@ def test_nifti_labels_keep_the_source_grid_and_affine(ct_nifti, tmp_path):
     path, data, affine = ct_nifti
     scan = open_scan(path)
     maps = [np.zeros(scan.shape, np.uint8) for _ in range(len(scan))]
-    maps[2][4:12, 5:15] = 1  # rows are y, columns x
+    maps[2][scan.raw(2) == 40] = 1  # drawn on the slice as shown
     out = save_nifti(maps, scan, tmp_path)
     saved = nib.load(out)
     assert saved.shape == data.shape and np.allclose(saved.affine, affine)
     assert int(saved.header["sform_code"]) == 2 and int(saved.header["qform_code"]) == 1
     vol = np.asarray(saved.dataobj)
     assert vol.dtype == np.uint8
-    assert np.array_equal(vol[:, :, 2] > 0, data[:, :, 2] == 40)
-    assert np.array_equal(volume_labels(maps), vol)
+    assert np.array_equal(vol[:, :, 2] > 0, data[:, :, 2] == 40)  # on the source's voxels
+    assert not vol[:, :, :2].any()
+    assert np.array_equal(volume_labels(maps, scan), read_volume(out, label=True).array)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
@@ -225,9 +229,7 @@ def test_page_handlers_volume_slider_paint_and_nifti(ct_nifti, automatic, tmp_pa
     assert png.endswith("ct_slice2_labels.png")
     assert np.array_equal(np.asarray(Image.open(png)), labels)
     nii = page.save(session, "NIfTI")
-    import nibabel as nib
-
-    assert np.array_equal(np.asarray(nib.load(nii).dataobj)[:, :, 2], labels.T)
+    assert np.array_equal(plane(read_volume(nii, label=True).array, "axial", 2), labels)
     with pytest.raises(SamMedftError, match="nothing painted"):
         page.apply_paint(session, {"background": views[0], "layers": []})
 
