@@ -227,7 +227,7 @@ class AppPage:
                 with gr.Column(scale=1, min_width=280):
                     # any file is accepted: the app's own message names what it can open
                     upload = gr.UploadButton(
-                        "Open a scan (PNG, TIFF, DICOM, NIfTI; a series' files or .zip)",
+                        "Open a scan (PNG, TIFF, DICOM, NIfTI, series .zip)",
                         file_count="multiple", elem_id="upload", variant="primary")
                     upload_folder = gr.UploadButton("Open a DICOM series folder",
                                                     file_count="directory",

@@ -16,6 +16,8 @@ from PIL import Image
 import sam_medft
 from sam_medft.data.io import read_mask
 from sam_medft.data.synthetic import write_synthetic
+from sam_medft.data.synthetic_volumes import write_dicom_series
+from sam_medft.data.volumes import read_volume
 
 pytestmark = pytest.mark.slow
 
@@ -252,10 +254,27 @@ def test_automatic_app_compares_two_runs(demo_run, untrained_run, browser, app_s
     _idle(page)
     page.screenshot(path=screenshots / "automatic_volume.png")
     page.get_by_label("NIfTI").check()
-    saved = nib.load(_download(page, tmp_path))
+    target = _download(page, tmp_path)
+    saved = nib.load(target)
     assert saved.shape == (128, 128, 3) and np.allclose(saved.affine, np.diag([2, 2, 3, 1]))
     labels = np.asarray(saved.dataobj)
     assert np.array_equal(labels[:, :, 1], labels[:, :, 2]) and labels[:, :, 2].any()
+    model = sam_medft.load(demo_run)
+    assert np.array_equal(read_volume(target, label=True).array, model.predict_volume(volume))
+
+    # a DICOM series through the folder picker: saved in its geometry, equal to predict_volume
+    series = write_dicom_series(tmp_path / "series", stack.transpose(1, 0, 2), (0.7, 0.8, 3.0),
+                                (-10.0, 20.0, -30.0))
+    with page.expect_file_chooser() as chooser:
+        page.click("#upload_folder")
+    chooser.value.set_files(str(series))
+    page.wait_for_function("document.querySelector('#status').innerText.includes('dicom_series')")
+    _idle(page)
+    page.screenshot(path=screenshots / "automatic_dicom_series.png")
+    target = _download(page, tmp_path)
+    assert target.name == "dicom_series_labels.nii.gz"
+    assert np.allclose(nib.load(target).affine, read_volume(series).source_affine)
+    assert np.array_equal(read_volume(target, label=True).array, model.predict_volume(series))
 
     page.get_by_text("opacity per class").click()  # organ_a hidden: only organ_b coloured
     opacity = page.locator("#opacity1 input[type=number]")
