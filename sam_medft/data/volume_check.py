@@ -16,7 +16,7 @@ from rich.table import Table
 
 from sam_medft.config import DataConfig
 from sam_medft.data.volume_source import volume_cases
-from sam_medft.data.volumes import check_same_geometry, read_geometry, read_volume
+from sam_medft.data.volumes import check_same_geometry, read_geometry, read_labels
 from sam_medft.errors import SamMedftError
 
 _SHOW_VALUES = 8
@@ -78,7 +78,7 @@ def check_volumes(data: DataConfig) -> VolumeReport | None:
                 row.orientation = image.orientation
                 if case.label is None:
                     continue
-                labels = read_volume(case.label, label=True)
+                labels = read_labels(case.label, image)
                 row.label_values = np.unique(labels.array).tolist()
             except SamMedftError as e:
                 row.problem = "cannot be read"
