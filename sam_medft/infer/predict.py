@@ -237,7 +237,8 @@ def _with_extras(targets: Sequence[Path], probs: bool, overlays: bool) -> list[P
 
 def check_output_folder(inputs: Sequence[str | Path], outputs: Sequence[Path], out_dir: Path, *,
                         overwrite: bool = False, claim: bool = True,
-                        img_folder: str | Path | None = None) -> None:
+                        img_folder: str | Path | None = None,
+                        input_files: Sequence[Path] | None = None) -> None:
     """Refuse an --out folder that would put the user's files at risk; nothing is written
     unless every check passes. `outputs`: the files about to be written in it.
 
@@ -247,12 +248,13 @@ def check_output_folder(inputs: Sequence[str | Path], outputs: Sequence[Path], o
     - outputs an earlier `predict` wrote: replaced only with `overwrite` (legend.json, the
       folder's own metadata, is rewritten either way).
 
+    `input_files`: what the inputs hold, when not 2-D images (see `check_out_location`).
     `claim=True` then records `outputs` in the folder's manifest (creating the folder) before
     any of them is written, so an interrupted run's files are known as ours."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SamMedftError(f"--out {out} is a file: give a folder for the label maps")
-    check_out_location(inputs, out, img_folder)
+    check_out_location(inputs, out, img_folder, input_files)
     outputs = list(outputs)
     if len(set(outputs)) != len(outputs):
         twice = next(p for p in outputs if outputs.count(p) > 1)

@@ -5,7 +5,7 @@ whose image column names them (read against the run's data.img_folder, as 2-D li
 Each output is `<out>/<case>.nii.gz` (nnU-Net's channel suffix `_0000` dropped, as nnU-Net
 names its predictions), written in its source's geometry (affine, header, voxel order), so it
 overlays the scan in 3D Slicer / ITK-SNAP. The folder rules are `predict`'s (its
-`check_out_location`, one rule for images and volumes): --out is never an input folder or
+`check_output_folder`, one rule for images and volumes): --out is never an input folder or
 inside one, nor holds an input; a file there that `predict` did not write is never replaced
 (its manifest lists the ones it did; --overwrite replaces only those), all checked before the
 model loads.
@@ -13,7 +13,6 @@ model loads.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,14 +22,11 @@ from sam_medft.data.lists import list_images
 from sam_medft.data.volume_source import case_id_of, volumes_in
 from sam_medft.data.volumes import is_dicom_series, is_nifti, read_volume, write_label_volume
 from sam_medft.errors import SamMedftError
-from sam_medft.files import read_manifest, write_manifest
 from sam_medft.hub import resolve_run
 from sam_medft.infer.predict import (
-    LEGEND,
     LIST_SUFFIXES,
-    MANIFEST,
     FineTunedSam,
-    check_out_location,
+    check_output_folder,
     value_table,
     write_legend,
 )
@@ -92,32 +88,6 @@ def collect_volumes(inputs: Sequence[str | Path], img_folder: str | Path | None 
     return found
 
 
-def check_volume_outputs(inputs: Sequence[str | Path], volumes: Sequence[Path],
-                         targets: Sequence[Path], out: Path, *, overwrite: bool,
-                         img_folder: str | Path | None = None) -> None:
-    """`predict`'s folder rules for volume outputs (see the module), nothing written yet."""
-    if out.exists() and not out.is_dir():
-        raise SamMedftError(f"--out {out} is a file: give a folder for the label volumes")
-    check_out_location(inputs, out, img_folder, input_files=volumes)
-    ours = read_manifest(out / MANIFEST, "predict", keep=lambda f: ".." not in Path(f).parts,
-                         fix="choose another --out")
-    existing = [t for t in [*targets, out / LEGEND] if t.exists() or t.is_symlink()]
-    foreign = [t for t in existing if _rel(t, out) not in ours]
-    if foreign:
-        raise SamMedftError(f"{foreign[0]} exists and was not written by `sam-medft predict` "
-                            f"(it is not listed in {out / MANIFEST}): nothing was written; move "
-                            "it away, or choose another --out")
-    replaced = [t for t in existing if t.name != LEGEND]
-    if replaced and not overwrite:
-        raise SamMedftError(f"{len(replaced)} prediction(s) already exist in {out} (e.g. "
-                            f"{replaced[0]}), written by an earlier `sam-medft predict`: pass "
-                            "--overwrite to replace them, or choose another --out")
-
-
-def _rel(path: Path, out: Path) -> str:
-    return Path(os.path.relpath(path, out)).as_posix()
-
-
 def predict_volume_paths(model: FineTunedSam | str | Path, inputs: Sequence[str | Path],
                          out_dir: str | Path, *, batch_size: int = 8, num_workers: int = 0,
                          largest_component: bool = False, fill_holes: bool = False,
@@ -133,19 +103,18 @@ def predict_volume_paths(model: FineTunedSam | str | Path, inputs: Sequence[str 
     if not volumes:
         raise SamMedftError(f"no volumes found in {', '.join(map(str, inputs))}")
     targets = [out / f"{case}.nii.gz" for _, case in volumes]
-    check_volume_outputs(inputs, [v for v, _ in volumes], targets, out, overwrite=overwrite,
-                         img_folder=img_folder)
+    def claim_out(claim: bool) -> None:  # checked before the model loads, claimed after
+        check_output_folder(inputs, targets, out, overwrite=overwrite, claim=claim,
+                            img_folder=img_folder, input_files=[v for v, _ in volumes])
+
+    claim_out(False)
     meta = model.meta if isinstance(model, FineTunedSam) else AdapterMeta.read(
         find_adapter_folder(resolve_run(str(model), revision=revision)))
     lut = value_table(meta, values, foreground)
     if isinstance(model, str | Path):
         model = FineTunedSam.load(model, device=device, revision=revision)
     model.task.check_prediction(has_prompts=False)
-    out.mkdir(parents=True, exist_ok=True)
-    ours = read_manifest(out / MANIFEST, "predict", keep=lambda f: ".." not in Path(f).parts,
-                         fix="choose another --out")
-    write_manifest(out / MANIFEST, "predict", ours | {_rel(t, out) for t in [*targets,
-                                                                              out / LEGEND]})
+    claim_out(True)
     write_legend(model.meta, out, values=values, foreground=foreground)
     for (path, _), target in tqdm(list(zip(volumes, targets, strict=True)), desc="predict",
                                   unit="volume", disable=not show_progress):
