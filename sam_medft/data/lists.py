@@ -68,10 +68,12 @@ def read_pair_list(
     img_folder: str | Path | None = None,
     mask_folder: str | Path | None = None,
     must_exist: bool = True,
+    folders_ok: bool = False,
 ) -> list[Pair]:
     """Parse a CSV/TSV pair list. Relative paths are joined onto `img_folder`/`mask_folder`
     (default: the list's own folder). `must_exist=False` skips the existence check (the
-    dataset checker reports missing files itself)."""
+    dataset checker reports missing files itself); `folders_ok`: a listed folder (a DICOM
+    series) counts as present."""
     list_path = Path(list_path)
     if not _is_file(list_path):
         raise SamMedftError(
@@ -110,7 +112,7 @@ def read_pair_list(
         pairs.append(Pair(img, mask))
         if must_exist:
             for kind, p in (("image", img), ("mask", mask)):
-                if not _is_file(p):
+                if not (_is_file(p) or (folders_ok and p.is_dir())):
                     missing.append(f"line {lineno}: {kind} {p}")
     if stripped:
         _warn_leading_slash(list_path, stripped, f"{img_root}, {mask_root}")

@@ -15,8 +15,9 @@ from sam_medft.data.dicom_seg import is_dicom_seg, segment_labels
 from sam_medft.data.sources import build_splits, default_label_map
 from sam_medft.data.synthetic_volumes import write_dicom_series
 from sam_medft.data.volume_check import check_volumes
-from sam_medft.data.volumes import read_labels, read_volume
+from sam_medft.data.volumes import read_labels, read_volume, write_label_volume
 from sam_medft.errors import SamMedftError
+from sam_medft.eval.score_folder import score_prediction_folder
 
 SHAPE = (7, 6, 5)  # stored columns, rows, slices
 SPACING = (0.7, 0.9, 2.5)
@@ -122,3 +123,25 @@ def test_seg_problems_are_one_message_naming_the_files(tmp_path):
     with pytest.raises(SamMedftError, match=r"segment 1 is 'liver' in .*a/seg\.dcm but "
                                             r"'spleen' in .*b/seg\.dcm"):
         default_label_map(data)
+
+
+def test_eval_pred_scores_against_seg_references_as_against_nifti(tmp_path):
+    """`eval --pred DIR --ref list.csv` with `series,seg.dcm` rows scores the same numbers as
+    the same labels given as NIfTI."""
+    series, truth, seg = _write_case(tmp_path / "a", CORONAL)
+    image = read_volume(series)
+    labels = read_volume(truth, label=True).array
+    write_label_volume(tmp_path / "truth.nii.gz", labels, like=image)
+    pred = np.where(labels == 2, 0, labels)  # spleen missed, liver exact
+    pred[0, 0, 0] = 1 if labels[0, 0, 0] == 0 else 0  # and one false liver voxel
+    write_label_volume(tmp_path / "preds" / f"{series.name}.nii.gz", pred, like=image)
+    (tmp_path / "seg.csv").write_text(f"{series},{seg}\n")
+    (tmp_path / "nifti.csv").write_text(f"{series},{tmp_path / 'truth.nii.gz'}\n")
+    by_seg, by_nifti = (
+        score_prediction_folder(tmp_path / "preds", tmp_path / f"{kind}.csv",
+                                out_dir=tmp_path / f"eval_{kind}", classes="1=liver,2=spleen",
+                                overlays=0, show_progress=False)
+        for kind in ("seg", "nifti"))
+    assert by_seg.volumes and by_seg.rows == by_nifti.rows
+    dice = {r["class_name"]: float(r["dice"]) for r in by_seg.rows}
+    assert dice["spleen"] == 0.0 and 0.9 < dice["liver"] < 1.0
