@@ -168,9 +168,13 @@ def predict(
 ):
     """Label maps (PNG, palette + legend.json) at each image's original size; volumes (NIfTI,
     DICOM series) give NIfTI label volumes in their source's geometry."""
+    from sam_medft.data.lists import recipe_img_folder
     from sam_medft.infer.volume_files import has_volume_inputs, predict_volume_paths
+    from sam_medft.runs import run_recipe_file
 
-    if has_volume_inputs(inputs):
+    # a list is read against the run's data.img_folder, as training and eval read it
+    img_folder = recipe_img_folder(run_recipe_file(model)) if Path(model).is_dir() else None
+    if has_volume_inputs(inputs, img_folder):
         if prompts or box or point or probs or overlays:
             raise SamMedftError("volumes are predicted in automatic mode into NIfTI label "
                                 "volumes; leave out --prompts/--box/--point/--probs/--overlays")
@@ -178,14 +182,14 @@ def predict(
                                        num_workers=workers, largest_component=largest_component,
                                        fill_holes=fill_holes, values=values,
                                        foreground=foreground_value, overwrite=overwrite,
-                                       device=device, revision=revision)
+                                       device=device, revision=revision,
+                                       img_folder=img_folder)
         print_info(f"wrote {len(written)} label volume(s) to {out_dir} "
                    f"(legend: {out_dir / 'legend.json'})", console=out)
         return
     if largest_component or fill_holes:
         raise SamMedftError("--largest-component and --fill-holes post-process label volumes; "
                             "these inputs are 2-D images")
-    from sam_medft.data.lists import recipe_img_folder
     from sam_medft.infer.predict import (
         FineTunedSam,
         check_out_location,
@@ -195,7 +199,6 @@ def predict(
         predict_paths,
         predict_paths_with_prompts,
     )
-    from sam_medft.runs import run_recipe_file
 
     if prompts or box or point:
         if probs:
@@ -211,8 +214,6 @@ def predict(
                                              foreground=foreground_value)
     else:
         # the --out folder is checked before the model loads (a mistake fails in a second)
-        # a list is read against the run's data.img_folder, as training and eval read it
-        img_folder = recipe_img_folder(run_recipe_file(model)) if Path(model).is_dir() else None
         check_output_folder(inputs, output_files(inputs, out_dir, probs=probs, overlays=overlays,
                                                  img_folder=img_folder),
                             out_dir, overwrite=overwrite, claim=False, img_folder=img_folder)

@@ -68,10 +68,12 @@ def read_pair_list(
     img_folder: str | Path | None = None,
     mask_folder: str | Path | None = None,
     must_exist: bool = True,
+    folders_ok: bool = False,
 ) -> list[Pair]:
     """Parse a CSV/TSV pair list. Relative paths are joined onto `img_folder`/`mask_folder`
     (default: the list's own folder). `must_exist=False` skips the existence check (the
-    dataset checker reports missing files itself)."""
+    dataset checker reports missing files itself); `folders_ok`: a listed folder (a DICOM
+    series) counts as present."""
     list_path = Path(list_path)
     if not _is_file(list_path):
         raise SamMedftError(
@@ -110,7 +112,7 @@ def read_pair_list(
         pairs.append(Pair(img, mask))
         if must_exist:
             for kind, p in (("image", img), ("mask", mask)):
-                if not _is_file(p):
+                if not (_is_file(p) or (folders_ok and p.is_dir())):
                     missing.append(f"line {lineno}: {kind} {p}")
     if stripped:
         _warn_leading_slash(list_path, stripped, f"{img_root}, {mask_root}")
@@ -145,14 +147,16 @@ def _absolute(p: Path) -> Path:
         return p.absolute()
 
 
-def list_images(list_path: str | Path, img_folder: str | Path | None = None) -> list[tuple[Path, Path]]:
+def list_images(list_path: str | Path, img_folder: str | Path | None = None, *,
+                folders_ok: bool = False) -> list[tuple[Path, Path]]:
     """The images of a pair (or image-only) list, as (file, name to write its output under).
 
     The one rule every command uses for lists: paths are relative to `img_folder` when given
     (a run's recipe data.img_folder), else to the list's own folder; a leading '/' that
     exists only under that root is read relative to it (one warning per list), as
     `read_pair_list` does. A header row (image/mask column names) is skipped. Missing images
-    stop with one message listing them."""
+    stop with one message listing them; `folders_ok`: a listed folder (a DICOM series) counts
+    as present."""
     list_path = Path(list_path)
     if not _is_file(list_path):
         raise SamMedftError(f"image list {list_path} not found; give an existing .csv/.txt list")
@@ -175,7 +179,7 @@ def list_images(list_path: str | Path, img_folder: str | Path | None = None) -> 
             continue
         path, s = _resolve(text_path, root)
         stripped += s
-        if not _is_file(path):
+        if not (_is_file(path) or (folders_ok and path.is_dir())):
             missing.append(str(path))
         out.append((path, Path(text_path.lstrip("/\\"))))
     if stripped:

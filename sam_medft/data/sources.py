@@ -30,6 +30,7 @@ from sam_medft.data.lists import Pair, folder_pairs, read_pair_list
 from sam_medft.data.sample import Sample, SampleSource
 from sam_medft.data.synthetic import SYNTHETIC_LABELS, SYNTHETIC_VERSION, write_synthetic
 from sam_medft.data.volume_source import (
+    VolumeCase,
     VolumeSliceSource,
     cases_from_rows,
     volume_label_map,
@@ -478,6 +479,45 @@ def synthetic_folder(cfg: SyntheticConfig) -> Path:
 
 def _hf_splits(cfg: HFDataConfig, intensity: IntensityConfig,
                data: DataConfig | None = None) -> dict[str, SampleSource]:
+    out: dict[str, SampleSource] = {}
+    for ours, theirs, rows, split_root in _hf_split_rows(cfg):
+        cases = _hf_cases(cfg, theirs, rows, split_root) if data is not None else None
+        if cases is not None:  # a column of volume paths: sliced as data.volumes says
+            out[ours] = VolumeSliceSource(cases, data.volumes, intensity,
+                                          sample_empty=ours == "train", seed=data.split_seed)
+            continue
+        out[ours] = HFSource(
+            rows,
+            cfg.image_column,
+            cfg.mask_column,
+            intensity,
+            root=split_root,
+            label=f"{cfg.path}[{theirs}]",
+        )
+    return out
+
+
+def hf_volume_cases(data: DataConfig) -> dict[str, list[VolumeCase]] | None:
+    """train/val/test cases of a `datasets` source whose image column holds volume paths
+    (what `data check` lists per volume), or None when its rows are 2-D images."""
+    if data.source != "hf" or data.hf is None:
+        return None
+    out = {ours: cases for ours, theirs, rows, root in _hf_split_rows(data.hf)
+           if (cases := _hf_cases(data.hf, theirs, rows, root)) is not None}
+    return out or None
+
+
+def _hf_cases(cfg: HFDataConfig, theirs: str, rows: Any, split_root: Path | None
+              ) -> list[VolumeCase] | None:
+    if not {cfg.image_column, cfg.mask_column} <= set(rows.column_names):
+        return None
+    return cases_from_rows(rows[cfg.image_column], rows[cfg.mask_column], split_root,
+                           f"{cfg.path}[{theirs}]")
+
+
+def _hf_split_rows(cfg: HFDataConfig) -> list[tuple[str, str, Any, Path | None]]:
+    """(our split, its name in the data set, its rows, the root of its relative paths) for
+    each split the recipe names and the data set has (a missing one: a warning)."""
     splits, root = load_hf(cfg)
     available = list(splits)
     wanted = {"train": cfg.train_split, "val": cfg.val_split, "test": cfg.test_split}
@@ -486,7 +526,7 @@ def _hf_splits(cfg: HFDataConfig, intensity: IntensityConfig,
             f"data.hf.path={cfg.path}: no split {cfg.train_split!r} (data.hf.train_split); "
             f"the splits are: {', '.join(available)}"
         )
-    out: dict[str, SampleSource] = {}
+    out = []
     for ours, theirs in wanted.items():
         if theirs is None:
             continue
@@ -495,26 +535,11 @@ def _hf_splits(cfg: HFDataConfig, intensity: IntensityConfig,
                 f"data.hf.path={cfg.path}: no split {theirs!r} (data.hf.{ours}_split); the "
                 f"splits are {', '.join(available)}; running without a {ours} split. Set "
                 f"data.hf.{ours}_split to one of them (or null to silence this)",
-                stacklevel=2,
+                stacklevel=3,
             )
             continue
         split_root = (root / theirs) if root is not None and (root / theirs).is_dir() else root
-        rows = splits[theirs]
-        if data is not None and {cfg.image_column, cfg.mask_column} <= set(rows.column_names):
-            cases = cases_from_rows(rows[cfg.image_column], rows[cfg.mask_column], split_root,
-                                    f"{cfg.path}[{theirs}]")
-            if cases is not None:  # a column of volume paths: sliced as data.volumes says
-                out[ours] = VolumeSliceSource(cases, data.volumes, intensity,
-                                              sample_empty=ours == "train", seed=data.split_seed)
-                continue
-        out[ours] = HFSource(
-            splits[theirs],
-            cfg.image_column,
-            cfg.mask_column,
-            intensity,
-            root=split_root,
-            label=f"{cfg.path}[{theirs}]",
-        )
+        out.append((ours, theirs, splits[theirs], split_root))
     return out
 
 

@@ -146,10 +146,12 @@ def describe(root: Path) -> str:
 
 
 def write_dicom_series(folder: str | Path, volume_lps: np.ndarray, spacing, origin_lps,
-                       modality: str = "CT") -> Path:
-    """Write `volume_lps` (stored axes: columns x, rows y, slices z in DICOM's LPS patient
-    frame) as one DICOM series, one file per slice, named in reverse order so that readers
-    must sort by position. `spacing` = (column, row, slice) mm; `origin_lps` = first voxel."""
+                       modality: str = "CT", orientation=(1, 0, 0, 0, 1, 0)) -> Path:
+    """Write `volume_lps` (stored axes: columns, rows, slices) as one DICOM series, one file
+    per slice, named in reverse order so that readers must sort by position. `spacing` =
+    (column, row, slice) mm; `origin_lps` = first voxel; `orientation` = DICOM's
+    ImageOrientationPatient (row then column direction in LPS; default axial: columns x,
+    rows y, slices along z); slices step along row x column."""
     from pydicom.dataset import Dataset, FileMetaDataset  # noqa: PLC0415  (only writers need it)
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: PLC0415
 
@@ -158,6 +160,7 @@ def write_dicom_series(folder: str | Path, volume_lps: np.ndarray, spacing, orig
     series, study, frame = generate_uid(), generate_uid(), generate_uid()
     data = np.rint(volume_lps).astype(np.int16)
     n = data.shape[2]
+    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
     for k in range(n):
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
@@ -169,9 +172,9 @@ def write_dicom_series(folder: str | Path, volume_lps: np.ndarray, spacing, orig
         ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
         ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.FrameOfReferenceUID = series, study, frame
         ds.Modality, ds.PatientID, ds.InstanceNumber = modality, "SYNTH", k + 1
-        ds.ImagePositionPatient = [float(origin_lps[0]), float(origin_lps[1]),
-                                   float(origin_lps[2] + k * spacing[2])]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [float(v) for v in np.asarray(origin_lps, float)
+                                   + k * spacing[2] * normal]
+        ds.ImageOrientationPatient = [float(v) for v in orientation]
         ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]  # row spacing, column spacing
         ds.SliceThickness = float(spacing[2])
         ds.Rows, ds.Columns = data.shape[1], data.shape[0]

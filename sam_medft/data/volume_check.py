@@ -15,8 +15,9 @@ import numpy as np
 from rich.table import Table
 
 from sam_medft.config import DataConfig
+from sam_medft.data.sources import hf_volume_cases
 from sam_medft.data.volume_source import volume_cases
-from sam_medft.data.volumes import check_same_geometry, read_geometry, read_volume
+from sam_medft.data.volumes import check_same_geometry, read_geometry, read_labels
 from sam_medft.errors import SamMedftError
 
 _SHOW_VALUES = 8
@@ -63,6 +64,8 @@ def check_volumes(data: DataConfig) -> VolumeReport | None:
     """Every case of a volume recipe (None: the data are 2-D); never raises for data problems."""
     try:
         splits = volume_cases(data)
+        if splits is None and data.source == "hf":  # a `datasets` column of volume paths
+            splits = hf_volume_cases(data)
     except SamMedftError as e:
         return VolumeReport([], [str(e)])
     if splits is None:
@@ -78,7 +81,7 @@ def check_volumes(data: DataConfig) -> VolumeReport | None:
                 row.orientation = image.orientation
                 if case.label is None:
                     continue
-                labels = read_volume(case.label, label=True)
+                labels = read_labels(case.label, image)
                 row.label_values = np.unique(labels.array).tolist()
             except SamMedftError as e:
                 row.problem = "cannot be read"

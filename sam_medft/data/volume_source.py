@@ -33,6 +33,7 @@ import numpy as np
 
 from sam_medft.config import DataConfig, IntensityConfig, VolumeConfig
 from sam_medft.data import io
+from sam_medft.data.dicom_seg import is_dicom_seg, segment_labels
 from sam_medft.data.labels import LabelMap
 from sam_medft.data.lists import read_pair_list
 from sam_medft.data.sample import Sample, SampleSource
@@ -41,11 +42,13 @@ from sam_medft.data.volumes import (
     axis_index,
     check_same_geometry,
     is_dicom_series,
+    is_label_volume,
     is_nifti,
     is_volume,
     plane,
     plane_spacing,
     read_geometry,
+    read_labels,
     read_volume,
     volume_case_id,
 )
@@ -138,13 +141,13 @@ def cases_from_list(list_path: Path, img_folder: Path | None, mask_folder: Path 
                     ) -> list[VolumeCase]:
     """A pair list whose rows name an image volume and its label volume."""
     pairs = read_pair_list(list_path, img_folder, mask_folder, must_exist=False)
-    missing = [f"{kind} {p}" for pair in pairs for kind, p in (("image", pair.image),
-                                                               ("label", pair.mask))
-               if not is_volume(p)]
+    missing = [f"{kind} {p}" for pair in pairs for kind, p, ok in (
+        ("image", pair.image, is_volume), ("label", pair.mask, is_label_volume)) if not ok(p)]
     if missing:
         raise SamMedftError(
             f"{list_path}: {len(missing)} listed volume(s) are missing or not volumes (.nii, "
-            f".nii.gz, DICOM series folders), e.g.\n  " + "\n  ".join(missing[:_SHOW]))
+            f".nii.gz, DICOM series folders; labels also DICOM-SEG files), e.g.\n  "
+            + "\n  ".join(missing[:_SHOW]))
     cases = [VolumeCase(case_id_of(p.image)[0], p.image, p.mask) for p in pairs]
     _check_unique(cases, str(list_path))
     return cases
@@ -170,7 +173,7 @@ def cases_from_rows(images: Sequence, labels: Sequence, root: Path | None, where
                                 f"volume paths (got {type(image).__name__}, "
                                 f"{type(label).__name__})")
         img, lab = resolve(image), resolve(label)
-        missing += [str(p) for p in (img, lab) if not is_volume(p)]
+        missing += [str(p) for p, ok in ((img, is_volume), (lab, is_label_volume)) if not ok(p)]
         cases.append(VolumeCase(case_id_of(img)[0], img, lab))
     if missing:
         raise SamMedftError(f"{where}: {len(missing)} volume path(s) are missing or not volumes, "
@@ -351,12 +354,16 @@ class VolumeSliceSource(SampleSource):
 
     def _slices_of(self, n: int, case: VolumeCase, sample_empty: bool, seed: int) -> list[int]:
         image_geo = read_geometry(case.image)
-        label_geo = read_geometry(case.label, label=True)
-        check_same_geometry(image_geo, label_geo)
+        if is_dicom_seg(case.label):  # placed on the image's grid (or an error) when read
+            seg_labels = read_labels(case.label, image_geo).array
+        else:
+            check_same_geometry(image_geo, read_geometry(case.label, label=True))
+            seg_labels = None
         depth = image_geo.shape[self.axis]
         if not sample_empty or self.settings.empty_fraction >= 1:
             return list(range(depth))
-        labels = read_volume(case.label, label=True).array
+        labels = seg_labels if seg_labels is not None else \
+            read_volume(case.label, label=True).array
         other = tuple(a for a in range(3) if a != self.axis)
         has_label = np.any(labels != 0, axis=other)
         keep = [k for k in range(depth) if has_label[k]]
@@ -373,7 +380,7 @@ class VolumeSliceSource(SampleSource):
             return self._cache[n]
         case = self.cases[n]
         image = read_volume(case.image)
-        labels = read_volume(case.label, label=True)
+        labels = read_labels(case.label, image)
         check_same_geometry(image, labels)
         item = (image, scale_volume(image.array, self.intensity, str(case.image)), labels.array)
         self._cache[n] = item
@@ -498,8 +505,31 @@ def _check_no_leak(splits: dict[str, list[VolumeCase]]) -> None:
 
 
 def volume_label_map(data: DataConfig) -> LabelMap | None:
-    """The classes an nnU-Net data set's dataset.json names (None for other sources)."""
+    """The classes an nnU-Net data set's dataset.json names, or the segment labels of a data
+    set labelled by DICOM-SEG files (None for other sources)."""
     if data.source == "nnunet" or (data.source == "folder" and data.folder is not None
                                    and is_nnunet_folder(data.folder)):
         return LabelMap(read_nnunet(data.folder).labels)
+    if data.source == "lists" and data.train_list is not None and is_volume_data(data):
+        return seg_label_map([c.label for cases in (volume_cases(data) or {}).values()
+                              for c in cases if c.label is not None])
     return None
+
+
+def seg_label_map(labels: Sequence[Path]) -> LabelMap | None:
+    """Segment number -> SegmentLabel over the DICOM-SEG files among `labels` (None when none
+    is a SEG); one number named differently in two files stops with both named."""
+    names: dict[int, tuple[str, Path]] = {}
+    for path in labels:
+        if not is_dicom_seg(path):
+            continue
+        for number, name in segment_labels(path).items():
+            if number in names and names[number][0] != name:
+                raise SamMedftError(
+                    f"segment {number} is {names[number][0]!r} in {names[number][1]} but "
+                    f"{name!r} in {path}: segments become classes by number, so number them "
+                    "alike in every SEG file, or give data.labels (value -> class name)")
+            names.setdefault(number, (name, path))
+    if not names:
+        return None
+    return LabelMap({0: "background", **{n: v for n, (v, _) in sorted(names.items())}})

@@ -8,7 +8,8 @@ into a viewer. Formats are read by the field's libraries (nibabel for NIfTI, MON
 
 The API:
 
-- `is_volume(path)`: a `.nii`/`.nii.gz` file, or a folder holding a DICOM series.
+- `is_volume(path)`: a `.nii`/`.nii.gz` file, or a folder holding a DICOM series;
+  `is_label_volume(path)` also accepts a DICOM-SEG file.
 - `volume_case_id(path)`: the case name (file name without `.nii.gz`, or the folder name).
 - `read_volume(path, label=False) -> Volume`: `Volume.array` is the voxel array reoriented
   (never resampled) to the closest canonical RAS+ orientation (nibabel's
@@ -20,6 +21,8 @@ The API:
 - `write_label_volume(path, labels, like=volume)` writes a label array given in the
   canonical orientation back in the source's own voxel order, affine and header (as NIfTI,
   also for a DICOM source), atomically (a temporary file renamed into place).
+- `read_labels(path, image) -> Volume`: a label volume for `image`, also from a DICOM-SEG
+  file (`dicom_seg`: highdicom places its segments onto the image's grid).
 - `read_geometry(path) -> Geometry`: shape, affine, spacing and orientation as `read_volume`
   gives them, from a NIfTI header alone (fast: for listing and checking many files).
 - `check_same_geometry(image, label)`: one error naming both files when a label volume does
@@ -46,6 +49,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt
 
+from sam_medft.data.dicom_seg import is_dicom_seg, read_seg_on_grid
 from sam_medft.data.io import MissingFileError
 from sam_medft.errors import SamMedftError
 from sam_medft.files import disk_errors
@@ -121,6 +125,12 @@ def is_volume(path: str | Path) -> bool:
     return (is_nifti(p) and p.is_file()) or is_dicom_series(p)
 
 
+def is_label_volume(path: str | Path) -> bool:
+    """Whether `path` names a label volume: a volume, or a DICOM-SEG file (read on its image's
+    grid by `read_labels`)."""
+    return is_volume(path) or is_dicom_seg(path)
+
+
 def volume_case_id(path: str | Path) -> str:
     """The case name of a volume path: `case_001.nii.gz` -> `case_001`, a folder -> its name."""
     name = Path(path).name
@@ -158,6 +168,24 @@ def read_volume(path: str | Path, label: bool = False) -> Volume:
     return Volume(array=array, affine=np.asarray(canonical.affine, dtype=np.float64), path=p,
                   source_affine=np.asarray(img.affine, dtype=np.float64), source_ornt=src_ornt,
                   header=header, kind=kind)
+
+
+def read_labels(path: str | Path, image: Volume | Geometry) -> Volume:
+    """The label volume of `image`: a NIfTI file or DICOM series as `read_volume` reads it
+    (the caller checks its grid), or a DICOM-SEG file placed onto the image's voxel grid
+    (segment numbers as values; an error naming both files when it was drawn elsewhere)."""
+    p = Path(path)
+    if not is_dicom_seg(p):
+        return read_volume(p, label=True)
+    array = read_seg_on_grid(p, image.affine, image.shape, image.path)
+    source_ornt = ornt.axcodes2ornt(tuple(image.orientation))
+    if isinstance(image, Volume):
+        source_affine = image.source_affine
+    else:  # undo as_closest_canonical: canonical affine = stored affine @ inv_ornt_aff
+        stored_shape = tuple(image.shape[int(axis)] for axis, _ in source_ornt)
+        source_affine = image.affine @ np.linalg.inv(ornt.inv_ornt_aff(source_ornt, stored_shape))
+    return Volume(array=array, affine=np.asarray(image.affine, dtype=np.float64), path=p,
+                  source_affine=source_affine, source_ornt=source_ornt, kind="dicom-seg")
 
 
 @dataclass(frozen=True)

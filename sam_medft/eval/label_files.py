@@ -19,10 +19,19 @@ from pathlib import Path
 import numpy as np
 
 from sam_medft.config import IntensityConfig
+from sam_medft.data.dicom_seg import is_dicom_seg
 from sam_medft.data.io import IMAGE_EXTENSIONS, LOSSY_MASK_EXTENSIONS, read_mask
 from sam_medft.data.lists import read_pair_list
 from sam_medft.data.volume_source import scale_volume
-from sam_medft.data.volumes import AXES, plane, plane_spacing, read_volume
+from sam_medft.data.volumes import (
+    AXES,
+    Volume,
+    plane,
+    plane_spacing,
+    read_geometry,
+    read_volume,
+)
+from sam_medft.data.volumes import read_labels as read_volume_labels
 from sam_medft.errors import SamMedftError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
@@ -47,7 +56,7 @@ class LabelFile:
 
     @property
     def is_volume(self) -> bool:
-        return is_volume_path(self.path)
+        return is_volume_path(self.path) or is_dicom_seg(self.path)
 
 
 @dataclass
@@ -101,7 +110,7 @@ def reference_files(ref: str | Path) -> list[LabelFile]:
     if ref.is_dir():
         return [LabelFile(c, p) for c, p in _label_files(ref, "reference").items()]
     if ref.is_file() and ref.suffix.lower() in LIST_SUFFIXES:
-        pairs = read_pair_list(ref)
+        pairs = read_pair_list(ref, folders_ok=True)  # an image may be a DICOM series
         return [LabelFile(case_id(p.image), p.mask, p.image) for p in pairs]
     if ref.is_file():
         raise SamMedftError(
@@ -161,7 +170,22 @@ def read_labels(path: Path) -> LabelArray:
     `data.volumes`) as axial slices (slice, row, column) with their spacing in mm."""
     if not is_volume_path(path):
         return LabelArray(read_mask(path), None)
-    vol = read_volume(path, label=True)
+    return _axial(read_volume(path, label=True))
+
+
+def read_reference(ref: LabelFile) -> LabelArray:
+    """A reference's labels: `read_labels`, or a DICOM-SEG placed on its list image's grid
+    (a SEG holds frames of some slices only: without its image series it has no grid)."""
+    if not is_dicom_seg(ref.path):
+        return read_labels(ref.path)
+    if ref.image is None:
+        raise SamMedftError(
+            f"reference {ref.path} is a DICOM-SEG file: it is read on the grid of the image "
+            "series it was drawn on, so give --ref as a list of `image_series,seg.dcm` rows")
+    return _axial(read_volume_labels(ref.path, read_geometry(ref.image)))
+
+
+def _axial(vol: Volume) -> LabelArray:
     data = np.stack([plane(vol.array, AXIAL, k) for k in range(vol.shape[AXIAL])])
     spacing = (vol.spacing[AXIAL], *plane_spacing(vol.spacing, AXIAL))
     return LabelArray(data, spacing, vol.affine, vol.orientation)
@@ -224,6 +248,7 @@ __all__ = [
     "is_volume_path",
     "match_cases",
     "read_labels",
+    "read_reference",
     "reference_files",
     "reference_image",
 ]

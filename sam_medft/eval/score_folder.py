@@ -34,6 +34,7 @@ from sam_medft.eval.label_files import (
     check_geometry,
     match_cases,
     read_labels,
+    read_reference,
     reference_image,
 )
 from sam_medft.eval.metrics import HD95_DEFINITION, NSD_DEFINITION, case_metrics
@@ -140,7 +141,7 @@ def _legend_classes(pred_dir: Path) -> tuple[dict[int, str], str] | None:
 def _values_found(pairs: Sequence[tuple[LabelFile, Path]]) -> dict[int, str]:
     found: set[int] = set()
     for ref, _ in pairs:
-        found |= {int(v) for v in np.unique(read_labels(ref.path).data)}
+        found |= {int(v) for v in np.unique(read_reference(ref).data)}
     found.discard(0)
     if not found:
         raise SamMedftError(
@@ -267,7 +268,7 @@ def score_prediction_folder(
     unknown: set[int] = set()
     spacings = []
     for r, p in tqdm(pairs, desc="eval", unit="case", disable=not show_progress):
-        ref_arr, pred_arr = read_labels(r.path), read_labels(p)
+        ref_arr, pred_arr = read_reference(r), read_labels(p)
         check_geometry(pred_arr, ref_arr, p, r.path)
         sp = ref_arr.spacing if volumes else (pixel or (1.0, 1.0))
         spacings.append(sp)
@@ -339,7 +340,7 @@ def _render_picks(pairs, rows, ids, volumes: bool, out: Path, k: int) -> list[Pa
     paths = []
     for pick in pick_cases(rows, k=k):
         ref_file, pred_path = by_case[pick["case"]]
-        ref_arr: LabelArray = read_labels(ref_file.path)
+        ref_arr: LabelArray = read_reference(ref_file)
         pred_arr = read_labels(pred_path)
         cid = int(pick["class_id"])
         title = (

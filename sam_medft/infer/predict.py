@@ -237,7 +237,8 @@ def _with_extras(targets: Sequence[Path], probs: bool, overlays: bool) -> list[P
 
 def check_output_folder(inputs: Sequence[str | Path], outputs: Sequence[Path], out_dir: Path, *,
                         overwrite: bool = False, claim: bool = True,
-                        img_folder: str | Path | None = None) -> None:
+                        img_folder: str | Path | None = None,
+                        input_files: Sequence[Path] | None = None) -> None:
     """Refuse an --out folder that would put the user's files at risk; nothing is written
     unless every check passes. `outputs`: the files about to be written in it.
 
@@ -247,12 +248,13 @@ def check_output_folder(inputs: Sequence[str | Path], outputs: Sequence[Path], o
     - outputs an earlier `predict` wrote: replaced only with `overwrite` (legend.json, the
       folder's own metadata, is rewritten either way).
 
+    `input_files`: what the inputs hold, when not 2-D images (see `check_out_location`).
     `claim=True` then records `outputs` in the folder's manifest (creating the folder) before
     any of them is written, so an interrupted run's files are known as ours."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SamMedftError(f"--out {out} is a file: give a folder for the label maps")
-    check_out_location(inputs, out, img_folder)
+    check_out_location(inputs, out, img_folder, input_files)
     outputs = list(outputs)
     if len(set(outputs)) != len(outputs):
         twice = next(p for p in outputs if outputs.count(p) > 1)
@@ -282,12 +284,16 @@ def check_output_folder(inputs: Sequence[str | Path], outputs: Sequence[Path], o
 
 
 def check_out_location(inputs: Sequence[str | Path], out_dir: Path,
-                       img_folder: str | Path | None = None) -> None:
-    """--out must not be an input folder, lie inside one, or hold an input image or list
-    (refused whatever --overwrite says; the message never suggests it)."""
+                       img_folder: str | Path | None = None,
+                       input_files: Sequence[Path] | None = None) -> None:
+    """--out must not be an input folder, lie inside one, or hold an input image, volume or
+    list (refused whatever --overwrite says; the message never suggests it). `input_files`:
+    what the inputs hold (default: the 2-D images `collect_inputs` finds; volume prediction
+    passes its volumes, so one rule serves both)."""
     out = Path(out_dir)
     out_r = out.resolve()
-    for raw in inputs:
+    held = [Path(f) for f in input_files or () if Path(f).is_dir()]  # listed DICOM series
+    for raw in [*inputs, *held]:
         p = Path(raw)
         if p.is_dir() and (out_r == p.resolve() or out_r.is_relative_to(p.resolve())):
             where = "the input folder" if out_r == p.resolve() else "inside the input folder"
@@ -296,7 +302,8 @@ def check_out_location(inputs: Sequence[str | Path], out_dir: Path,
                 f"(and read as inputs next time); choose an --out outside it, e.g. --out "
                 f"{_beside(p)}")
     files = [Path(raw) for raw in inputs if Path(raw).is_file()]
-    files += [f for f, _ in collect_inputs(inputs, img_folder)]
+    files += (list(input_files) if input_files is not None
+              else [f for f, _ in collect_inputs(inputs, img_folder)])
     for f in files:
         if f.resolve().is_relative_to(out_r):
             raise SamMedftError(

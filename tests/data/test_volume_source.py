@@ -22,6 +22,7 @@ from sam_medft.data.synthetic_volumes import (
     write_dicom_series,
     write_synthetic_volumes,
 )
+from sam_medft.data.volume_check import check_volumes
 from sam_medft.data.volume_source import (
     VolumeCase,
     VolumeSliceSource,
@@ -215,6 +216,40 @@ def test_a_datasets_dataset_of_volume_paths_is_sliced(nnunet, tmp_path):
     splits = build_splits(data)
     assert isinstance(splits["val"], VolumeSliceSource)
     assert len(splits["train"]) == 2 * SLICES and splits["val"].load(0).case == "case_002"
+
+
+def test_data_check_lists_each_volume_of_a_datasets_source(nnunet, tmp_path):
+    """`data check` on a `datasets` dataset of volume paths: the per-volume table (shape,
+    spacing, orientation, label values), and a label on another grid named in its row."""
+    import datasets
+
+    def split(ids, label_of=lambda i: nnunet / "labelsTr" / f"case_{i:03d}.nii.gz"):
+        return datasets.Dataset.from_dict({
+            "image": [str(nnunet / "imagesTr" / f"case_{i:03d}_0000.nii.gz") for i in ids],
+            "mask": [str(label_of(i)) for i in ids]})
+
+    datasets.DatasetDict({"train": split([0, 1]), "validation": split([2])}).save_to_disk(
+        str(tmp_path / "ds"))
+    run = subprocess.run([sys.executable, "-m", "sam_medft", "data", "check", "demo",
+                          "data.source=hf", f"data.hf.path={tmp_path / 'ds'}",
+                          "data.hf.test_split=null", "data.labels=null"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    table = run.stdout[run.stdout.index("volumes ("):]
+    for case in ("case_000", "case_001", "case_002"):
+        row = next(line for line in table.splitlines() if case in line)
+        assert f"{SIZE}x{SIZE}x{SLICES}" in row and "LPS" in row and "0, 1, 2" in row
+    img = nib.load(str(nnunet / "imagesTr" / "case_003_0000.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), lps_affine((0.8, 0.8, 2.5),
+                                                                       origin=(0, 0, 0))),
+             str(tmp_path / "shifted.nii.gz"))
+    datasets.DatasetDict({"train": split([0]), "validation": split(
+        [3], label_of=lambda i: tmp_path / "shifted.nii.gz")}).save_to_disk(str(tmp_path / "ds2"))
+    report = check_volumes(DataConfig(source="hf", hf=HFDataConfig(path=str(tmp_path / "ds2"),
+                                                                   test_split=None)))
+    assert [(r.split, r.case_id, r.problem) for r in report.rows] == [
+        ("train", "case_000", ""), ("val", "case_003", "label/image geometry differ")]
+    assert "shifted.nii.gz and its image" in report.errors[0]
 
 
 def test_data_synth_volumes_command_says_how_to_train(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 from sam_medft.adapters.artifact import save_adapter
 from sam_medft.adapters.methods import apply_method
 from sam_medft.config import IntensityConfig, PeftSettings, VolumeConfig, load_recipe
-from sam_medft.data.synthetic_volumes import write_synthetic_volumes
+from sam_medft.data.synthetic_volumes import write_dicom_series, write_synthetic_volumes
 from sam_medft.data.volume_source import scale_volume, slice_image
 from sam_medft.data.volumes import plane, read_volume
 from sam_medft.errors import SamMedftError
@@ -110,9 +110,44 @@ def test_predict_command_writes_nifti_volumes_beside_nothing_of_the_users(volume
     # the folder rules hold before the model loads (run folder given, not a loaded model)
     with pytest.raises(SamMedftError, match="--overwrite"):
         predict_volume_paths(volume_run, [volumes / "imagesTs"], out, show_progress=False)
-    with pytest.raises(SamMedftError, match="inside, the input folder"):
+    with pytest.raises(SamMedftError, match="is inside the input folder .*imagesTs"):
         predict_volume_paths(volume_run, [volumes / "imagesTs"], volumes / "imagesTs" / "p")
     assert not (volumes / "imagesTs" / "p").exists()
+
+
+def test_predict_command_takes_a_list_of_volumes_and_dicom_series(volume_run, volumes,
+                                                                  tmp_path):
+    """`predict RUN list.csv`: the list's image column names NIfTI files and a DICOM series
+    folder (relative to the list's folder); the label column is ignored."""
+    src = volumes / "imagesTs" / "case_003_0000.nii.gz"
+    data = tmp_path / "data"
+    (data / "scans").mkdir(parents=True)
+    (data / "scans" / "case_003_0000.nii.gz").write_bytes(src.read_bytes())
+    lps = np.asanyarray(nib.load(str(volumes / "imagesTs" / "case_004_0000.nii.gz")).dataobj)
+    write_dicom_series(data / "scans" / "case_004", lps, (1.0, 1.0, 2.5), (-10.0, -10.0, 0.0))
+    lst = data / "test.csv"
+    lst.write_text("image,mask\nscans/case_003_0000.nii.gz,unused.nii.gz\nscans/case_004,x\n")
+    assert has_volume_inputs([lst])
+    out = tmp_path / "preds"
+    cmd = [sys.executable, "-m", "sam_medft", "predict", str(volume_run), str(lst), "--out",
+           str(out), "--device", "cpu"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "case_003.nii.gz", "case_004.nii.gz", "legend.json", "sam_medft_predictions.json"]
+    for case, source in (("case_003", src), ("case_004", data / "scans" / "case_004")):
+        pred, vol = read_volume(out / f"{case}.nii.gz", label=True), read_volume(source)
+        assert pred.shape == vol.shape and np.allclose(pred.affine, vol.affine)
+    # one --out rule for images and volumes: never among the listed volumes, nor holding one
+    with pytest.raises(SamMedftError, match="is inside the input folder .*case_004"):
+        predict_volume_paths(volume_run, [lst], data / "scans" / "case_004" / "p")
+    with pytest.raises(SamMedftError, match="holds the input .*scans/case_00"):
+        predict_volume_paths(volume_run, [lst], data / "scans")
+    (data / "a.png").write_bytes(b"")
+    lst.write_text("scans/case_003_0000.nii.gz\na.png\n")
+    with pytest.raises(SamMedftError, match="lists .*a.png, which is not a volume"):
+        predict_volume_paths(volume_run, [lst], tmp_path / "p2")
+    assert not (tmp_path / "p2").exists() and not (data / "scans" / "case_004" / "p").exists()
 
 
 def test_volumes_and_images_are_not_mixed(volumes, tmp_path):
