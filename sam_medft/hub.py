@@ -497,8 +497,9 @@ def _build_card(run: RunFiles, repo_id: str | None, license: str | None) -> Mode
     )
     if base_id:
         base_text = f"[{base_id}](https://huggingface.co/{base_id})"
-    elif base in (None, "", "tiny"):
-        base_text = "the built-in random `tiny` SamModel (a test/demo model, not for real use)"
+    elif not base or (lookup(base) is not None and lookup(base).is_tiny):  # tiny-mobilesam too
+        base_text = (f"the built-in random `{base or 'tiny'}` model (built from a config with "
+                     "random weights: a test/demo model, not for real use)")
     else:
         base_text = f"`{base}` (a local model folder)"
     if meta.base_revision:

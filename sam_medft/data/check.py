@@ -188,6 +188,7 @@ def check_dataset(data: DataConfig, progress: bool = False,
     Python; never raises for data problems (see `DataReport.raise_for_errors`)."""
     errors: list[str] = []
     warns: list[str] = []
+    split_errors: list[str] = []  # handed-over sources were built by the caller: none here
     if sources is None:
         sources, split_errors = _sources(data)
         errors.extend(split_errors)

@@ -71,14 +71,18 @@ def eval_command(
         typer.Option(help="with --pred, 2-D maps: pixel size row,column in mm (default: pixels)"),
     ] = None,
     nsd_tolerance: Annotated[
-        float, typer.Option(help="with --pred: NSD tolerance in mm (pixels without spacing)")
-    ] = 1.0,
+        float | None,
+        typer.Option(help="with --pred: NSD tolerance in mm (pixels without spacing); "
+                     "default 1.0"),
+    ] = None,
     empty_policy: Annotated[
-        str, typer.Option(help="with --pred: exclude or count (both-empty cases)")
-    ] = "exclude",
+        str | None,
+        typer.Option(help="with --pred: exclude or count (both-empty cases); default exclude"),
+    ] = None,
     overlays: Annotated[
-        int, typer.Option(help="with --pred: worst and best cases drawn per class")
-    ] = 2,
+        int | None,
+        typer.Option(help="with --pred: worst and best cases drawn per class; default 2"),
+    ] = None,
 ) -> None:
     """Dice, IoU, HD95 and NSD per image (or volume) and class at the original resolution;
     writes per_case.csv, summary.json, overlays and report.html into <run>/eval/ (with
@@ -89,14 +93,22 @@ def eval_command(
 
         if pred is None or ref is None:
             raise SamMedftError("--pred and --ref go together: --pred DIR --ref LIST_OR_DIR")
-        if run is not None or list_file is not None or split is not None or data or baseline:
+        run_only = given_options({
+            "RUN": run, "--split": split, "--list": list_file, "--data": data or None,
+            "--baseline": baseline or None, "--clicks": clicks, "--device": device,
+            "--revision": revision,
+        })
+        if run_only:
             raise SamMedftError(
-                "give either a RUN (with --split/--list/--data/--baseline) or --pred DIR --ref "
-                "LIST_OR_DIR: --pred scores files already predicted, so no model is loaded"
+                f"{run_only} {'is' if ',' not in run_only else 'are'} for evaluating a RUN, and "
+                "--pred scores files already predicted (no model is loaded): give either a RUN "
+                "(with --split/--list/--data/--baseline/--clicks/--device/--revision) or "
+                f"--pred DIR --ref LIST_OR_DIR; drop {run_only}"
             )
         result = score_prediction_folder(
             pred, ref, out_dir=out_dir, classes=classes, spacing=spacing,
-            nsd_tolerance=nsd_tolerance, empty_policy=empty_policy, overlays=overlays,
+            nsd_tolerance=1.0 if nsd_tolerance is None else nsd_tolerance,
+            empty_policy=empty_policy or "exclude", overlays=2 if overlays is None else overlays,
         )
         print_folder_result(result, format_table)
         return
@@ -104,6 +116,18 @@ def eval_command(
         raise SamMedftError(
             "sam-medft eval needs a RUN (run folder, adapter folder or Hub id), or --pred DIR "
             "--ref LIST_OR_DIR to score a folder of predictions"
+        )
+    pred_only = given_options({
+        "--classes": classes, "--spacing": spacing, "--nsd-tolerance": nsd_tolerance,
+        "--empty-policy": empty_policy, "--overlays": overlays,
+    })
+    if pred_only:
+        raise SamMedftError(
+            f"{pred_only} {'is' if ',' not in pred_only else 'are'} for --pred DIR --ref "
+            "LIST_OR_DIR (scoring a folder of predictions); a RUN takes its classes and "
+            "spacing from its recipe, and the rest from the recipe's eval section: drop "
+            f"{pred_only}, or set e.g. --data eval.nsd_tolerance=2 --data eval.empty_policy=count "
+            "--data eval.overlays=0"
         )
     from sam_medft.eval.evaluate import evaluate_run
     from sam_medft.eval.prompt_eval import format_prompt_table
@@ -121,9 +145,8 @@ def eval_command(
         device=device,
         revision=revision,
     )
-    table = format_table(result.summary)
-    table.title = f"{table.title}: {result.mode}" + (
-        ", 3-D per volume" if result.slice_summary is not None else "")
+    table = format_table(result.summary, volumes=result.slice_summary is not None)
+    table.title = f"{table.title}: {result.mode}"
     print_renderable(table, console=out)
     if result.slice_summary is not None:
         per_slice = format_table(result.slice_summary)
@@ -153,11 +176,15 @@ def eval_command(
     )
 
 
+def given_options(options: dict[str, object]) -> str:
+    """The names of the options given (not None), comma-separated: what a refusal names."""
+    return ", ".join(name for name, value in options.items() if value is not None)
+
+
 def print_folder_result(result, format_table) -> None:
     """The tables of `eval --pred`: per case (3-D for volumes), then per slice."""
     out = stdout_console()
-    table = format_table(result.summary)
-    table.title = f"{table.title}: {'3-D volumes' if result.volumes else '2-D maps'}"
+    table = format_table(result.summary, volumes=result.volumes)
     print_renderable(table, console=out)
     if result.slice_summary is not None:
         per_slice = format_table(result.slice_summary)

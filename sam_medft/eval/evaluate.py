@@ -69,6 +69,7 @@ from sam_medft.hub import resolve_run
 from sam_medft.infer.pipeline import predict_images
 from sam_medft.infer.predict import FineTunedSam
 from sam_medft.models.loading import load_base_model, resolve_model_name
+from sam_medft.models.registry import is_random_model
 from sam_medft.runs import AdapterMeta, RunFolder, run_recipe_file
 from sam_medft.tasks import task_from_meta
 from sam_medft.version import __version__
@@ -419,15 +420,8 @@ def score_masks(
     return rows
 
 
-@contextmanager
-def baseline_of(predictor) -> Iterator[tuple[Any, str]]:
-    """The base model without the adapter, in the same mode, and a note saying what it is.
-
-    PEFT runs switch the adapter off in place (`disable_adapter`); vanilla runs have no
-    adapter to switch off, so the base model is loaded fresh (seeded: new class heads are
-    random, and the same every time).
-    """
-    meta = predictor.meta
+def baseline_note(meta: AdapterMeta) -> str:
+    """What `--baseline` evaluates, said beside its numbers (a random base's is chance level)."""
     outputs = meta.mask_outputs or meta.num_classes
     if not task_from_meta(meta).prompted:
         note = (
@@ -446,8 +440,23 @@ def baseline_of(predictor) -> Iterator[tuple[Any, str]]:
             f"Baseline: the base model {meta.base_model} without the adapter, zero-shot, "
             "with the same GT-derived prompts."
         )
-    if meta.base_model == "tiny":
-        note += " (model.name=tiny is a random test model: its baseline is chance level.)"
+    if is_random_model(meta.base_model):
+        note += (f" ({meta.base_model} is a random test model, no pretrained weights: its "
+                 "baseline is chance level.)")
+    return note
+
+
+@contextmanager
+def baseline_of(predictor) -> Iterator[tuple[Any, str]]:
+    """The base model without the adapter, in the same mode, and a note saying what it is.
+
+    PEFT runs switch the adapter off in place (`disable_adapter`); vanilla runs have no
+    adapter to switch off, so the base model is loaded fresh (seeded: new class heads are
+    random, and the same every time).
+    """
+    meta = predictor.meta
+    outputs = meta.mask_outputs or meta.num_classes
+    note = baseline_note(meta)
     if isinstance(predictor.model, PeftModel):
         with predictor.model.disable_adapter():
             yield predictor, note
@@ -735,6 +744,7 @@ __all__ = [
     "EVAL_SEED",
     "EvalData",
     "EvalResult",
+    "baseline_note",
     "baseline_of",
     "evaluate_run",
     "find_run",

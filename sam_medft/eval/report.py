@@ -22,7 +22,7 @@ from PIL import Image as PILImage
 
 from sam_medft.errors import SamMedftError
 from sam_medft.eval.metrics import HD95_DEFINITION, NSD_DEFINITION
-from sam_medft.eval.summary import resolved_value
+from sam_medft.eval.summary import metrics_scope, resolved_value
 
 GT_COLOR = "#00e676"  # green, solid: reference
 PRED_COLOR = "#ff1fd2"  # magenta, dashed: prediction
@@ -461,6 +461,9 @@ def write_report(
     """
     eval_dir = Path(eval_dir)
     eval_dir.mkdir(parents=True, exist_ok=True)
+    volumes = str((extra or {}).get("cases", "")).startswith("3-D")  # both runners say so
+    units = "" if volumes else (
+        "; HD95 is in the units of the pixel spacing (mm when the spacing is given in mm)")
     meta = ""
     if extra:
         cells = "".join(
@@ -488,9 +491,7 @@ def write_report(
 <body>
 <h1>{html.escape(title)}</h1>
 <p>{summary["n_cases"]} cases, {len(summary["per_class"])} foreground classes.
-Metrics per image (or per volume, in 3-D) at the original resolution (Dice, IoU, HD95,
-normalised surface Dice); HD95 is in the units of the pixel spacing (mm when the spacing is
-given in mm).</p>
+Metrics {metrics_scope(volumes)} (Dice, IoU, HD95, normalised surface Dice){units}.</p>
 <p class="policy" id="definitions">{html.escape(HD95_DEFINITION)}.<br>
 {html.escape(NSD_DEFINITION)}.</p>
 {meta}

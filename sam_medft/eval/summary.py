@@ -231,11 +231,21 @@ def _fmt(stats: dict, digits: int = 4) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 
-def format_table(summary: dict) -> Table:
-    """The summary as a rich table (one line per class, then the foreground mean)."""
+def metrics_scope(volumes: bool) -> str:
+    """What one case's numbers measure, for titles and reports: a 3-D score per volume (the
+    distances in mm) must never read as a per-image one, and the other way round."""
+    if volumes:
+        return "per volume in 3-D (HD95 and NSD in mm, from the voxel spacing)"
+    return "per image at its original size"
+
+
+def format_table(summary: dict, *, volumes: bool = False) -> Table:
+    """The summary as a rich table (one line per class, then the foreground mean); `volumes`:
+    the cases are volumes scored in 3-D (the title says so)."""
+    cases = "volumes" if volumes else "cases"
     table = Table(
-        title=f"Segmentation metrics at each image's original size ({summary['n_cases']} "
-        f"cases, empty policy: {summary['empty_policy']})",
+        title=f"Segmentation metrics {metrics_scope(volumes)} ({summary['n_cases']} {cases}, "
+        f"empty policy: {summary['empty_policy']})",
         caption=summary["policy_description"],
     )
     for col in ("class", "Dice", "IoU", "HD95", "NSD", "n", "both empty", "false pos.", "miss"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import SamConfig, SamHQConfig, SamHQModel, SamModel
 
+from sam_medft.model_names import lookup
 from sam_medft.models.mobile_sam import MobileSamConfig, MobileSamModel
 from sam_medft.models.sam_hq_decoder import use_official_decoder
 
@@ -94,6 +95,14 @@ def architecture_config(name: str) -> SamConfig:
 def random_base_name(name: str) -> str | None:
     """``sam-vit-base`` for ``random:sam-vit-base``, None for any other model name."""
     return name[len(RANDOM_PREFIX):] if name.startswith(RANDOM_PREFIX) else None
+
+
+def is_random_model(name: str) -> bool:
+    """Whether the base model `name` (as an adapter records it) has random weights: a built-in
+    test model (`tiny`, `tiny-mobilesam`: no Hub checkpoint, nothing to convert) or a
+    `model.random_init` architecture (`random:<name>`). Its zero-shot numbers are chance level."""
+    entry = lookup(name)
+    return random_base_name(name) is not None or (entry is not None and entry.is_tiny)
 
 
 def random_init_names() -> list[str]:

@@ -11,6 +11,8 @@ from rich.console import Console
 
 from sam_medft.config import DataConfig
 from sam_medft.data.check import check_dataset
+from sam_medft.data.lists import Pair
+from sam_medft.data.sources import PairSource
 from sam_medft.errors import SamMedftError
 from sam_medft.resources import recipes_dir
 
@@ -348,3 +350,17 @@ def test_unmapped_label_advice_works_as_given(tmp_path):
     errs = "\n".join(rep.errors)
     assert "unmapped labels" in errs and "data.binary=true" in errs
     assert check_dataset(load_recipe(recipe, ["data.binary=true"]).data).ok
+
+
+def test_sources_handed_over_in_python_are_checked(tmp_path):
+    """`check_dataset(data, sources=...)` (the Python API): an empty mapping is the missing
+    train split, not an UnboundLocalError; a handed-over train split is checked as given."""
+    rep = check_dataset(_cfg(tmp_path), sources={})
+    assert rep.errors == ["no train split configured (data.train_list / data.folder / data.hf)"]
+
+    row = _pair(tmp_path, "t0", _blob(7))
+    image, mask = (tmp_path / part for part in row.split(","))
+    train = PairSource([Pair(image, mask)], root=tmp_path)
+    rep = check_dataset(_cfg(tmp_path, labels={0: "background", 7: "a"}), sources={"train": train})
+    assert rep.ok, rep.errors
+    assert rep.splits["train"].class_images == [1, 1]

@@ -66,6 +66,7 @@ def test_cli_baseline_prints_positive_delta_and_cleans_up(demo_run: Path, tmp_pa
     )
     assert res.exit_code == 0, res.output
     assert "Fine-tuned minus baseline" in res.output and "zero-shot" in res.output
+    assert "(tiny is a random test model" in " ".join(res.output.split())
     delta = json.loads((out / "delta.json").read_text())
     assert delta["foreground_mean"]["dice"] > 0.2
     assert all(e["dice"] > 0 for e in delta["per_class"].values())

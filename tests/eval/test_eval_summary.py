@@ -218,7 +218,18 @@ def test_never_predicted_class_is_named_in_summary_and_table(rows, tmp_path):
     text = console.export_text()
     assert "2 tumour (never predicted)" in text and "never predicted: 2 tumour" in text
     assert "tumour was never predicted on any of the 2 cases" in text
-    assert "at each image's original size" in text
+    assert "per image at its original size (2 cases" in text
+
+
+def test_table_title_says_volumes_are_scored_in_3d_in_mm(rows):
+    """A 3-D score per volume is never titled as a per-image one (and the other way round)."""
+    s = summarize(rows, NAMES, "exclude")
+    for volumes, says, never in ((True, "per volume in 3-D (HD95 and NSD in mm", "image"),
+                                 (False, "per image at its original size", "volume")):
+        title = format_table(s, volumes=volumes).title
+        assert says in title and never not in title
+    assert format_table(s, volumes=True).title.endswith(f"({s['n_cases']} volumes, empty "
+                                                        "policy: exclude)")
 
 
 def test_never_predicted_class_is_named_in_the_html_report(tmp_path):

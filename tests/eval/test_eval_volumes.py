@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from sam_medft.adapters.artifact import save_adapter
 from sam_medft.adapters.methods import apply_method
+from sam_medft.cli import app
 from sam_medft.config import IntensityConfig, PeftSettings, VolumeConfig, load_recipe
 from sam_medft.data.synthetic_volumes import write_synthetic_volumes
 from sam_medft.eval.evaluate import evaluate_run
@@ -79,6 +81,18 @@ def test_volume_runs_score_3d_in_mm_beside_the_slices(volume_run, tmp_path):
     page = (tmp_path / "ev" / "report.html").read_text()
     assert 'id="slice-summary"' in page
     assert result.overlays and all(p.is_file() for p in result.overlays)
+
+
+def test_eval_of_a_volume_run_titles_its_table_3d_per_volume(volume_run, tmp_path):
+    run, _ = volume_run
+    res = CliRunner().invoke(app, ["eval", str(run), "--out", str(tmp_path / "ev"), "--device",
+                                   "cpu", "--data", "eval.overlays=0"])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "Segmentation metrics per volume in 3-D (HD95 and NSD in mm" in said
+    assert "(2 volumes, empty policy" in said and "each image" not in said
+    page = (tmp_path / "ev" / "report.html").read_text()
+    assert "Metrics per volume in 3-D (HD95 and NSD in mm" in page
 
 
 def test_eval_run_and_eval_pred_on_predicted_nifti_agree(volume_run, tmp_path):

@@ -75,6 +75,9 @@ def test_a_hand_written_2d_folder_scores_the_closed_form(folders_2d, tmp_path):
     assert "length (2-D) or area (3-D)" in page and "worst · class 255 255 · case a" in page
     assert len(list((tmp_path / "ev" / "overlays").glob("*.png"))) == 3  # a, b worst; c best
     assert "per_slice.csv" not in res.output
+    said = " ".join(res.output.split())
+    assert "Segmentation metrics per image at its original size (3 cases" in said
+    assert "Metrics per image at its original size" in page and "volume" not in said
 
 
 def test_2d_spacing_and_class_names(folders_2d, tmp_path):
@@ -142,6 +145,9 @@ def test_hand_written_volumes_score_3d_metrics_in_mm(nnunet_volumes, tmp_path):
     pred, ref = nnunet_volumes
     res = runner.invoke(app, ["eval", "--pred", str(pred), "--ref", str(ref)])
     assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "Segmentation metrics per volume in 3-D (HD95 and NSD in mm" in said
+    assert "each image" not in said
     out = pred.parent / "nnunet_preds_eval"  # the default: beside the predictions
     rows = {r["case"]: r for r in _csv(out / "per_case.csv")}
     one = rows["case_001"]
@@ -164,6 +170,7 @@ def test_hand_written_volumes_score_3d_metrics_in_mm(nnunet_volumes, tmp_path):
     assert summary["metric_per_case"][0]["reference_file"].endswith("case_001.nii.gz")
     page = (out / "report.html").read_text()
     assert 'id="slice-summary"' in page and "Per-slice numbers" in page
+    assert "Metrics per volume in 3-D (HD95 and NSD in mm" in page
     strips = sorted((out / "overlays").glob("*.png"))
     # two cases, two overlays per class: each case once, worst first
     assert [p.name for p in strips] == ["worst_class1_case_001.png", "worst_class1_case_002.png"]
@@ -290,3 +297,31 @@ def test_strips_show_the_nnunet_image_beside_the_labels(tmp_path):
     assert image[labels.data == 1].mean() > image[labels.data == 0].mean() + 20
     (root / "imagesTs" / "case_001_0000.nii.gz").unlink()
     assert reference_image(LabelFile("case_001", label), labels) is None
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--clicks", "2"], "--clicks"), (["--device", "cpu"], "--device"),
+    (["--revision", "main"], "--revision"), (["--baseline"], "--baseline"),
+    (["--split", "test"], "--split"), (["--data", "eval.overlays=0"], "--data"),
+    (["--device", "cpu", "--clicks", "0"], "--clicks, --device"),
+])
+def test_run_only_options_with_pred_are_refused_by_name(folders_2d, tmp_path, extra, named):
+    """--pred loads no model: a run option would be silently ignored, so it is refused."""
+    pred, ref = folders_2d
+    res = runner.invoke(app, ["eval", "--pred", str(pred), "--ref", str(ref),
+                              "--out", str(tmp_path / "ev"), *extra])
+    assert isinstance(res.exception, SamMedftError), res.output
+    assert str(res.exception).startswith(f"{named} ") and f"drop {named}" in str(res.exception)
+    assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--classes", "255=organ"], "--classes"), (["--nsd-tolerance", "2"], "--nsd-tolerance"),
+    (["--empty-policy", "count"], "--empty-policy"), (["--overlays", "0"], "--overlays"),
+    (["--spacing", "1,1"], "--spacing"),
+])
+def test_pred_only_options_with_a_run_are_refused_by_name(tmp_path, extra, named):
+    """Checked before the run is opened (runs/missing does not exist)."""
+    res = runner.invoke(app, ["eval", str(tmp_path / "missing"), *extra])
+    assert isinstance(res.exception, SamMedftError), res.output
+    assert str(res.exception).startswith(f"{named} is for --pred")

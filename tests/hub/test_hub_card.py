@@ -55,10 +55,12 @@ def test_card_without_eval_and_registry_names(make_run):
     assert f'sam_medft.load("{run}")' in card.text  # a local card points at the local run
 
 
-def test_tiny_base_is_not_claimed_as_a_hub_model(make_run):
-    card = ModelCard(str(hub.build_model_card(make_run(base_model="tiny"))))
+@pytest.mark.parametrize("base", ["tiny", "tiny-mobilesam"])
+def test_tiny_base_is_not_claimed_as_a_hub_model(make_run, base):
+    card = ModelCard(str(hub.build_model_card(make_run(base_model=base))))
     assert card.data.base_model is None
-    assert "tiny" in card.text
+    assert f"the built-in random `{base}` model" in card.text
+    assert "local model folder" not in card.text
 
 
 def test_read_eval_metrics_is_defensive():
