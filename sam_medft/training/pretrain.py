@@ -105,7 +105,7 @@ class PretrainTrainer(Trainer):
         if recipe.train.activation_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         enable_speedups(self.model, recipe)
-        self.base_id = "tiny" if spec.is_tiny else spec.source
+        self.base_id = spec.source  # tiny, tiny-mobilesam: their own names
         self.normalization = spec.normalization
         self.task = MaskedImageTask(recipe.pretrain)
         self.val_task = MaskedImageTask(recipe.pretrain, seed=recipe.train.seed)

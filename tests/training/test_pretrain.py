@@ -64,9 +64,12 @@ def test_mask_token_replaces_only_masked_patches():
         assert torch.allclose(mim(x[:1], mask), mim(y, mask), atol=1e-5)
 
 
-def test_training_steps_lower_the_masked_reconstruction_loss(tiny_model):
+@pytest.mark.parametrize("name", ["tiny", "tiny-mobilesam"])
+def test_training_steps_lower_the_masked_reconstruction_loss(name):
+    """SAM's ViT (channels-last patch tokens) and MobileSAM's TinyViT (a channels-first map at
+    1/4 resolution) both learn to reconstruct the masked squares."""
     torch.manual_seed(0)
-    mim = MaskedImageModel(tiny_model.vision_encoder).train()
+    mim = MaskedImageModel(build_tiny(2, name=name).vision_encoder).train()
     # smooth images (the reconstruction is learnable): low-frequency noise, upsampled
     x = torch.nn.functional.interpolate(torch.randn(4, 3, 8, 8), size=256, mode="bilinear")
     batch = {"pixel_values": x, "index": torch.arange(4)}
@@ -195,3 +198,17 @@ def test_pretrain_under_two_process_ddp(tmp_path):
     summary = json.loads((tmp_path / "ddp" / "train_summary.json").read_text())
     assert summary["steps"] == 2 and summary["history"][0]["n_images"] == 4
     assert (tmp_path / "ddp" / "encoder" / "model.safetensors").is_file()
+
+
+def test_pretrain_run_on_mobilesam_records_its_base(tmp_path):
+    """The TinyViT encoder pretrains through the same command, and the encoder file names
+    its own base (not the ViT `tiny`), so fine-tuning refuses a mismatched model.name."""
+    recipe = load_recipe(SETUPS / "setup3_pretrain.yaml", [
+        f"output_dir={tmp_path}", "name=pre_mobile", *SMALL, "model.name=tiny-mobilesam",
+        "train.max_steps=2", "train.eval_every=2", "train.save_every=2"])
+    run = pretrain(recipe).run_dir
+    meta = json.loads((run / "encoder" / "sam_medft_encoder.json").read_text())
+    assert meta["base_model"] == "tiny-mobilesam"
+    tensors = load_file(str(run / "encoder" / "model.safetensors"))
+    expected = build_tiny(3, name="tiny-mobilesam").vision_encoder.state_dict()
+    assert set(tensors) == {f"vision_encoder.{k}" for k in expected}
