@@ -11,6 +11,7 @@ import zipfile
 import nibabel as nib
 import numpy as np
 import pytest
+from nifti_helpers import permuted_affine, save_nifti
 
 from sam_medft.adapters.artifact import save_adapter
 from sam_medft.adapters.methods import apply_method
@@ -52,20 +53,6 @@ def coronal_25d(tmp_path_factory):
                              device="cpu")
 
 
-def _permuted_affine() -> np.ndarray:
-    """Stored axes: 0 -> Superior (2.5 mm), 1 -> Posterior (0.9 mm), 2 -> Left (0.8 mm)."""
-    aff = np.zeros((4, 4))
-    aff[2, 0], aff[1, 1], aff[0, 2] = SPACING[2], -SPACING[1], -SPACING[0]
-    aff[:3, 3], aff[3, 3] = (40.0, 30.0, -20.0), 1
-    return aff
-
-
-def _save(path, data, affine):
-    img = nib.Nifti1Image(data, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    nib.save(img, str(path))
-    return path
 
 
 @pytest.fixture(scope="module", params=[("LPS", "coronal", "2.5d", "ct_abdomen"),
@@ -78,10 +65,10 @@ def case(request, tmp_path_factory):
     image, _ = ellipsoid_case(3, SHAPE, SPACING)
     root = tmp_path_factory.mktemp(orientation)
     if orientation == "LPS":
-        path = _save(root / "ct.nii.gz", image, lps_affine(SPACING))
+        path = save_nifti(root / "ct.nii.gz", image, lps_affine(SPACING))
     else:
-        path = _save(root / "ct.nii.gz", np.ascontiguousarray(image.transpose(2, 1, 0)),
-                     _permuted_affine())
+        path = save_nifti(root / "ct.nii.gz", np.ascontiguousarray(image.transpose(2, 1, 0)),
+                     permuted_affine(SPACING))
     run = _run(tmp_path_factory.mktemp("run"), axis, channels, preset)
     return path, FineTunedSam.load(run, device="cpu"), axis, channels
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+from nifti_helpers import permuted_affine, save_nifti
 
 from sam_medft.data.synthetic_volumes import write_dicom_series
 from sam_medft.data.volumes import (
@@ -23,20 +24,11 @@ from sam_medft.errors import SamMedftError
 
 
 def _permuted_affine() -> np.ndarray:
-    """Stored axes: 0 -> Superior (2.5 mm), 1 -> Posterior (0.7 mm), 2 -> Left (0.9 mm)."""
-    aff = np.zeros((4, 4))
-    aff[2, 0], aff[1, 1], aff[0, 2] = 2.5, -0.7, -0.9
-    aff[:3, 3] = (40.0, 30.0, -20.0)
-    aff[3, 3] = 1
-    return aff
+    return permuted_affine((0.9, 0.7, 2.5))
 
 
 def _save(path, data, affine):
-    img = nib.Nifti1Image(data, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=2)
-    nib.save(img, str(path))
-    return path
+    return save_nifti(path, data, affine, sform_code=2)
 
 
 def test_nifti_is_read_in_ras_and_labels_go_back_to_the_source_geometry(tmp_path):
