@@ -182,6 +182,11 @@ def test_data_slice_exports_lists_the_2d_reader_takes(nnunet, tmp_path):
     assert export_slices(data, tmp_path / "out", overwrite=True, show_progress=False) == counts
     manifest = json.loads((tmp_path / "out" / "sam_medft_slices.json").read_text())
     assert len(manifest["files"]) == 2 * sum(counts.values()) + len(counts)
+    # a file the export did not write blocks even --overwrite, and is left as it was
+    (tmp_path / "out" / "images" / "my_notes.txt").write_text("mine")
+    with pytest.raises(SamMedftError, match="did not write"):
+        export_slices(data, tmp_path / "out", overwrite=True, show_progress=False)
+    assert (tmp_path / "out" / "images" / "my_notes.txt").read_text() == "mine"
 
 
 def test_synthetic_volumes_are_anisotropic_lps_and_refuse_foreign_folders(nnunet, tmp_path):
